@@ -1,0 +1,18 @@
+"""The analyses, registered in one place (name -> class), in report order."""
+
+from __future__ import annotations
+
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
+from reportgen.analyses.embedding import EmbeddingAnalysis
+from reportgen.analyses.filters import FiltersAnalysis
+from reportgen.analyses.neighbors import NeighborsAnalysis
+
+_ALL: list[type[Analysis]] = [
+    FiltersAnalysis,
+    NeighborsAnalysis,
+    EmbeddingAnalysis,
+]
+
+REGISTRY: dict[str, type[Analysis]] = {cls.name: cls for cls in sorted(_ALL, key=lambda c: c.order)}
+
+__all__ = ["REGISTRY", "Analysis", "AnalysisContext", "AnalysisParams", "SkipSection"]

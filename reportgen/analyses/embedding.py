@@ -1,0 +1,273 @@
+"""PCA and t-SNE maps of the penultimate features, and the t-SNE image map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE, trustworthiness
+
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
+from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
+from reportgen.section import Figure, Picture, Section, Table
+
+HOW_TO_READ = (
+    "Both maps place every image by its penultimate feature vector. PCA is a linear projection "
+    "onto the two directions of largest variance; t-SNE is non-linear and keeps local "
+    "neighbourhoods (distances between far-apart clusters mean little). Tight, separated clusters "
+    "of one colour mean the network separates those classes; mixed regions show classes it "
+    "confuses. The image map puts each image at its t-SNE position, snapped to a grid, so you can "
+    "see what the clusters contain. Trustworthiness (0–1) measures how well the map keeps each "
+    "point's nearest neighbours; above 0.9 is good."
+)
+
+TSNEBackend = Literal["auto", "sklearn", "opentsne"]
+
+
+@dataclass(frozen=True)
+class EmbeddingParams(AnalysisParams):
+    perplexity: float = 30.0
+    pca_dims: int = 50
+    """t-SNE runs on the first ``pca_dims`` principal components."""
+    backend: TSNEBackend = "auto"
+    """``auto``: scikit-learn's Barnes-Hut below ``opentsne_from`` points, openTSNE's FFT above."""
+    opentsne_from: int = 2000
+    grid_size: int = 0
+    """Image map cells per side; 0 = about sqrt(N), at most 32."""
+    tile_size: int = 32
+    trustworthiness_k: int = 5
+    trustworthiness_max_points: int = 5000
+    """Trustworthiness is O(N²): computed on a seeded sample of at most this many points."""
+
+    def validate(self, path: str) -> None:
+        self.require(self.perplexity > 0, f"{path}.perplexity", "must be positive")
+        self.require(self.pca_dims >= 2, f"{path}.pca_dims", "must be at least 2")
+        self.require(0 <= self.grid_size <= 100, f"{path}.grid_size", "must be between 0 and 100")
+        self.require(8 <= self.tile_size <= 128, f"{path}.tile_size", "must be between 8 and 128")
+        self.require(self.trustworthiness_k >= 1, f"{path}.trustworthiness_k", "must be at least 1")
+
+
+def pca_project(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    dims = min(dims, x.shape[0], x.shape[1])
+    solver = "full" if x.shape[1] <= 512 or x.shape[0] <= 1000 else "randomized"
+    return PCA(n_components=dims, svd_solver=solver, random_state=seed).fit_transform(
+        x.astype(np.float64)
+    )
+
+
+def tsne_backend(n: int, p: EmbeddingParams) -> str:
+    if p.backend != "auto":
+        return p.backend
+    return "opentsne" if n >= p.opentsne_from else "sklearn"
+
+
+def run_tsne(x: np.ndarray, p: EmbeddingParams, seed: int) -> tuple[np.ndarray, str]:
+    """2-D t-SNE of ``x`` (already PCA-reduced), seeded, PCA-initialised."""
+    n = x.shape[0]
+    perplexity = float(min(p.perplexity, max(1.0, (n - 1) / 3.0)))
+    backend = tsne_backend(n, p)
+    if backend == "opentsne":
+        from openTSNE import TSNE as OpenTSNE
+
+        emb = OpenTSNE(
+            n_components=2,
+            perplexity=perplexity,
+            initialization="pca",
+            random_state=seed,
+            n_jobs=1,
+            negative_gradient_method="fft",
+            verbose=False,
+        ).fit(x)
+        return np.asarray(emb, dtype=np.float64), "openTSNE (FFT)"
+    out = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        learning_rate="auto",
+        random_state=seed,
+        n_jobs=1,
+    ).fit_transform(x)
+    return np.asarray(out, dtype=np.float64), "scikit-learn (Barnes-Hut)"
+
+
+def sampled_trustworthiness(
+    high: np.ndarray, low: np.ndarray, k: int, max_points: int, seed: int
+) -> float:
+    n = high.shape[0]
+    k = min(k, max(1, (n - 1) // 2 - 1))
+    if n > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+        high, low = high[idx], low[idx]
+    return float(trustworthiness(high, low, n_neighbors=k))
+
+
+def grid_assignment(points: np.ndarray, grid: int, seed: int) -> list[tuple[int, int, int]]:
+    """Snap 2-D points to a grid×grid lattice without overlaps: (point, row, col) triples.
+
+    An optimal assignment (Hungarian algorithm) minimises the total squared distance between each
+    point's normalised position and its cell, so the layout keeps the map's structure. With more
+    points than cells, a seeded sample of at most two per cell competes for the cells.
+    """
+    n = points.shape[0]
+    cells = grid * grid
+    candidates = np.arange(n)
+    if n > 2 * cells:
+        candidates = np.sort(np.random.default_rng(seed).choice(n, 2 * cells, replace=False))
+    pts = points[candidates]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    norm = (pts - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
+    centres = (
+        np.stack(np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij"), -1).reshape(-1, 2)
+        + 0.5
+    ) / grid
+    # Rows of the grid run top to bottom: flip y so that the image map matches the scatter plot.
+    xy = np.stack([1.0 - norm[:, 1], norm[:, 0]], axis=1)
+    cost = ((xy[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    return [
+        (int(candidates[r]), int(c // grid), int(c % grid)) for r, c in zip(rows, cols, strict=True)
+    ]
+
+
+def scatter_figure(
+    pca2: np.ndarray, tsne2: np.ndarray, colour_idx: np.ndarray, names: list[str], legend_title: str
+) -> Picture:
+    fig = new_figure(10.0, 4.8)
+    axes = fig.subplots(1, 2)
+    present = sorted(set(colour_idx.tolist()))
+    colours = class_colors(max(len(present), 1))
+    size = float(np.clip(3000 / max(len(colour_idx), 1), 2, 30))
+    for ax, pts, title in ((axes[0], pca2, "PCA"), (axes[1], tsne2, "t-SNE")):
+        for ci, cls in enumerate(present):
+            m = colour_idx == cls
+            ax.scatter(
+                pts[m, 0],
+                pts[m, 1],
+                s=size,
+                color=colours[ci],
+                label=names[ci],
+                linewidths=0,
+                alpha=0.8,
+            )
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(present) <= 30:
+        fig.legend(
+            *axes[1].get_legend_handles_labels(),
+            loc="outside right center",
+            title=legend_title,
+            markerscale=max(1.0, 6 / np.sqrt(size)),
+            fontsize=8,
+            frameon=False,
+        )
+    return figure_to_picture(fig)
+
+
+class EmbeddingAnalysis(Analysis):
+    name = "embedding"
+    title = "Embeddings: PCA and t-SNE of the penultimate features"
+    Params = EmbeddingParams
+    requires_features = True
+    order = 30
+
+    def run(self, ctx: AnalysisContext, params: Any) -> Section:
+        p: EmbeddingParams = params
+        section = self.section(HOW_TO_READ)
+        res = ctx.result
+        assert res.features is not None
+        n = len(res)
+        if n < 5:
+            section.status, section.reason = "skipped", f"needs at least 5 readable images, got {n}"
+            return section
+        seed = ctx.config.run.seed
+        feats = res.features.float().cpu().numpy().astype(np.float64)
+        reduced = pca_project(feats, p.pca_dims, seed)
+        pca2 = reduced[:, :2]
+        tsne2, backend = run_tsne(reduced.astype(np.float32), p, seed)
+        trust = sampled_trustworthiness(
+            feats, tsne2, p.trustworthiness_k, p.trustworthiness_max_points, seed
+        )
+        ctx.arrays["tsne"] = tsne2.astype(np.float32)
+        section.metrics["tsne_trustworthiness"] = trust
+        section.metrics["tsne_backend"] = backend
+
+        labelled = ctx.folder.labelled
+        colour_by = res.labels.numpy() if labelled else res.predictions.cpu().numpy()
+        present = sorted(set(colour_by.tolist()))
+        names = [ctx.class_name(c) for c in present]
+        section.add(
+            Figure(
+                scatter_figure(pca2, tsne2, colour_by, names, "class" if labelled else "predicted"),
+                caption=(
+                    f"{n} images by their {res.feature_layer} features ({feats.shape[1]} dimensions): "
+                    f"PCA (left) and t-SNE (right, {backend}, perplexity "
+                    f"{min(p.perplexity, max(1.0, (n - 1) / 3.0)):g}), coloured by "
+                    f"{'label' if labelled else 'predicted class'}."
+                ),
+                alt="PCA and t-SNE scatter plots coloured by class",
+                wide=True,
+            )
+        )
+        grid = p.grid_size or int(min(32, max(2, np.ceil(np.sqrt(n)))))
+        placed = grid_assignment(tsne2, grid, seed)
+        tiles = self._tiles(ctx, [i for i, _, _ in placed], p.tile_size)
+        blank = np.full((p.tile_size, p.tile_size, 3), 255, np.uint8)
+        canvas = [blank] * (grid * grid)
+        for (_, r, c), tile in zip(placed, tiles, strict=True):
+            canvas[r * grid + c] = tile
+        section.add(
+            Figure(
+                Picture(mosaic(canvas, columns=grid, pad=1), kind="photo"),
+                caption=(
+                    f"t-SNE image map: {len(placed)} of {n} images at their t-SNE positions, "
+                    f"snapped to a {grid}×{grid} grid without overlaps."
+                ),
+                alt="Images arranged on a grid by their t-SNE positions",
+                wide=True,
+            )
+        )
+        section.add(
+            Table(
+                caption="Embedding quality",
+                columns=["map", "method", "points", f"trustworthiness (k={p.trustworthiness_k})"],
+                rows=[
+                    [
+                        "PCA",
+                        "scikit-learn PCA",
+                        n,
+                        sampled_trustworthiness(
+                            feats, pca2, p.trustworthiness_k, p.trustworthiness_max_points, seed
+                        ),
+                    ],
+                    ["t-SNE", backend, n, trust],
+                ],
+            )
+        )
+        return section
+
+    @staticmethod
+    def _tiles(ctx: AnalysisContext, positions: list[int], size: int) -> list[np.ndarray]:
+        pix = ctx.result.pixels
+        if pix.shape[-1] >= size:
+            small = pix[positions].float()
+            if pix.shape[-1] != size:
+                small = torch.nn.functional.interpolate(small, size=(size, size), mode="area")
+            arr = small.round().clamp(0, 255).to(torch.uint8).cpu()
+            if arr.shape[1] == 1:
+                arr = arr.expand(-1, 3, -1, -1)
+            return [a.permute(1, 2, 0).numpy() for a in arr]
+        imgs = ctx.display_images(positions, size)
+        return [_pad_square(im, size) for im in imgs]
+
+
+def _pad_square(img: np.ndarray, size: int) -> np.ndarray:
+    out = np.full((size, size, 3), 255, np.uint8)
+    h, w = img.shape[:2]
+    y, x = (size - h) // 2, (size - w) // 2
+    out[y : y + h, x : x + w] = img[:size, :size]
+    return out

@@ -1,0 +1,152 @@
+"""First-layer filter mosaics (and, optionally, listed higher conv layers per channel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
+from reportgen.figures import mosaic, normalise01, to_uint8, upscale
+from reportgen.loading.models import find_layer, first_weight_4d
+from reportgen.section import Figure, Picture, Section, Table, Text
+
+HOW_TO_READ = (
+    "Each tile is one filter of the first convolution, drawn as the image patch that excites it "
+    "most (min-max scaled per filter). A well-trained network shows smooth oriented edges, "
+    "colour-opponent blobs and Gabor-like patterns, as in Krizhevsky et al.'s AlexNet filters; "
+    "noisy, unstructured tiles suggest an under-trained model or a too-high learning rate. Dead "
+    "filters show as flat grey tiles (their weight norm in the table is near zero)."
+)
+
+
+@dataclass(frozen=True)
+class FiltersParams(AnalysisParams):
+    layers: list[str] = field(default_factory=list)
+    """Higher conv layers to draw as per-channel grayscale mosaics."""
+    max_filters: int = 96
+    """At most this many output filters per layer."""
+    max_channels: int = 16
+    """At most this many input channels per filter for the higher layers."""
+    tile_size: int = 44
+    """Approximate on-screen size of each tile, in pixels."""
+
+    def validate(self, path: str) -> None:
+        self.require(self.max_filters >= 1, f"{path}.max_filters", "must be at least 1")
+        self.require(self.max_channels >= 1, f"{path}.max_channels", "must be at least 1")
+        self.require(8 <= self.tile_size <= 256, f"{path}.tile_size", "must be between 8 and 256")
+
+
+def filter_tiles_rgb(weight: torch.Tensor) -> list[np.ndarray]:
+    """out×3×kh×kw -> one kh×kw×3 float image per filter, each min-max normalised on its own."""
+    w = weight.detach().float().cpu().numpy()
+    return [normalise01(f.transpose(1, 2, 0)) for f in w]
+
+
+def filter_tiles_gray(weight: torch.Tensor, max_channels: int) -> list[list[np.ndarray]]:
+    """out×in×kh×kw -> per filter, per input channel, a kh×kw grayscale image in [0,1].
+
+    Normalised per filter (over all its channels), so channels of one filter stay comparable.
+    """
+    w = weight.detach().float().cpu().numpy()
+    rows = []
+    for f in w:
+        f = normalise01(f[:max_channels])
+        rows.append([c for c in f])
+    return rows
+
+
+class FiltersAnalysis(Analysis):
+    name = "filters"
+    title = "First-layer filters"
+    Params = FiltersParams
+    order = 10
+
+    def run(self, ctx: AnalysisContext, params: Any) -> Section:
+        p: FiltersParams = params
+        section = self.section(HOW_TO_READ)
+        found = first_weight_4d(ctx.model.module)
+        if found is None:
+            section.status, section.reason = "skipped", "the model has no convolution weights"
+            return section
+        name, weight = found
+        out_ch, in_ch, kh, kw = weight.shape
+        shown = min(out_ch, p.max_filters)
+        factor = max(1, round(p.tile_size / max(kh, kw)))
+        columns = int(np.ceil(np.sqrt(shown * 1.6)))
+        layer_name = name.removesuffix(".weight")
+        if in_ch == 3:
+            tiles = [to_uint8(upscale(t, factor)) for t in filter_tiles_rgb(weight[:shown])]
+            pic = Picture(mosaic(tiles, columns=columns, pad=max(2, factor // 2)), kind="line")
+            caption = (
+                f"{shown} of {out_ch} filters of {layer_name} ({kh}×{kw}×{in_ch}), shown as RGB, "
+                "each scaled to its own min-max."
+            )
+        else:
+            per_filter = filter_tiles_gray(weight[:shown], max_channels=in_ch)
+            tiles = [to_uint8(upscale(c, factor)) for f in per_filter for c in f]
+            pic = Picture(
+                mosaic(
+                    tiles,
+                    columns=columns * in_ch if in_ch > 1 else columns,
+                    pad=max(2, factor // 2),
+                )
+            )
+            caption = (
+                f"{shown} of {out_ch} filters of {layer_name} ({kh}×{kw}, {in_ch} input channel"
+                f"{'s' if in_ch > 1 else ''}), grayscale per input channel, each filter min-max scaled."
+            )
+        section.add(Figure(pic, caption=caption, alt=f"Mosaic of the filters of {layer_name}"))
+        norms = weight.detach().float().flatten(1).norm(dim=1).cpu()
+        dead = int((norms < 1e-3 * max(float(norms.max()), 1e-12)).sum())
+        section.add(
+            Table(
+                caption="Filter statistics",
+                columns=[
+                    "layer",
+                    "filters",
+                    "kernel",
+                    "input channels",
+                    "mean L2 norm",
+                    "min L2 norm",
+                    "near-zero filters",
+                ],
+                rows=[
+                    [
+                        layer_name,
+                        out_ch,
+                        f"{kh}×{kw}",
+                        in_ch,
+                        float(norms.mean()),
+                        float(norms.min()),
+                        dead,
+                    ]
+                ],
+            )
+        )
+        section.metrics["first_layer_filters"] = int(out_ch)
+        section.metrics["first_layer_dead_filters"] = dead
+        for layer in p.layers:
+            module = find_layer(ctx.model.module, layer)
+            w = getattr(module, "weight", None)
+            if not isinstance(w, torch.Tensor) or w.ndim != 4:
+                section.add(Text(f"{layer} has no convolution kernel; not drawn.", kind="note"))
+                continue
+            o, i, h, k = w.shape
+            n_out, n_in = min(o, p.max_filters, 32), min(i, p.max_channels)
+            f = max(1, round(p.tile_size / 2 / max(h, k)))
+            rows = filter_tiles_gray(w[:n_out], max_channels=n_in)
+            tiles = [to_uint8(upscale(c, f)) for row in rows for c in row]
+            section.add(
+                Figure(
+                    Picture(mosaic(tiles, columns=n_in, pad=1)),
+                    caption=(
+                        f"{layer}: {n_out} of {o} filters (rows) × {n_in} of {i} input channels "
+                        f"(columns), {h}×{k} kernels, grayscale, each filter min-max scaled."
+                    ),
+                    alt=f"Per-channel filters of {layer}",
+                )
+            )
+        return section

@@ -1,0 +1,147 @@
+"""Nearest neighbours in penultimate-feature space beside those in raw-pixel space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
+from reportgen.knn import knn, leave_one_out_agreement
+from reportgen.section import Picture, Section, Table, Text, Thumb
+
+HOW_TO_READ = (
+    "Each row starts with a query image, then its nearest images in the network's penultimate "
+    "feature space, then its nearest images in raw-pixel space (distance under each). A network "
+    "that has learned the task puts images of the same class next to each other in feature space "
+    "even when their pixels differ (pose, colour, background), while pixel-space neighbours "
+    "mostly share brightness and layout. The k-NN agreement table measures this over the whole "
+    "dataset: the share of each image's k nearest neighbours that have its label."
+)
+
+
+@dataclass(frozen=True)
+class NeighborsParams(AnalysisParams):
+    k: int = 5
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    thumb_size: int = 72
+
+    def validate(self, path: str) -> None:
+        self.require(1 <= self.k <= 50, f"{path}.k", "must be between 1 and 50")
+        self.require(
+            16 <= self.thumb_size <= 256, f"{path}.thumb_size", "must be between 16 and 256"
+        )
+
+
+def pixel_vectors(pixels: torch.Tensor) -> torch.Tensor:
+    """N×C×s×s uint8 -> N×(C·s·s) float in [0, 1]."""
+    return pixels.flatten(1).float() / 255.0
+
+
+class NeighborsAnalysis(Analysis):
+    name = "neighbors"
+    title = "Nearest neighbours: feature space vs pixel space"
+    Params = NeighborsParams
+    requires_features = True
+    order = 20
+
+    def run(self, ctx: AnalysisContext, params: Any) -> Section:
+        p: NeighborsParams = params
+        section = self.section(HOW_TO_READ)
+        res = ctx.result
+        assert res.features is not None
+        n = len(res)
+        if n < 2:
+            section.status, section.reason = "skipped", "needs at least two readable images"
+            return section
+        k = min(p.k, n - 1)
+        feats = res.features
+        pix = pixel_vectors(res.pixels).to(feats.device)
+        queries = torch.tensor(ctx.queries, dtype=torch.long, device=feats.device)
+
+        fd, fi = knn(feats[queries], feats, k, metric=p.metric, exclude=queries)
+        pd, pi = knn(pix[queries], pix, k, metric=p.metric, exclude=queries)
+        agree_f = leave_one_out_agreement(feats, res.labels, k, p.metric)
+        agree_p = leave_one_out_agreement(pix, res.labels, k, p.metric)
+        section.metrics["knn_agreement_feature"] = agree_f
+        section.metrics["knn_agreement_pixel"] = agree_p
+        section.metrics["knn_k"] = k
+
+        fi_l, pi_l = fi.cpu().tolist(), pi.cpu().tolist()
+        fd_l, pd_l = fd.cpu().tolist(), pd.cpu().tolist()
+        wanted = sorted({q for q in ctx.queries} | {j for row in fi_l + pi_l for j in row})
+        images = dict(zip(wanted, ctx.display_images(wanted, p.thumb_size), strict=True))
+        labelled = ctx.folder.labelled
+
+        def thumb(pos: int, dist: float | None, query_label: int | None) -> Thumb:
+            lab = ctx.label(pos) if labelled else int(res.predictions[pos])
+            name = ctx.class_name(lab)
+            mark = ""
+            if query_label is not None and labelled:
+                mark = " ✓" if lab == query_label else " ✗"
+            text = name + mark if dist is None else f"{name}{mark} · {dist:.3g}"
+            return Thumb(Picture(images[pos], kind="photo"), label=text, alt=ctx.relpath(pos))
+
+        rows = []
+        same_f = same_p = 0
+        for qi, q in enumerate(ctx.queries):
+            ql = ctx.label(q) if labelled else int(res.predictions[q])
+            row: list[Any] = [thumb(q, None, None)]
+            row += [thumb(j, d, ql) for j, d in zip(fi_l[qi], fd_l[qi], strict=True)]
+            row += [thumb(j, d, ql) for j, d in zip(pi_l[qi], pd_l[qi], strict=True)]
+            rows.append(row)
+            if labelled:
+                same_f += sum(ctx.label(j) == ql for j in fi_l[qi])
+                same_p += sum(ctx.label(j) == ql for j in pi_l[qi])
+        columns = (
+            ["query"]
+            + [f"feature #{i + 1}" for i in range(k)]
+            + [f"pixel #{i + 1}" for i in range(k)]
+        )
+        kind = "label" if labelled else "predicted class"
+        section.add(
+            Table(
+                caption=(
+                    f"Queries (first column), their {k} nearest neighbours in {res.feature_layer} "
+                    f"feature space, then in pixel space ({ctx.config.preprocess.pixel_size}² "
+                    f"downsampled inputs); under each: {kind} and {p.metric} distance"
+                    + (" (✓ same label as the query)." if labelled else ".")
+                ),
+                columns=columns,
+                rows=rows,
+            )
+        )
+        if labelled:
+            fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+            nq = max(1, len(ctx.queries) * k)
+            section.add(
+                Table(
+                    caption=f"Leave-one-out {k}-NN label agreement over all {n} images ({p.metric} distance)",
+                    columns=[
+                        "space",
+                        "dimensions",
+                        f"agreement (all images, k={k})",
+                        "agreement (queries above)",
+                    ],
+                    rows=[
+                        [
+                            f"penultimate features ({res.feature_layer})",
+                            int(feats.shape[1]),
+                            fmt(agree_f),
+                            fmt(same_f / nq),
+                        ],
+                        ["raw pixels", int(pix.shape[1]), fmt(agree_p), fmt(same_p / nq)],
+                    ],
+                )
+            )
+        else:
+            section.add(
+                Text(
+                    "The images are unlabelled: neighbours are shown with the model's predicted class, and no agreement is computed.",
+                    kind="note",
+                )
+            )
+        ctx.shared["neighbors.feature_indices"] = np.asarray(fi_l)
+        return section

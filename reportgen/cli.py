@@ -1,0 +1,184 @@
+"""The command line. The only module that imports click; the work happens in the library.
+
+Exit codes: 0 report written, every section ok or skipped; 1 report written but at least one
+section failed; 2 bad input (config, checkpoint, data, layer names) - nothing written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reportgen import __version__
+from reportgen.errors import ReportgenError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _fail(exc: ReportgenError) -> None:
+    click.echo(f"reportgen: error: {exc}", err=True)
+    sys.exit(EXIT_INPUT_ERROR)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"reportgen: warning: {message}", err=True)
+
+
+def _finish(result: Any, quiet: bool) -> None:
+    for s in result.sections:
+        if s.status == "failed":
+            click.echo(f"reportgen: section {s.name} failed: {s.reason}", err=True)
+    if not quiet:
+        names = ", ".join(p.name for p in result.files)
+        click.echo(f"report written to {result.out_dir / 'report.html'} ({names})")
+    sys.exit(result.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reportgen")
+def cli() -> None:
+    """Interpretability reports for CNN checkpoints: filters, neighbours, embeddings and more."""
+    logging.basicConfig(level=logging.WARNING, format="reportgen: %(message)s")
+
+
+@cli.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML config; flags override it.",
+)
+@click.option("--model", "arch", help="torchvision model name or package.module:factory.")
+@click.option("--weights", help="State dict (.pt/.pth/.safetensors); never runs code.")
+@click.option(
+    "--checkpoint", help="Whole model (pickle, TorchScript, .pt2); needs --trust-checkpoint."
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    default=None,
+    help="Allow --checkpoint files, which run code when loaded.",
+)
+@click.option("--data", "data_root", help="Image folder (one sub-folder per class, or flat).")
+@click.option("--out", "out_dir", help="Output folder (default: report/).")
+@click.option(
+    "--analyses", help="Comma-separated analyses to run (default: all; see list-analyses)."
+)
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--max-images", type=int, help="Use at most N images, spread evenly over the folder.")
+@click.option("--format", "formats", help="Comma-separated outputs: html,pdf (default both).")
+@click.option("--quiet", is_flag=True, default=None, help="No progress bars or messages.")
+def run_command(
+    config_path: str | None,
+    arch: str | None,
+    weights: str | None,
+    checkpoint: str | None,
+    trust_checkpoint: bool | None,
+    data_root: str | None,
+    out_dir: str | None,
+    analyses: str | None,
+    device: str | None,
+    seed: int | None,
+    max_images: int | None,
+    formats: str | None,
+    quiet: bool | None,
+) -> None:
+    """Write report.html, report.pdf, summary.json for a checkpoint and an image folder."""
+    from reportgen.config import load_config
+    from reportgen.progress import Progress
+    from reportgen.runner import run_report
+
+    overrides = {
+        "model.arch": arch,
+        "model.weights": weights,
+        "model.checkpoint": checkpoint,
+        "model.trust_checkpoint": trust_checkpoint,
+        "data.root": data_root,
+        "output.dir": out_dir,
+        "run.device": device,
+        "run.seed": seed,
+        "data.max_images": max_images,
+        "output.formats": _split(formats) if formats else None,
+        "run.quiet": quiet,
+    }
+    try:
+        cfg = load_config(config_path, overrides, analyses=_split(analyses) if analyses else None)
+        result = run_report(cfg, progress=Progress(quiet=cfg.run.quiet), warn=_warn)
+    except ReportgenError as exc:
+        _fail(exc)
+    _finish(result, cfg.run.quiet)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command("demo")
+@click.option("--out", "out_dir", default="demo-report", show_default=True, help="Output folder.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Device for the report (training is on the CPU).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars or messages.")
+def demo_command(out_dir: str, device: str, quiet: bool) -> None:
+    """Train a small CNN on scikit-learn's digits (no downloads) and report on it."""
+    from reportgen.demo import run_demo
+    from reportgen.progress import Progress
+
+    try:
+        result = run_demo(
+            Path(out_dir),
+            device=device,
+            progress=Progress(quiet=quiet),
+            warn=_warn,
+            echo=None if quiet else click.echo,
+        )
+    except ReportgenError as exc:
+        _fail(exc)
+    _finish(result, quiet)
+
+
+@cli.command("list-analyses")
+def list_analyses_command() -> None:
+    """The analyses, their config keys and defaults."""
+    import dataclasses
+
+    from reportgen.analyses import REGISTRY
+
+    for name, cls in REGISTRY.items():
+        click.echo(f"{name}: {cls.title}")
+        for f in dataclasses.fields(cls.Params):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+            click.echo(f"    {f.name}: {default!r}")
+
+
+@cli.command("list-layers")
+@click.option(
+    "--model", "arch", required=True, help="torchvision model name or package.module:factory."
+)
+@click.option("--num-classes", type=int, default=None)
+def list_layers_command(arch: str, num_classes: int | None) -> None:
+    """Every layer name of an architecture (for model.penultimate and analyses' layer lists)."""
+    import torch
+
+    from reportgen.loading.models import build_architecture
+
+    try:
+        with torch.device("meta"):
+            model = build_architecture(arch, num_classes)
+    except ReportgenError as exc:
+        _fail(exc)
+    for name, module in model.named_modules():
+        if name:
+            click.echo(f"{name}\t{type(module).__name__}")
+
+
+def main() -> None:
+    cli(prog_name="reportgen")

@@ -1,0 +1,370 @@
+"""The whole configuration as frozen dataclasses, loaded from YAML with CLI flags on top.
+
+Every key is validated: unknown keys are rejected with their dotted path and the nearest valid
+name, and values are checked against the field's type. Relative paths in a config file are
+resolved against the file's folder; paths given on the command line against the working folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from reportgen.errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str | None = None
+    """A ``torchvision.models`` name, or ``package.module:factory`` / ``path/file.py:factory``."""
+    weights: str | None = None
+    """A state dict (.pt/.pth/.bin/.ckpt, loaded with ``weights_only=True``) or .safetensors."""
+    checkpoint: str | None = None
+    """A whole model that runs code when loaded (pickled module, TorchScript, .pt2)."""
+    trust_checkpoint: bool = False
+    num_classes: int | None = None
+    penultimate: str = "auto"
+    """Layer whose output is the feature vector; ``auto`` = the input of the last ``nn.Linear``."""
+    in_channels: int | None = None
+    """Only needed when the model has no ``nn.Conv2d`` to read the input channels from."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None
+    labels: str | list[str] | None = None
+    """Class names in model-output order: a text file (one per line) or a list."""
+    max_images: int | None = None
+    queries: int | list[str] = 8
+    """How many query images (chosen across classes), or a list of paths relative to ``root``."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    resize: int | None = 256
+    crop: int | None = 224
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    pixel_size: int = 32
+    """Side of the downsampled images used for pixel-space distances."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int = 2
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "report"
+    save_arrays: bool = False
+    formats: list[str] = field(default_factory=lambda: ["html", "pdf"])
+    max_html_mb: float = 15.0
+    """Size budget for report.html; images are shrunk (with a warning) to stay under it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    analyses: dict[str, Any] = field(default_factory=dict)
+    """Analysis name -> that analysis' frozen parameter dataclass (always complete once loaded)."""
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str | None = None
+    """The config file this came from (for messages only)."""
+
+    def params(self, name: str) -> Any:
+        return self.analyses[name]
+
+    def enabled_analyses(self) -> list[str]:
+        return [name for name, p in self.analyses.items() if p.enabled]
+
+    def to_dict(self, *, for_provenance: bool = False) -> dict[str, Any]:
+        """Plain data. ``for_provenance`` drops what must not change the report's bytes."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out.pop("source")
+        if for_provenance:
+            out["output"].pop("dir")
+            out["run"].pop("quiet")
+        return out
+
+
+FORMATS = ("html", "pdf", "md")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- generic coercion
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (ints to floats, lists...)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        # Try the narrowest types first so that "8" stays an int for ``int | list[str]``.
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"{path}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}"
+                f"{did_you_mean(str(value), [str(a) for a in allowed])}"
+            )
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return [coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected text, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, path)
+    raise ConfigError(f"{path}: unsupported value {value!r}")
+
+
+def build_dataclass(cls: Any, data: Any, path: str) -> Any:
+    """Build the frozen dataclass ``cls`` from a mapping, rejecting unknown keys by path."""
+    if data is None:
+        data = {}
+    if dataclasses.is_dataclass(data):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "source"]
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{key_path}'{did_you_mean(str(key), names)}; "
+                f"valid keys here: {', '.join(names)}"
+            )
+        kwargs[key] = coerce(value, hints[key], key_path)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- loading
+
+_SECTIONS = ("model", "data", "preprocess", "run", "analyses", "output")
+_PATH_KEYS = (("model", "weights"), ("model", "checkpoint"), ("data", "root"), ("output", "dir"))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"{p}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the config must be a mapping with sections {', '.join(_SECTIONS)}")
+    return data
+
+
+def _resolve_relative(data: dict[str, Any], base: Path) -> None:
+    for section, key in _PATH_KEYS:
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str):
+            p = Path(sec[key]).expanduser()
+            if not p.is_absolute():
+                sec[key] = str(base / p)
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("arch"), str):
+        arch = model["arch"]
+        # ``file.py:factory`` relative to the config file.
+        module, _, factory = arch.rpartition(":")
+        if module.endswith(".py") and not Path(module).is_absolute():
+            model["arch"] = f"{base / module}:{factory}"
+    labels = data.get("data", {}).get("labels") if isinstance(data.get("data"), dict) else None
+    if isinstance(labels, str) and not Path(labels).is_absolute():
+        data["data"]["labels"] = str(base / labels)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    analyses: list[str] | None = None,
+) -> Config:
+    """Load a config file (optional), apply dotted-key ``overrides`` (CLI flags) on top.
+
+    ``analyses`` restricts the run to those analysis names (the ``--analyses`` flag).
+    """
+    from reportgen.analyses import REGISTRY
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(path)
+        _resolve_relative(data, Path(path).resolve().parent)
+        for key in data:
+            if key not in _SECTIONS:
+                raise ConfigError(
+                    f"{path}: unknown config key '{key}'{did_you_mean(str(key), _SECTIONS)}; "
+                    f"valid sections: {', '.join(_SECTIONS)}"
+                )
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+
+    analyses_data = data.get("analyses") or {}
+    if not isinstance(analyses_data, dict):
+        raise ConfigError("analyses: expected a mapping of analysis name -> parameters")
+    for name in analyses_data:
+        if name not in REGISTRY:
+            raise ConfigError(
+                f"unknown analysis 'analyses.{name}'{did_you_mean(str(name), REGISTRY)}; "
+                f"available: {', '.join(REGISTRY)}"
+            )
+    if analyses is not None:
+        for name in analyses:
+            if name not in REGISTRY:
+                raise ConfigError(
+                    f"--analyses: unknown analysis '{name}'{did_you_mean(name, REGISTRY)}; "
+                    f"available: {', '.join(REGISTRY)}"
+                )
+    params = {}
+    for name, cls in REGISTRY.items():
+        p = build_dataclass(cls.Params, analyses_data.get(name), f"analyses.{name}")
+        if analyses is not None:
+            p = dataclasses.replace(p, enabled=name in analyses)
+        params[name] = p
+
+    sections = {k: v for k, v in data.items() if k != "analyses"}
+    cfg = build_dataclass(Config, sections, "")
+    cfg = dataclasses.replace(cfg, analyses=params, source=str(path) if path else None)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that the types alone do not express."""
+    m, d, p, r, o = cfg.model, cfg.data, cfg.preprocess, cfg.run, cfg.output
+    if m.weights and m.checkpoint:
+        raise ConfigError("model.weights and model.checkpoint are exclusive: give one of them")
+    if not m.checkpoint and not m.arch:
+        raise ConfigError("model.arch is missing: name a torchvision model or 'module:factory'")
+    if not d.root:
+        raise ConfigError("data.root is missing: give --data DIR or data.root in the config")
+    if m.num_classes is not None and m.num_classes < 1:
+        raise ConfigError("model.num_classes must be at least 1")
+    if d.max_images is not None and d.max_images < 1:
+        raise ConfigError("data.max_images must be at least 1")
+    if isinstance(d.queries, int) and d.queries < 0:
+        raise ConfigError("data.queries must be 0 or more")
+    for key in ("resize", "crop"):
+        v = getattr(p, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"preprocess.{key} must be a positive number of pixels or null")
+    if len(p.mean) != len(p.std) or not p.mean:
+        raise ConfigError("preprocess.mean and preprocess.std must be lists of the same length")
+    if any(s <= 0 for s in p.std):
+        raise ConfigError("preprocess.std values must be positive")
+    if p.pixel_size < 1:
+        raise ConfigError("preprocess.pixel_size must be at least 1")
+    if not _DEVICE_RE.match(r.device):
+        raise ConfigError(f"run.device: {r.device!r} is not auto, cpu, cuda or cuda:N")
+    if r.batch_size < 1:
+        raise ConfigError("run.batch_size must be at least 1")
+    if r.workers < 0:
+        raise ConfigError("run.workers must be 0 or more")
+    for fmt in o.formats:
+        if fmt not in FORMATS:
+            raise ConfigError(
+                f"output.formats: unknown format {fmt!r}{did_you_mean(fmt, FORMATS)}; "
+                f"choose from {', '.join(FORMATS)}"
+            )
+    if "html" not in o.formats and "pdf" not in o.formats:
+        raise ConfigError("output.formats must include html or pdf")
+    if o.max_html_mb <= 0:
+        raise ConfigError("output.max_html_mb must be positive")
+    for name, params in cfg.analyses.items():
+        check = getattr(params, "validate", None)
+        if check is not None:
+            check(f"analyses.{name}")

@@ -1,0 +1,196 @@
+"""The one streamed pass over the dataset that feeds every analysis.
+
+Per batch it keeps only what is O(1) per image: the penultimate feature vector, the logits, a
+small pixel thumbnail, and whatever the analyses' collectors reduce (e.g. running top-k per
+channel). Nothing else of the activations outlives the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.analyses.base import Collector
+from reportgen.config import Config
+from reportgen.errors import ConfigError, LayerError
+from reportgen.hooks import capture_outputs
+from reportgen.loading.images import ImageDataset, Sample, collate_samples
+from reportgen.loading.models import LoadedModel, extract_logits, find_layer, last_linear
+from reportgen.progress import Progress
+
+
+@dataclass
+class PassResult:
+    item_index: list[int]
+    """Position among readable images -> index into ``folder.items``."""
+    features: torch.Tensor | None
+    """N×D penultimate features (float32, on the device); None when the model has no hooks."""
+    feature_layer: str | None
+    logits: torch.Tensor
+    """N×K logits (float32, on the device)."""
+    labels: torch.Tensor
+    """N class indices (-1 where unlabelled), on the CPU."""
+    pixels: torch.Tensor
+    """N×C×s×s uint8 downsampled inputs (de-normalised), for pixel-space distances and thumbnails."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(relative path, reason) of images that could not be read."""
+    manifest: list[tuple[str, int, str]] = field(default_factory=list)
+    """(relative path, size, sha256) of every image file considered."""
+    mean_input: torch.Tensor | None = None
+    """Per-channel mean of the preprocessed inputs (model space), e.g. the occluder's fill."""
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+
+def resolve_feature_layer(model: LoadedModel, spec: str) -> tuple[str, nn.Module, bool]:
+    """(name, module, use_input). ``auto`` = the input of the last nn.Linear."""
+    if spec == "auto":
+        head = last_linear(model.module)
+        if head is not None:
+            return head[0], head[1], True
+        convs = [(n, m) for n, m in model.module.named_modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise LayerError(
+                "no nn.Linear or nn.Conv2d to take features from; set model.penultimate"
+            )
+        return convs[-1][0], convs[-1][1], False
+    return spec, find_layer(model.module, spec), False
+
+
+def flatten_features(t: torch.Tensor) -> torch.Tensor:
+    """Batch×... -> Batch×D: spatial maps are global-average-pooled, the rest flattened."""
+    if t.ndim == 4:
+        return t.float().mean(dim=(2, 3))
+    return t.float().flatten(1)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def iterate_batches(
+    dataset: ImageDataset, cfg: Config, device: torch.device, indices: Sequence[int] | None = None
+) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, list[Sample]]]:
+    subset: torch.utils.data.Dataset[Sample] = (
+        torch.utils.data.Subset(dataset, list(indices)) if indices is not None else dataset
+    )
+    loader = torch.utils.data.DataLoader(
+        subset,
+        batch_size=cfg.run.batch_size,
+        shuffle=False,
+        num_workers=cfg.run.workers,
+        collate_fn=collate_samples,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def dataset_pass(
+    cfg: Config,
+    model: LoadedModel,
+    dataset: ImageDataset,
+    device: torch.device,
+    collectors: Mapping[str, Collector],
+    progress: Progress,
+    indices: Sequence[int] | None = None,
+) -> PassResult:
+    """Run the model once over the images (``indices`` selects a shard) and collect."""
+    module = model.module
+    feature_name: str | None = None
+    outputs_of: dict[str, nn.Module] = {}
+    inputs_of: dict[str, nn.Module] = {}
+    if model.supports_hooks:
+        feature_name, feature_module, use_input = resolve_feature_layer(
+            model, cfg.model.penultimate
+        )
+        (inputs_of if use_input else outputs_of)["__features__"] = feature_module
+        for col in collectors.values():
+            for layer in col.layers:
+                outputs_of[layer] = find_layer(module, layer)
+    elif collectors:
+        raise ConfigError("internal: collectors need a model with hooks")
+
+    feats: list[torch.Tensor] = []
+    logits_all: list[torch.Tensor] = []
+    pixels: list[torch.Tensor] = []
+    order: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    manifest: list[tuple[str, int, str]] = []
+    channel_sum: torch.Tensor | None = None
+    pixel_count = 0
+    size = cfg.preprocess.pixel_size
+    pre = dataset.pre
+    items = dataset.folder.items
+    total = len(indices) if indices is not None else len(dataset)
+    n_batches = (total + cfg.run.batch_size - 1) // cfg.run.batch_size
+    position = 0
+
+    with torch.inference_mode(), capture_outputs(outputs_of, inputs_of=inputs_of) as captured:
+        for batch, idx, samples in progress(
+            iterate_batches(dataset, cfg, device, indices), desc="dataset pass", total=n_batches
+        ):
+            for s in samples:
+                item = items[s.index]
+                manifest.append((item.relpath, item.size, s.sha256))
+                if s.error is not None:
+                    skipped.append((item.relpath, s.error))
+            if batch is None:
+                continue
+            x = batch.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            captured.clear()
+            with autocast(device, cfg.run.precision):
+                out = extract_logits(module(x))
+            logits_all.append(out.float())
+            if "__features__" in captured:
+                feats.append(flatten_features(captured["__features__"]))
+            positions = torch.arange(position, position + len(idx), device=device)
+            position += len(idx)
+            for col in collectors.values():
+                col.update(positions, {k: captured[k] for k in col.layers})
+            raw = pre.denormalise(x.float())
+            channel_sum = x.float().sum(dim=(0, 2, 3)) + (0 if channel_sum is None else channel_sum)
+            pixel_count += x.shape[0] * x.shape[2] * x.shape[3]
+            small = (
+                F.interpolate(raw, size=(size, size), mode="area") if raw.shape[-1] != size else raw
+            )
+            pixels.append((small.clamp(0, 1) * 255 + 0.5).to(torch.uint8))
+            order.extend(idx.tolist())
+    if not order:
+        raise_no_images(dataset, skipped)
+    labels = torch.tensor([items[i].label for i in order], dtype=torch.long)
+    assert channel_sum is not None
+    return PassResult(
+        item_index=order,
+        features=torch.cat(feats) if feats else None,
+        feature_layer=feature_name,
+        logits=torch.cat(logits_all),
+        labels=labels,
+        pixels=torch.cat(pixels),
+        skipped=skipped,
+        manifest=manifest,
+        mean_input=channel_sum / pixel_count,
+    )
+
+
+def raise_no_images(dataset: ImageDataset, skipped: list[tuple[str, str]]) -> None:
+    from reportgen.errors import DataError
+
+    reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+    raise DataError(
+        f"{dataset.folder.root}: none of the {len(skipped)} image(s) could be read ({reasons})"
+    )

@@ -1,0 +1,40 @@
+"""User-facing errors: one line that names the file, key or layer and says what to do."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ReportgenError(Exception):
+    """An input problem the user can fix. The message is shown as one line, without a traceback."""
+
+
+class ConfigError(ReportgenError):
+    """A bad configuration key or value."""
+
+
+class CheckpointError(ReportgenError):
+    """A checkpoint that cannot be loaded safely or does not fit the architecture."""
+
+
+class DataError(ReportgenError):
+    """An unusable data folder (missing, empty, nothing readable)."""
+
+
+class LayerError(ReportgenError):
+    """A layer name that is not in the model."""
+
+
+def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The candidates closest to ``name`` (for "did you mean" hints)."""
+    pool = list(candidates)
+    close = difflib.get_close_matches(name, pool, n=n, cutoff=0.4)
+    if not close:
+        close = [c for c in pool if name and (name in c or c in name)][:n]
+    return close
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    close = nearest(name, candidates)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

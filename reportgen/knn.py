@@ -1,0 +1,83 @@
+"""Exact k-nearest neighbours with chunked matrix products and top-k on the device.
+
+Memory is O(chunk × N), never N×N, so 50k × 2048 features fit on a GPU or in RAM.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Metric = Literal["euclidean", "cosine"]
+
+
+def _prepare(x: torch.Tensor, metric: Metric) -> torch.Tensor:
+    x = x.float()
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x
+
+
+def pairwise_distances(
+    a: torch.Tensor, b: torch.Tensor, metric: Metric = "euclidean"
+) -> torch.Tensor:
+    """Distances between rows of ``a`` and rows of ``b`` (euclidean, or 1 - cosine similarity)."""
+    a, b = _prepare(a, metric), _prepare(b, metric)
+    if metric == "cosine":
+        return (1.0 - a @ b.T).clamp_(min=0.0)
+    sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return sq.clamp_(min=0.0).sqrt_()
+
+
+def knn(
+    queries: torch.Tensor,
+    base: torch.Tensor,
+    k: int,
+    *,
+    metric: Metric = "euclidean",
+    exclude: torch.Tensor | None = None,
+    chunk: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances, indices), each Q×k, nearest first.
+
+    ``exclude``: for each query, one base index to leave out (itself, for leave-one-out).
+    """
+    k = min(k, base.shape[0] - (1 if exclude is not None else 0))
+    if k < 1:
+        raise ValueError("k-NN needs at least two points")
+    base_p = _prepare(base, metric)
+    base_sq = (base_p * base_p).sum(1) if metric == "euclidean" else None
+    out_d, out_i = [], []
+    for start in range(0, queries.shape[0], chunk):
+        q = _prepare(queries[start : start + chunk].to(base.device), metric)
+        if metric == "cosine":
+            d = 1.0 - q @ base_p.T
+        else:
+            assert base_sq is not None
+            d = (q * q).sum(1, keepdim=True) + base_sq[None, :] - 2.0 * (q @ base_p.T)
+        if exclude is not None:
+            rows = torch.arange(d.shape[0], device=d.device)
+            d[rows, exclude[start : start + chunk].to(d.device)] = float("inf")
+        vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
+        vals = vals.clamp_(min=0.0)
+        out_d.append(vals.sqrt_() if metric == "euclidean" else vals)
+        out_i.append(idx)
+    return torch.cat(out_d), torch.cat(out_i)
+
+
+def leave_one_out_agreement(
+    x: torch.Tensor, labels: torch.Tensor, k: int, metric: Metric = "euclidean", chunk: int = 1024
+) -> float | None:
+    """Mean fraction of each point's k nearest other points that share its label.
+
+    Only labelled points (label >= 0) count, as points and as neighbours.
+    """
+    keep = (labels >= 0).nonzero().flatten()
+    if keep.numel() < 2:
+        return None
+    xs = x[keep.to(x.device)]
+    ys = labels[keep].to(x.device)
+    own = torch.arange(xs.shape[0], device=x.device)
+    _, idx = knn(xs, xs, k, metric=metric, exclude=own, chunk=chunk)
+    return float((ys[idx] == ys[:, None]).float().mean())

@@ -1,0 +1,1 @@
+"""All input I/O: checkpoints, models and images. Nothing else opens user files."""

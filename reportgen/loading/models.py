@@ -1,0 +1,262 @@
+"""Building the model: torchvision names or a user's factory, weights applied, layers resolved."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reportgen.config import ModelConfig
+from reportgen.errors import CheckpointError, ConfigError, LayerError, did_you_mean
+from reportgen.loading.checkpoints import (
+    CheckpointKind,
+    apply_state_dict,
+    load_state_dict,
+    load_trusted_checkpoint,
+    sha256_file,
+)
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    arch: str
+    kind: CheckpointKind
+    sha256: str | None
+    source: str | None
+    num_classes: int
+    in_channels: int
+
+    @property
+    def supports_hooks(self) -> bool:
+        """TorchScript modules and exported graphs do not run Python forward hooks on submodules."""
+        return self.kind in ("state_dict", "pickled_module")
+
+    def layer(self, name: str) -> nn.Module:
+        return find_layer(self.module, name)
+
+    def layer_names(self) -> list[str]:
+        return [n for n, _ in self.module.named_modules() if n]
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    names = [n for n in modules if n]
+    raise LayerError(
+        f"layer '{name}' is not in the model{did_you_mean(name, names)}; "
+        "`reportgen list-layers --model ARCH` prints every layer name"
+    )
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    return None
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    found = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            found = (name, m)
+    return found
+
+
+def first_weight_4d(model: nn.Module) -> tuple[str, torch.Tensor] | None:
+    """First 4-D parameter (a conv kernel); works on TorchScript and exported graphs too."""
+    for name, p in model.named_parameters():
+        if p.ndim == 4:
+            return name, p
+    return None
+
+
+def _import_factory(spec: str) -> Any:
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"model.arch: {spec!r} is neither a torchvision model nor 'module:factory'"
+        )
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ConfigError(f"model.arch: file {path} not found")
+            mod_name = f"reportgen_user_{path.stem}"
+            spec_obj = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec_obj is not None and spec_obj.loader is not None
+            module = importlib.util.module_from_spec(spec_obj)
+            sys.modules[mod_name] = module
+            spec_obj.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"model.arch: cannot import {module_name!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(
+            f"model.arch: {module_name} has no callable {attr!r}{did_you_mean(attr, names)}"
+        )
+    return factory
+
+
+def _accepts(factory: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def build_architecture(arch: str, num_classes: int | None) -> nn.Module:
+    """A fresh model: a torchvision name or ``module:factory`` (``file.py:factory``)."""
+    import torchvision
+
+    if ":" in arch:
+        factory = _import_factory(arch)
+        factory_kwargs = (
+            {"num_classes": num_classes}
+            if num_classes is not None and _accepts(factory, "num_classes")
+            else {}
+        )
+        model = factory(**factory_kwargs)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model.arch: {arch} returned {type(model).__name__}, not an nn.Module"
+            )
+        return model
+    available = torchvision.models.list_models()
+    if arch not in available:
+        raise ConfigError(
+            f"model.arch: unknown torchvision model {arch!r}{did_you_mean(arch, available)}"
+        )
+    kwargs: dict[str, Any] = {"weights": None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if arch in ("googlenet", "inception_v3"):
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = False
+    return torchvision.models.get_model(arch, **kwargs)
+
+
+def infer_num_classes(arch: str, state: dict[str, torch.Tensor]) -> int | None:
+    """Read the class count from the weights: the classifier's output size in the file."""
+    with torch.device("meta"):
+        probe = build_architecture(arch, None)
+    head = last_linear(probe)
+    if head is None:
+        convs = conv_layers(probe)
+        if not convs:
+            return None
+        head_name = convs[-1][0]
+    else:
+        head_name = head[0]
+    for prefix in ("", "module.", "model.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."):
+        w = state.get(f"{prefix}{head_name}.weight")
+        if w is not None:
+            return int(w.shape[0])
+    return None
+
+
+def _in_channels(model: nn.Module, override: int | None) -> int:
+    if override is not None:
+        return override
+    conv = first_conv(model)
+    if conv is not None:
+        return int(conv[1].in_channels)
+    w = first_weight_4d(model)
+    if w is not None:
+        return int(w[1].shape[1])
+    raise ConfigError("cannot tell the model's input channels (no Conv2d); set model.in_channels")
+
+
+def _num_classes(model: nn.Module, override: int | None) -> int:
+    if override is not None:
+        return override
+    head = last_linear(model)
+    if head is not None:
+        return int(head[1].out_features)
+    convs = conv_layers(model)
+    if convs:
+        return int(convs[-1][1].out_channels)
+    return 0
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    """Build and load the model the config describes, on the CPU, in eval mode."""
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        trusted = load_trusted_checkpoint(path, cfg.trust_checkpoint)
+        module = trusted.module
+        arch = cfg.arch or type(module).__name__
+        sha = sha256_file(path)
+        source: str | None = path.name
+        kind: CheckpointKind = trusted.kind
+        if kind == "exported":
+            num_classes = cfg.num_classes or 0
+            in_ch = _in_channels(module, cfg.in_channels)
+        else:
+            num_classes = _num_classes(module, cfg.num_classes)
+            in_ch = _in_channels(module, cfg.in_channels)
+    else:
+        assert cfg.arch is not None
+        arch = cfg.arch
+        if cfg.weights:
+            path = Path(cfg.weights)
+            state, _meta = load_state_dict(path)
+            n = cfg.num_classes or infer_num_classes(arch, state)
+            module = build_architecture(arch, n)
+            apply_state_dict(module, state, path)
+            sha = sha256_file(path)
+            source = path.name
+        else:
+            module = build_architecture(arch, cfg.num_classes)
+            sha, source = None, None
+        kind = "state_dict"
+        num_classes = _num_classes(module, cfg.num_classes)
+        in_ch = _in_channels(module, cfg.in_channels)
+    if kind != "exported":
+        module.eval()
+    else:
+        # Exported graphs keep the mode they were traced in; switch dropout/BN to eval where possible.
+        with contextlib.suppress(Exception):
+            torch.ao.quantization.move_exported_model_to_eval(module)  # type: ignore[attr-defined]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    if in_ch not in (1, 3):
+        raise CheckpointError(f"the model takes {in_ch} input channels; reportgen supports 1 or 3")
+    return LoadedModel(module, arch, kind, sha, source, num_classes, in_ch)
+
+
+def extract_logits(output: Any) -> torch.Tensor:
+    """The logits from whatever the model returns (tensor, tuple, dict, HF-style object)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return extract_logits(output[0])
+    if isinstance(output, dict):
+        if "logits" in output:
+            return extract_logits(output["logits"])
+        if output:
+            return extract_logits(next(iter(output.values())))
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise CheckpointError(
+        f"cannot find logits in the model's output of type {type(output).__name__}"
+    )

@@ -1,0 +1,484 @@
+"""The pipeline: load, one dataset pass, analyses, render. Owns the device, seeds and timings."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import random
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+import reportgen
+from reportgen.analyses import REGISTRY, Analysis, AnalysisContext, SkipSection
+from reportgen.analyses.base import Collector, SetupContext
+from reportgen.config import Config
+from reportgen.dataset_pass import PassResult, dataset_pass
+from reportgen.errors import ConfigError, ReportgenError
+from reportgen.loading.images import DataFolder, ImageDataset, Preprocessor, scan_folder
+from reportgen.loading.models import LoadedModel, load_model
+from reportgen.progress import Progress
+from reportgen.render import (
+    ReportContext,
+    clean_floats,
+    render_html,
+    render_markdown,
+    to_json,
+    write_atomic,
+)
+from reportgen.section import Section, format_number
+
+log = logging.getLogger("reportgen")
+
+EXIT_OK = 0
+EXIT_SECTION_FAILED = 1
+EXIT_INPUT_ERROR = 2
+REQUIRED_METRICS = (
+    "accuracy",
+    "knn_agreement_feature",
+    "knn_agreement_pixel",
+    "tsne_trustworthiness",
+)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    sections: list[Section]
+    summary: dict[str, Any]
+    timings: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SECTION_FAILED if any(s.status == "failed" for s in self.sections) else EXIT_OK
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"run.device: {spec} requested but no CUDA device is available; use --device cpu"
+            )
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"run.device: {spec} does not exist ({torch.cuda.device_count()} CUDA device(s))"
+            )
+        return dev
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("run.device: mps requested but not available; use --device cpu")
+    return torch.device(spec)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    # Deterministic kernels where torch offers them; warn (not fail) where it does not.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def library_versions() -> dict[str, str]:
+    import matplotlib
+    import sklearn
+    import torchvision
+
+    return {
+        "reportgen": reportgen.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "matplotlib": matplotlib.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def select_queries(
+    result: PassResult, folder: DataFolder, spec: int | list[str], seed: int
+) -> list[int]:
+    """Query images (positions among readable images), deterministic for a seed.
+
+    A count picks round-robin across classes (a seeded shuffle within each class); unlabelled data
+    gets evenly spaced images. A list names images by their path relative to the data root.
+    """
+    n = len(result)
+    if isinstance(spec, list):
+        by_path = {folder.items[i].relpath: pos for pos, i in enumerate(result.item_index)}
+        skipped = {p for p, _ in result.skipped}
+        out = []
+        for rel in spec:
+            rel_norm = Path(rel).as_posix()
+            if rel_norm in skipped:
+                raise ConfigError(
+                    f"data.queries: {rel} could not be read (see skipped files); choose another image"
+                )
+            if rel_norm not in by_path:
+                from reportgen.errors import did_you_mean
+
+                raise ConfigError(
+                    f"data.queries: {rel} is not an image under {folder.root}{did_you_mean(rel_norm, by_path)}"
+                )
+            out.append(by_path[rel_norm])
+        return out
+    count = min(spec, n)
+    if count == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    labels = result.labels.numpy()
+    if folder.labelled:
+        groups = {
+            c: rng.permutation(np.flatnonzero(labels == c)).tolist()
+            for c in sorted(set(labels.tolist()))
+        }
+        picks: list[int] = []
+        depth = 0
+        while len(picks) < count:
+            for c in sorted(groups):
+                if depth < len(groups[c]) and len(picks) < count:
+                    picks.append(groups[c][depth])
+            depth += 1
+        return picks
+    return np.linspace(0, n - 1, count).round().astype(int).tolist()
+
+
+def manifest_sha256(manifest: list[tuple[str, int, str]]) -> str:
+    h = hashlib.sha256()
+    for rel, size, digest in sorted(manifest):
+        h.update(f"{rel}\t{size}\t{digest}\n".encode())
+    return h.hexdigest()
+
+
+def _display_root(root: Path, out_dir: Path) -> str:
+    """The data root as recorded: relative to the output folder when inside it (the demo)."""
+    try:
+        return root.resolve().relative_to(out_dir.resolve()).as_posix()
+    except ValueError:
+        return str(root)
+
+
+@dataclass
+class Pipeline:
+    config: Config
+    progress: Progress
+    warn: Callable[[str], None]
+    timings: dict[str, Any] = field(default_factory=lambda: {"analyses": {}})
+
+    def run(self) -> RunResult:
+        t_start = perf_counter()
+        cfg = self.config
+        seed_everything(cfg.run.seed)
+        device = resolve_device(cfg.run.device)
+        out_dir = Path(cfg.output.dir)
+
+        t = perf_counter()
+        model = load_model(cfg.model)
+        model.module.to(device)
+        if device.type == "cuda":
+            model.module.to(memory_format=torch.channels_last)
+        folder = scan_folder(cfg.data)
+        pre = Preprocessor.from_config(cfg.preprocess, model.in_channels)
+        dataset = ImageDataset(folder, pre)
+        self.timings["load"] = perf_counter() - t
+
+        analyses = [(name, REGISTRY[name]()) for name in REGISTRY if cfg.analyses[name].enabled]
+        sections: dict[str, Section] = {}
+        for name, analysis in analyses:
+            reason = self._cannot_run(analysis, model)
+            if reason:
+                sections[name] = Section(name, analysis.title, status="skipped", reason=reason)
+        setup = SetupContext(cfg, model, folder, device)
+        collectors: dict[str, Collector] = {}
+        for name, analysis in analyses:
+            if name in sections:
+                continue
+            try:
+                col = analysis.collector(setup, cfg.analyses[name])
+            except ReportgenError:
+                raise
+            except Exception as exc:
+                sections[name] = self._failed(analysis, exc)
+                continue
+            if col is not None:
+                collectors[name] = col
+
+        t = perf_counter()
+        result = dataset_pass(cfg, model, dataset, device, collectors, self.progress)
+        self.timings["dataset_pass"] = perf_counter() - t
+
+        queries = select_queries(result, folder, cfg.data.queries, cfg.run.seed)
+        ctx = AnalysisContext(
+            config=cfg,
+            model=model,
+            folder=folder,
+            dataset=dataset,
+            preprocessor=pre,
+            result=result,
+            device=device,
+            queries=queries,
+            collected=collectors,
+            progress=self.progress,
+        )
+        for name, analysis in analyses:
+            if name in sections:
+                continue
+            t = perf_counter()
+            sections[name] = self._run_one(analysis, ctx)
+            self.timings["analyses"][name] = perf_counter() - t
+        ordered = [sections[name] for name, _ in analyses]
+
+        summary = build_summary(cfg, model, folder, result, ordered, device, out_dir)
+        t = perf_counter()
+        files, warnings = write_outputs(cfg, summary, ordered, ctx, out_dir, self.warn)
+        self.timings["render"] = perf_counter() - t
+        self.timings["total"] = perf_counter() - t_start
+        write_atomic(out_dir / "timings.json", to_json(self.timings))
+        files.append(out_dir / "timings.json")
+        return RunResult(out_dir, ordered, summary, self.timings, files, warnings)
+
+    @staticmethod
+    def _cannot_run(analysis: Analysis, model: LoadedModel) -> str | None:
+        if (analysis.requires_hooks or analysis.requires_features) and not model.supports_hooks:
+            return f"needs layer hooks, which a {model.kind.replace('_', ' ')} model does not support; load a state dict with --model/--weights for this section"
+        return None
+
+    def _run_one(self, analysis: Analysis, ctx: AnalysisContext) -> Section:
+        try:
+            section = analysis.run(ctx, ctx.config.analyses[analysis.name])
+        except SkipSection as exc:
+            return Section(analysis.name, analysis.title, status="skipped", reason=str(exc))
+        except ReportgenError as exc:
+            return Section(analysis.name, analysis.title, status="failed", reason=str(exc))
+        except Exception as exc:
+            return self._failed(analysis, exc)
+        return section
+
+    def _failed(self, analysis: Analysis, exc: BaseException) -> Section:
+        where = traceback.extract_tb(exc.__traceback__)
+        origin = f" (at {Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
+        self.warn(f"analysis {analysis.name} failed: {type(exc).__name__}: {exc}")
+        log.debug("analysis %s failed", analysis.name, exc_info=exc)
+        return Section(
+            analysis.name,
+            analysis.title,
+            status="failed",
+            reason=f"{type(exc).__name__}: {exc}{origin}",
+        )
+
+
+def build_summary(
+    cfg: Config,
+    model: LoadedModel,
+    folder: DataFolder,
+    result: PassResult,
+    sections: list[Section],
+    device: torch.device,
+    out_dir: Path,
+) -> dict[str, Any]:
+    labels = result.labels
+    known = (labels >= 0) & (labels < result.logits.shape[1])
+    accuracy = (
+        float((result.predictions.cpu()[known] == labels[known]).float().mean())
+        if bool(known.any())
+        else None
+    )
+    metrics: dict[str, Any] = dict.fromkeys(REQUIRED_METRICS)
+    metrics["accuracy"] = accuracy
+    metrics["num_labelled"] = int(known.sum())
+    for s in sections:
+        if s.status == "ok":
+            metrics.update(s.metrics)
+    versions = library_versions()
+    summary = {
+        "reportgen_version": reportgen.__version__,
+        "model": {
+            "arch": model.arch,
+            "sha256": model.sha256,
+            "checkpoint_file": model.source,
+            "checkpoint_kind": model.kind,
+            "num_classes": model.num_classes,
+            "in_channels": model.in_channels,
+            "feature_layer": result.feature_layer,
+            "feature_dim": None if result.features is None else int(result.features.shape[1]),
+        },
+        "data": {
+            "root": _display_root(folder.root, out_dir),
+            "labelled": folder.labelled,
+            "num_images": len(result),
+            "num_classes": len(set(labels[labels >= 0].tolist())) if folder.labelled else None,
+            "class_names": folder.class_names,
+            "num_skipped": len(result.skipped),
+            "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+            "ignored": [{"path": p, "reason": r} for p, r in folder.ignored],
+            "manifest_sha256": manifest_sha256(result.manifest),
+            "queries": [
+                folder.items[result.item_index[q]].relpath
+                for q in select_queries(result, folder, cfg.data.queries, cfg.run.seed)
+            ],
+        },
+        "metrics": metrics,
+        "sections": [
+            {"name": s.name, "title": s.title, "status": s.status, "reason": s.reason}
+            for s in sections
+        ],
+        "run": {
+            "device": device_description(device),
+            "world_size": 1,
+            "seed": cfg.run.seed,
+            "precision": cfg.run.precision,
+        },
+        "provenance": {
+            "config": cfg.to_dict(for_provenance=True),
+            "seed": cfg.run.seed,
+            "device": device_description(device),
+            "versions": versions,
+            "checkpoint_sha256": model.sha256,
+            "manifest_sha256": manifest_sha256(result.manifest),
+        },
+    }
+    return clean_floats(summary)
+
+
+def _overview_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    m, d, met = summary["model"], summary["data"], summary["metrics"]
+    rows = [
+        ("model", f"{m['arch']} ({m['num_classes']} classes, {m['in_channels']}-channel input)"),
+        (
+            "checkpoint",
+            f"{m['checkpoint_file'] or 'none'} ({m['checkpoint_kind'].replace('_', ' ')})",
+        ),
+        ("checkpoint SHA-256", m["sha256"] or "none"),
+        (
+            "features",
+            f"{m['feature_layer']} ({m['feature_dim']} dimensions)"
+            if m["feature_layer"]
+            else "unavailable",
+        ),
+        ("data", d["root"]),
+        (
+            "images",
+            f"{d['num_images']} read, {d['num_skipped']} skipped"
+            + (f", {d['num_classes']} classes" if d["labelled"] else ", unlabelled"),
+        ),
+        (
+            "accuracy (top-1)",
+            "n/a (unlabelled)"
+            if met["accuracy"] is None
+            else f"{100 * met['accuracy']:.2f} % of {met['num_labelled']} labelled images",
+        ),
+        (
+            "k-NN agreement, features / pixels",
+            f"{format_number(met['knn_agreement_feature'])} / {format_number(met['knn_agreement_pixel'])}",
+        ),
+        ("t-SNE trustworthiness", format_number(met["tsne_trustworthiness"])),
+        ("device", summary["run"]["device"]),
+        ("seed", str(summary["run"]["seed"])),
+        ("sections", ", ".join(f"{s['name']} ({s['status']})" for s in summary["sections"])),
+    ]
+    return rows
+
+
+def write_outputs(
+    cfg: Config,
+    summary: dict[str, Any],
+    sections: list[Section],
+    ctx: AnalysisContext,
+    out_dir: Path,
+    warn: Callable[[str], None],
+) -> tuple[list[Path], list[str]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    warnings: list[str] = []
+    report = ReportContext(
+        title=f"{summary['model']['arch']} on {Path(summary['data']['root']).name or summary['data']['root']}",
+        summary=summary,
+        overview_rows=_overview_rows(summary),
+        sections=sections,
+        skipped=summary["data"]["skipped"],
+        config_yaml=yaml.safe_dump(
+            summary["provenance"]["config"], sort_keys=False, allow_unicode=True
+        ),
+        versions=summary["provenance"]["versions"],
+    )
+    budget = int(cfg.output.max_html_mb * 1024 * 1024)
+    if "html" in cfg.output.formats:
+        html = render_html(report, budget)
+        size_mb = len(html.html.encode("utf-8")) / 1024 / 1024
+        if (
+            html.encoding.photo_quality != 85
+            or html.encoding.photo_scale != 1.0
+            or html.encoding.line_scale != 1.0
+        ):
+            msg = (
+                f"report.html was over its {cfg.output.max_html_mb:g} MB budget: images re-encoded "
+                f"(photo quality {html.encoding.photo_quality}, photo scale {html.encoding.photo_scale:g}, "
+                f"line-art scale {html.encoding.line_scale:g}); final size {size_mb:.1f} MB"
+            )
+            if html.over_budget:
+                msg += " — still over budget at the smallest setting"
+            warn(msg)
+            warnings.append(msg)
+        summary["output"] = {"html_bytes": len(html.html.encode("utf-8"))}
+        write_atomic(out_dir / "report.html", html.html)
+        files.append(out_dir / "report.html")
+    if "pdf" in cfg.output.formats:
+        from reportgen.pdf import html_to_pdf
+
+        pdf_html = render_html(report, budget, for_pdf=True).html
+        write_atomic(out_dir / "report.pdf", html_to_pdf(pdf_html))
+        files.append(out_dir / "report.pdf")
+    write_atomic(out_dir / "summary.json", to_json(summary))
+    files.append(out_dir / "summary.json")
+    write_atomic(out_dir / "summary.md", render_markdown(report))
+    files.append(out_dir / "summary.md")
+    if cfg.output.save_arrays:
+        write_atomic(out_dir / "arrays.npz", arrays_npz(ctx))
+        files.append(out_dir / "arrays.npz")
+    return files, warnings
+
+
+def arrays_npz(ctx: AnalysisContext) -> bytes:
+    import io
+
+    res = ctx.result
+    arrays: dict[str, np.ndarray] = {
+        "dataset_ids": np.array(
+            [ctx.folder.items[i].relpath for i in res.item_index], dtype=np.str_
+        ),
+        "logits": res.logits.float().cpu().numpy(),
+        "labels": res.labels.numpy(),
+    }
+    if res.features is not None:
+        arrays["features"] = res.features.float().cpu().numpy()
+    arrays.update(ctx.arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def run_report(
+    config: Config, *, progress: Progress | None = None, warn: Callable[[str], None] | None = None
+) -> RunResult:
+    """Run every enabled analysis and write the report into ``config.output.dir``."""
+    return Pipeline(
+        config, progress or Progress(quiet=True), warn or (lambda m: log.warning("%s", m))
+    ).run()
