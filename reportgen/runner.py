@@ -183,12 +183,15 @@ class Pipeline:
     warn: Callable[[str], None]
     timings: dict[str, Any] = field(default_factory=lambda: {"analyses": {}})
 
-    def run(self) -> RunResult:
-        t_start = perf_counter()
+    def prepare(self) -> tuple[AnalysisContext, list[tuple[str, Analysis]], dict[str, Section]]:
+        """Load everything and run the dataset pass: the context every analysis gets.
+
+        Returns the context, the enabled analyses in report order, and the sections already
+        decided (skipped or failed before the pass).
+        """
         cfg = self.config
         seed_everything(cfg.run.seed)
         device = resolve_device(cfg.run.device)
-        out_dir = Path(cfg.output.dir)
 
         t = perf_counter()
         model = load_model(cfg.model)
@@ -215,7 +218,7 @@ class Pipeline:
                 col = analysis.collector(setup, cfg.analyses[name])
             except ReportgenError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # one analysis must not end the run
                 sections[name] = self._failed(analysis, exc)
                 continue
             if col is not None:
@@ -238,6 +241,13 @@ class Pipeline:
             collected=collectors,
             progress=self.progress,
         )
+        return ctx, analyses, sections
+
+    def run(self) -> RunResult:
+        t_start = perf_counter()
+        cfg = self.config
+        out_dir = Path(cfg.output.dir)
+        ctx, analyses, sections = self.prepare()
         for name, analysis in analyses:
             if name in sections:
                 continue
@@ -246,7 +256,9 @@ class Pipeline:
             self.timings["analyses"][name] = perf_counter() - t
         ordered = [sections[name] for name, _ in analyses]
 
-        summary = build_summary(cfg, model, folder, result, ordered, device, out_dir)
+        summary = build_summary(
+            cfg, ctx.model, ctx.folder, ctx.result, ordered, ctx.device, out_dir, ctx.queries
+        )
         t = perf_counter()
         files, warnings = write_outputs(cfg, summary, ordered, ctx, out_dir, self.warn)
         self.timings["render"] = perf_counter() - t
@@ -293,6 +305,7 @@ def build_summary(
     sections: list[Section],
     device: torch.device,
     out_dir: Path,
+    queries: list[int],
 ) -> dict[str, Any]:
     labels = result.labels
     known = (labels >= 0) & (labels < result.logits.shape[1])
@@ -330,10 +343,7 @@ def build_summary(
             "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
             "ignored": [{"path": p, "reason": r} for p, r in folder.ignored],
             "manifest_sha256": manifest_sha256(result.manifest),
-            "queries": [
-                folder.items[result.item_index[q]].relpath
-                for q in select_queries(result, folder, cfg.data.queries, cfg.run.seed)
-            ],
+            "queries": [folder.items[result.item_index[q]].relpath for q in queries],
         },
         "metrics": metrics,
         "sections": [
