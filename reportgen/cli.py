@@ -32,7 +32,7 @@ def _finish(result: Any, quiet: bool) -> None:
     for s in result.sections:
         if s.status == "failed":
             click.echo(f"reportgen: section {s.name} failed: {s.reason}", err=True)
-    if not quiet:
+    if not quiet and result.rank == 0:  # torchrun: only rank 0 writes (and reports) outputs
         names = ", ".join(p.name for p in result.files)
         click.echo(f"report written to {result.out_dir / 'report.html'} ({names})")
     sys.exit(result.exit_code)

@@ -43,6 +43,9 @@ class PassResult:
     """(relative path, size, sha256) of every image file considered."""
     mean_input: torch.Tensor | None = None
     """Per-channel mean of the preprocessed inputs (model space), e.g. the occluder's fill."""
+    batch_sums: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
+    """(first dataset index, per-channel input sum, pixel count) per batch: lets a sharded run
+    (torchrun) add the batches up in one-process order, so ``mean_input`` is bit-identical."""
 
     @property
     def predictions(self) -> torch.Tensor:
@@ -106,8 +109,12 @@ def dataset_pass(
     collectors: Mapping[str, Collector],
     progress: Progress,
     indices: Sequence[int] | None = None,
+    allow_empty: bool = False,
 ) -> PassResult:
-    """Run the model once over the images (``indices`` selects a shard) and collect."""
+    """Run the model once over the images (``indices`` selects a shard) and collect.
+
+    ``allow_empty``: a shard may hold no readable image (torchrun ranks); otherwise that raises.
+    """
     module = model.module
     feature_name: str | None = None
     outputs_of: dict[str, nn.Module] = {}
@@ -129,8 +136,7 @@ def dataset_pass(
     order: list[int] = []
     skipped: list[tuple[str, str]] = []
     manifest: list[tuple[str, int, str]] = []
-    channel_sum: torch.Tensor | None = None
-    pixel_count = 0
+    batch_sums: list[tuple[int, torch.Tensor, int]] = []
     size = cfg.preprocess.pixel_size
     pre = dataset.pre
     items = dataset.folder.items
@@ -163,28 +169,41 @@ def dataset_pass(
             for col in collectors.values():
                 col.update(positions, {k: captured[k] for k in col.layers})
             raw = pre.denormalise(x.float())
-            channel_sum = x.float().sum(dim=(0, 2, 3)) + (0 if channel_sum is None else channel_sum)
-            pixel_count += x.shape[0] * x.shape[2] * x.shape[3]
+            batch_sums.append(
+                (int(idx[0]), x.float().sum(dim=(0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3])
+            )
             small = (
                 F.interpolate(raw, size=(size, size), mode="area") if raw.shape[-1] != size else raw
             )
             pixels.append((small.clamp(0, 1) * 255 + 0.5).to(torch.uint8))
             order.extend(idx.tolist())
-    if not order:
+    if not order and not allow_empty:
         raise_no_images(dataset, skipped)
     labels = torch.tensor([items[i].label for i in order], dtype=torch.long)
-    assert channel_sum is not None
     return PassResult(
         item_index=order,
         features=torch.cat(feats) if feats else None,
         feature_layer=feature_name,
-        logits=torch.cat(logits_all),
+        logits=torch.cat(logits_all) if logits_all else torch.empty(0, 0, device=device),
         labels=labels,
-        pixels=torch.cat(pixels),
+        pixels=torch.cat(pixels) if pixels else torch.empty(0, dtype=torch.uint8, device=device),
         skipped=skipped,
         manifest=manifest,
-        mean_input=channel_sum / pixel_count,
+        mean_input=mean_of_batches(batch_sums) if batch_sums else None,
+        batch_sums=batch_sums,
     )
+
+
+def mean_of_batches(batch_sums: Sequence[tuple[int, torch.Tensor, int]]) -> torch.Tensor:
+    """Per-channel mean over batches, added in dataset order (the same float rounding for any
+    number of ranks)."""
+    total: torch.Tensor | None = None
+    count = 0
+    for _, s, c in sorted(batch_sums, key=lambda b: b[0]):
+        total = s if total is None else s + total
+        count += c
+    assert total is not None
+    return total / count
 
 
 def raise_no_images(dataset: ImageDataset, skipped: list[tuple[str, str]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import platform
 import random
 import traceback
@@ -18,6 +19,7 @@ import torch
 import yaml
 
 import reportgen
+from reportgen import distributed
 from reportgen.analyses import REGISTRY, Analysis, AnalysisContext, SkipSection
 from reportgen.analyses.base import Collector, SetupContext
 from reportgen.config import Config
@@ -57,6 +59,8 @@ class RunResult:
     timings: dict[str, Any]
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    rank: int = 0
+    """Under torchrun, this process' rank; only rank 0 writes outputs (the others' result is empty)."""
 
     @property
     def exit_code(self) -> int:
@@ -176,12 +180,17 @@ def _display_root(root: Path, out_dir: Path) -> str:
         return str(root)
 
 
+class _NotMainRank(Exception):
+    """Raised inside a torchrun rank other than 0 once its shard of the pass is gathered."""
+
+
 @dataclass
 class Pipeline:
     config: Config
     progress: Progress
     warn: Callable[[str], None]
     timings: dict[str, Any] = field(default_factory=lambda: {"analyses": {}})
+    dist: distributed.DistContext = distributed.SINGLE
 
     def prepare(self) -> tuple[AnalysisContext, list[tuple[str, Analysis]], dict[str, Section]]:
         """Load everything and run the dataset pass: the context every analysis gets.
@@ -191,7 +200,13 @@ class Pipeline:
         """
         cfg = self.config
         seed_everything(cfg.run.seed)
-        device = resolve_device(cfg.run.device)
+        # Under torchrun each process takes its own GPU (LOCAL_RANK) and joins the process group.
+        device = resolve_device(
+            distributed.rank_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+        )
+        self.dist = distributed.init_from_env(device)
+        if not self.dist.is_main:
+            self.progress = Progress(quiet=True)
 
         t = perf_counter()
         model = load_model(cfg.model)
@@ -221,11 +236,33 @@ class Pipeline:
             except Exception as exc:  # one analysis must not end the run
                 sections[name] = self._failed(analysis, exc)
                 continue
-            if col is not None:
+            if col is not None and self.dist.enabled and not distributed.can_merge(col):
+                sections[name] = Section(
+                    name,
+                    analysis.title,
+                    status="skipped",
+                    reason="its collector cannot merge results across torchrun processes; run it in one process",
+                )
+            elif col is not None:
                 collectors[name] = col
 
         t = perf_counter()
-        result = dataset_pass(cfg, model, dataset, device, collectors, self.progress)
+        if self.dist.enabled:
+            shard = distributed.shard_indices(
+                len(dataset), cfg.run.batch_size, self.dist.rank, self.dist.world_size
+            )
+            local = dataset_pass(
+                cfg, model, dataset, device, collectors, self.progress, shard, allow_empty=True
+            )
+            merged = distributed.gather_pass(
+                self.dist, local, collectors, dataset, cfg.run.batch_size, device
+            )
+            if merged is None:  # not rank 0: its share of the work is done
+                self.timings["dataset_pass"] = perf_counter() - t
+                raise _NotMainRank
+            result = merged
+        else:
+            result = dataset_pass(cfg, model, dataset, device, collectors, self.progress)
         self.timings["dataset_pass"] = perf_counter() - t
 
         queries = select_queries(result, folder, cfg.data.queries, cfg.run.seed)
@@ -244,6 +281,16 @@ class Pipeline:
         return ctx, analyses, sections
 
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        except _NotMainRank:
+            return RunResult(
+                Path(self.config.output.dir), [], {}, self.timings, rank=self.dist.rank
+            )
+        finally:
+            distributed.shutdown(self.dist)
+
+    def _run(self) -> RunResult:
         t_start = perf_counter()
         cfg = self.config
         out_dir = Path(cfg.output.dir)
@@ -257,7 +304,15 @@ class Pipeline:
         ordered = [sections[name] for name, _ in analyses]
 
         summary = build_summary(
-            cfg, ctx.model, ctx.folder, ctx.result, ordered, ctx.device, out_dir, ctx.queries
+            cfg,
+            ctx.model,
+            ctx.folder,
+            ctx.result,
+            ordered,
+            ctx.device,
+            out_dir,
+            ctx.queries,
+            world_size=self.dist.world_size,
         )
         t = perf_counter()
         files, warnings = write_outputs(cfg, summary, ordered, ctx, out_dir, self.warn)
@@ -306,6 +361,7 @@ def build_summary(
     device: torch.device,
     out_dir: Path,
     queries: list[int],
+    world_size: int = 1,
 ) -> dict[str, Any]:
     labels = result.labels
     known = (labels >= 0) & (labels < result.logits.shape[1])
@@ -352,7 +408,7 @@ def build_summary(
         ],
         "run": {
             "device": device_description(device),
-            "world_size": 1,
+            "world_size": world_size,
             "seed": cfg.run.seed,
             "precision": cfg.run.precision,
         },
