@@ -237,19 +237,38 @@ def markdown_escape(value: Any) -> str:
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temporary file in the same folder, then rename: never a truncated file."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    write_all_atomic({path: data})
+
+
+def write_all_atomic(files: dict[Path, bytes | str]) -> None:
+    """Write several files so that each is either the old complete one or the new complete one.
+
+    Every payload goes to a temporary file next to its target first (flushed to disk); only when
+    all of them are written are they renamed over the targets, one ``os.replace`` each. A failure
+    while writing (disk full, Ctrl-C) removes the temporary files and leaves every target as it
+    was, so an existing report is never swapped for part of a new one.
+    """
+    staged: list[tuple[str, Path]] = []
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            payload = data.encode("utf-8") if isinstance(data, str) else data
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            # mkstemp creates 0600 files; outputs get the usual permissions.
+            os.chmod(tmp, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        while staged:
+            tmp, path = staged[0]
+            os.replace(tmp, path)
+            staged.pop(0)
     except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for tmp, _ in staged:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 
