@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -19,8 +19,9 @@ from reportgen.errors import ReportgenError
 EXIT_INPUT_ERROR = 2
 
 
-def _fail(exc: ReportgenError) -> None:
-    click.echo(f"reportgen: error: {exc}", err=True)
+def _fail(exc: ReportgenError) -> NoReturn:
+    # One line, whatever the library's message held (users grep logs; CI shows the last line).
+    click.echo(f"reportgen: error: {' '.join(str(exc).split())}", err=True)
     sys.exit(EXIT_INPUT_ERROR)
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
+import re
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,6 @@ from torch import nn
 from reportgen.errors import CheckpointError
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net")
-STRIPPABLE_PREFIXES = ("module.", "_orig_mod.", "model.")
 CheckpointKind = Literal["state_dict", "pickled_module", "torchscript", "exported"]
 
 
@@ -70,6 +71,20 @@ def _looks_like_export(path: Path) -> bool:
     )
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    """Collapse a (possibly multi-line) library message into one short line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _blocked_reason(message: str) -> str:
+    """What the weights-only unpickler refused, in words (torch's own text suggests unsafe loading)."""
+    found = re.search(r"GLOBAL\s+([\w.]+)", message)
+    if found:
+        return f"it needs code to unpickle (it references {found.group(1)}, which is not allowed)"
+    return "it holds pickle content outside the weights-only subset (it needs code to unpickle)"
+
+
 def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A state dict from a weights file, plus whatever metadata sat beside it.
 
@@ -88,22 +103,28 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{p}: not a readable .safetensors file ({exc})") from None
     if _looks_like_export(p) or _looks_like_torchscript(p):
+        kind = "torch.export (.pt2)" if _looks_like_export(p) else "TorchScript"
         raise CheckpointError(
-            f"{p}: this is a TorchScript/torch.export archive, which runs code when loaded; "
-            "pass it as --checkpoint with --trust-checkpoint if you trust its source"
+            f"{p}: this is a {kind} archive, which runs code when loaded, so it is not read as "
+            "--weights; pass it as --checkpoint with --trust-checkpoint if you trust its source"
         )
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+        # torch warns about pickle protocols it did not write; the message means nothing to users.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            with torch.serialization.safe_globals(_safe_globals()):
+                obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        # Never retry with weights_only=False: an attacker can provoke this error at will.
         raise CheckpointError(
-            f"{p}: refused to load: the file needs code to unpickle ({first[:200]}). "
-            "If it is a whole pickled model from a source you trust, pass it as --checkpoint "
+            f"{p}: refused to load as --weights: {_blocked_reason(str(exc))}; nothing in it was "
+            "run. If it is a whole pickled model from a source you trust, pass it as --checkpoint "
             "with --trust-checkpoint; otherwise save a state dict (model.state_dict())"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{p}: not a readable PyTorch weights file ({exc})") from None
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch weights file ({_one_line(str(exc))})"
+        ) from None
     return unwrap_state_dict(obj, p)
 
 
@@ -139,26 +160,47 @@ def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], di
     return tensors, meta
 
 
+def _key_prefixes(keys: Iterable[str]) -> set[str]:
+    """The dotted prefixes of the keys up to three levels (``a.``, ``a.b.`` for ``a.b.c.d``).
+
+    Three levels cover the real wrappers (``module._orig_mod.``, ``model.backbone.``) and keep
+    this cheap for models with thousands of keys.
+    """
+    out: set[str] = set()
+    for k in keys:
+        parts = k.split(".")[:-1]
+        for i in range(1, min(len(parts), 3) + 1):
+            out.add(".".join(parts[:i]) + ".")
+    return out
+
+
 def adapt_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
-    """Strip wrapper prefixes (``module.``, ``_orig_mod.``, ``model.``) while that matches more keys."""
+    """The part of ``state`` that fits a model with ``expected`` keys.
 
-    def score(keys: set[str]) -> int:
-        return len(keys & expected)
+    Wrappers put the model's keys under a prefix: ``module.`` (DataParallel/DDP), ``_orig_mod.``
+    (torch.compile), the LightningModule attribute (``model.``, ``net.`` ...), or several of them
+    (``module._orig_mod.``). The prefix whose keys match the most expected keys wins; keys outside
+    it (a Lightning module's loss weights, an EMA copy) belong to the wrapper and are dropped.
+    Without a better prefix the state is returned unchanged, so a wrong architecture still shows
+    every unexpected key.
+    """
+    needed = {k for k in expected if not k.endswith("num_batches_tracked")}
 
-    current = dict(state)
-    changed = True
-    while changed:
-        changed = False
-        for prefix in STRIPPABLE_PREFIXES:
-            if not any(k.startswith(prefix) for k in current):
-                continue
-            stripped = {
-                (k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in current.items()
-            }
-            if score(set(stripped)) > score(set(current)):
-                current = stripped
-                changed = True
-    return current
+    def score(keys: Iterable[str]) -> int:
+        return len(needed.intersection(keys))
+
+    best, best_score = "", score(state)
+    if best_score == len(needed):
+        return dict(state)
+    # Shortest prefix first, so that ``module.`` beats ``module.module.`` on a tie.
+    for prefix in sorted(_key_prefixes(state), key=lambda x: (x.count("."), x)):
+        sub = [k[len(prefix) :] for k in state if k.startswith(prefix)]
+        sc = score(sub)
+        if sc > best_score:
+            best, best_score = prefix, sc
+    if not best:
+        return dict(state)
+    return {k[len(best) :]: v for k, v in state.items() if k.startswith(best)}
 
 
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -213,15 +255,17 @@ def load_trusted_checkpoint(path: str | Path, trust: bool) -> TrustedModel:
             "--model ARCH --weights STATE_DICT instead"
         )
     try:
-        if _looks_like_export(p):
-            program = torch.export.load(str(p))
-            return TrustedModel(program.module(), "exported")
-        if _looks_like_torchscript(p):
-            return TrustedModel(torch.jit.load(str(p), map_location="cpu"), "torchscript")
-        obj = torch.load(p, map_location="cpu", weights_only=False)  # trusted by the user's flag
+        # torch deprecates TorchScript with a FutureWarning on every load; not the user's concern.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            if _looks_like_export(p):
+                return TrustedModel(ExportedModule(torch.export.load(str(p))), "exported")
+            if _looks_like_torchscript(p):
+                return TrustedModel(torch.jit.load(str(p), map_location="cpu"), "torchscript")
+            obj = torch.load(p, map_location="cpu", weights_only=False)  # trusted by the flag
     except Exception as exc:
         raise CheckpointError(
-            f"{p}: cannot load trusted checkpoint ({type(exc).__name__}: {exc})"
+            f"{p}: cannot load trusted checkpoint ({type(exc).__name__}: {_one_line(str(exc))})"
         ) from None
     if isinstance(obj, nn.Module):
         return TrustedModel(obj, "pickled_module")
@@ -229,3 +273,120 @@ def load_trusted_checkpoint(path: str | Path, trust: bool) -> TrustedModel:
         f"{p}: the checkpoint holds a {type(obj).__name__}, not a model; for a state dict use "
         "--weights with --model ARCH"
     )
+
+
+# --------------------------------------------------------------------------- torch.export programs
+
+# Graph ops whose "training" flag is baked in when a model is exported in train mode, and the
+# position of that flag. ``ExportedProgram.module()`` refuses ``.eval()`` and torch no longer ships
+# ``move_exported_model_to_eval`` (it moved to torchao), so the flag is rewritten here.
+_TRAIN_FLAG_ARG = {
+    "aten.batch_norm.default": 5,
+    "aten.dropout.default": 2,
+    "aten.feature_dropout.default": 2,
+    "aten.alpha_dropout.default": 2,
+    "aten.feature_alpha_dropout.default": 2,
+}
+
+
+def exported_graph_to_eval(graph_module: torch.fx.GraphModule) -> int:
+    """Switch batch norm and dropout in an exported graph to inference; returns ops changed."""
+    changed = 0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        pos = _TRAIN_FLAG_ARG.get(str(node.target))
+        if pos is None or len(node.args) <= pos or node.args[pos] is not True:
+            continue
+        args = list(node.args)
+        args[pos] = False
+        node.args = tuple(args)
+        changed += 1
+    if changed:
+        graph_module.recompile()
+    return changed
+
+
+def _static_input_shape(program: Any) -> tuple[int | None, ...] | None:
+    """The first user input's shape with ``None`` for dynamic dimensions (None if unknown)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            val = node.meta.get("val")
+            shape = getattr(val, "shape", None)
+            if shape is None:
+                return None
+            return tuple(d if isinstance(d, int) else None for d in shape)
+    return None
+
+
+class ExportedModule(nn.Module):
+    """A ``torch.export`` program as a module that runs in inference mode on any batch size.
+
+    Most programs are exported with a static batch size (often 1); inputs are split into chunks
+    of that size (the last chunk padded) so the DataLoader's batches fit. A static image size that
+    differs from the preprocessing is reported as an input error rather than a guard failure.
+    """
+
+    def __init__(self, program: Any) -> None:
+        super().__init__()
+        self.input_shape = _static_input_shape(program)
+        self.program = program.module()
+        self.eval_ops_switched = exported_graph_to_eval(self.program)
+        self.training = False
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        # The unlifted graph raises on .train()/.eval(); its mode is fixed at export time (and
+        # switched to inference above), so only this wrapper's flag changes.
+        self.training = mode
+        return self
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        # Report the original model's names (``conv1.weight``), not ``program.conv1.weight``.
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            yield (
+                name.replace("program.", "", 1) if name.startswith(prefix + "program.") else name,
+                p,
+            )
+
+    def forward(self, x: torch.Tensor) -> Any:
+        shape = self.input_shape
+        if shape is not None and len(shape) == x.ndim:
+            want = [d for d in shape[1:]]
+            got = list(x.shape[1:])
+            if any(w is not None and w != g for w, g in zip(want, got, strict=True)):
+                expect = "×".join("?" if w is None else str(w) for w in want)
+                raise CheckpointError(
+                    f"the exported model takes inputs of {expect} (channels×height×width) but "
+                    f"gets {'×'.join(map(str, got))}; set preprocess.resize and preprocess.crop "
+                    "to match the export"
+                )
+            batch = shape[0]
+            if batch is not None and x.shape[0] != batch:
+                return self._chunked(x, batch)
+        return self.program(x)
+
+    def _chunked(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        outs = []
+        for start in range(0, x.shape[0], batch):
+            chunk = x[start : start + batch]
+            n = chunk.shape[0]
+            if n < batch:
+                pad = chunk[-1:].expand(batch - n, *chunk.shape[1:])
+                chunk = torch.cat([chunk, pad])
+            out = self.program(chunk)
+            logits = _first_tensor(out)
+            outs.append(logits[:n])
+        return torch.cat(outs)
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output:
+        return _first_tensor(output[0])
+    if isinstance(output, dict) and output:
+        return _first_tensor(output.get("logits", next(iter(output.values()))))
+    raise CheckpointError(f"cannot find logits in the exported model's {type(output).__name__}")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reportgen.config import DataConfig, PreprocessConfig
-from reportgen.errors import DataError
+from reportgen.errors import DataError, did_you_mean
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _WANTED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "DIB", "GIF", "WEBP", "TIFF")
@@ -83,6 +83,40 @@ def read_labels(labels: str | list[str] | None) -> list[str] | None:
     return names
 
 
+def _class_index(names: list[str], labels: list[str] | None, root: Path) -> dict[str, int]:
+    """Class folder name -> class index in the model's output order.
+
+    Without ``data.labels``: sorted position (torchvision's ImageFolder convention). With it:
+    a folder named after a label (or after an index, ``0``, ``1`` ...) gets that label's index;
+    when no folder matches, the labels only name the sorted positions (e.g. WordNet-id folders
+    with human-readable labels). A mix is refused: the unmatched folders would silently take
+    another class's index.
+    """
+    if labels is None:
+        return {name: pos for pos, name in enumerate(names)}
+
+    def by_label(name: str) -> int | None:
+        if name in labels:
+            return labels.index(name)
+        if name.isdigit() and int(name) < len(labels):
+            return int(name)
+        return None
+
+    matched = {name: by_label(name) for name in names}
+    unmatched = [n for n, i in matched.items() if i is None]
+    if len(unmatched) == len(names):
+        return {name: pos for pos, name in enumerate(names)}
+    if unmatched:
+        shown = ", ".join(f"{n!r}{did_you_mean(n, labels)}" for n in unmatched[:5]) + (
+            " ..." if len(unmatched) > 5 else ""
+        )
+        raise DataError(
+            f"{root}: class folder(s) not in data.labels: {shown}; name every class folder "
+            "after a label (or its index), or none of them"
+        )
+    return {n: i for n, i in matched.items() if i is not None}
+
+
 def scan_folder(cfg: DataConfig) -> DataFolder:
     """List the images: ImageFolder layout (one sub-folder per class) or a flat folder.
 
@@ -105,14 +139,7 @@ def scan_folder(cfg: DataConfig) -> DataFolder:
 
     if class_dirs:
         names = [d.name for d in class_dirs]
-        index: dict[str, int] = {}
-        for pos, name in enumerate(names):
-            if labels is not None and name in labels:
-                index[name] = labels.index(name)
-            elif name.isdigit() and labels is not None and int(name) < len(labels):
-                index[name] = int(name)
-            else:
-                index[name] = pos
+        index = _class_index(names, labels, root)
         if len(set(index.values())) != len(index):
             raise DataError(
                 f"{root}: class folders map to the same class index ({index}); "

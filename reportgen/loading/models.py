@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -134,7 +133,13 @@ def build_architecture(arch: str, num_classes: int | None) -> nn.Module:
             if num_classes is not None and _accepts(factory, "num_classes")
             else {}
         )
-        model = factory(**factory_kwargs)
+        try:
+            model = factory(**factory_kwargs)
+        except Exception as exc:
+            raise ConfigError(
+                f"model.arch: {arch}({', '.join(f'{k}={v!r}' for k, v in factory_kwargs.items())}) "
+                f"raised {type(exc).__name__}: {' '.join(str(exc).split())}"
+            ) from None
         if not isinstance(model, nn.Module):
             raise ConfigError(
                 f"model.arch: {arch} returned {type(model).__name__}, not an nn.Module"
@@ -155,9 +160,20 @@ def build_architecture(arch: str, num_classes: int | None) -> nn.Module:
 
 
 def infer_num_classes(arch: str, state: dict[str, torch.Tensor]) -> int | None:
-    """Read the class count from the weights: the classifier's output size in the file."""
-    with torch.device("meta"):
-        probe = build_architecture(arch, None)
+    """Read the class count from the weights: the classifier's output size in the file.
+
+    The classifier is found on a probe built on the meta device (no memory, no init cost); its
+    weight is looked up in the file under any wrapper prefix (``module.``, ``model.`` ...).
+    """
+    try:
+        with torch.device("meta"):
+            probe = build_architecture(arch, None)
+    except ConfigError:
+        raise
+    except Exception:
+        # Some user factories cannot run on the meta device; then num_classes comes from the
+        # factory's default (or model.num_classes).
+        return None
     head = last_linear(probe)
     if head is None:
         convs = conv_layers(probe)
@@ -166,9 +182,13 @@ def infer_num_classes(arch: str, state: dict[str, torch.Tensor]) -> int | None:
         head_name = convs[-1][0]
     else:
         head_name = head[0]
-    for prefix in ("", "module.", "model.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."):
-        w = state.get(f"{prefix}{head_name}.weight")
-        if w is not None:
+    suffix = f"{head_name}.weight"
+    candidates = sorted(
+        (k for k in state if k == suffix or k.endswith("." + suffix)), key=lambda k: (len(k), k)
+    )
+    for key in candidates:
+        w = state[key]
+        if w.ndim >= 2:
             return int(w.shape[0])
     return None
 
@@ -194,6 +214,11 @@ def _num_classes(model: nn.Module, override: int | None) -> int:
     convs = conv_layers(model)
     if convs:
         return int(convs[-1][1].out_channels)
+    # TorchScript and exported graphs have no nn.Linear instances, only their parameters: the
+    # last 2-D parameter is the classifier's weight (out_features × in_features).
+    matrices = [p for _, p in model.named_parameters() if p.ndim == 2]
+    if matrices:
+        return int(matrices[-1].shape[0])
     return 0
 
 
@@ -207,12 +232,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         sha = sha256_file(path)
         source: str | None = path.name
         kind: CheckpointKind = trusted.kind
-        if kind == "exported":
-            num_classes = cfg.num_classes or 0
-            in_ch = _in_channels(module, cfg.in_channels)
-        else:
-            num_classes = _num_classes(module, cfg.num_classes)
-            in_ch = _in_channels(module, cfg.in_channels)
+        num_classes = _num_classes(module, cfg.num_classes)
+        in_ch = _in_channels(module, cfg.in_channels)
     else:
         assert cfg.arch is not None
         arch = cfg.arch
@@ -230,12 +251,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         kind = "state_dict"
         num_classes = _num_classes(module, cfg.num_classes)
         in_ch = _in_channels(module, cfg.in_channels)
-    if kind != "exported":
-        module.eval()
-    else:
-        # Exported graphs keep the mode they were traced in; switch dropout/BN to eval where possible.
-        with contextlib.suppress(Exception):
-            torch.ao.quantization.move_exported_model_to_eval(module)  # type: ignore[attr-defined]
+    # Exported programs are switched to inference when loaded (ExportedModule); eval() is then
+    # a no-op on them but keeps every kind on the same path.
+    module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
     if in_ch not in (1, 3):
