@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from reportgen.analyses.audit import AuditAnalysis
 from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
 from reportgen.analyses.embedding import EmbeddingAnalysis
 from reportgen.analyses.filters import FiltersAnalysis
 from reportgen.analyses.neighbors import NeighborsAnalysis
+from reportgen.analyses.occlusion import OcclusionAnalysis
 
 _ALL: list[type[Analysis]] = [
     FiltersAnalysis,
     NeighborsAnalysis,
     EmbeddingAnalysis,
+    OcclusionAnalysis,
+    AuditAnalysis,
 ]
 
 REGISTRY: dict[str, type[Analysis]] = {cls.name: cls for cls in sorted(_ALL, key=lambda c: c.order)}
