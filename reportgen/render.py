@@ -149,6 +149,8 @@ def render_html_once(ctx: ReportContext, enc: Encoding, *, for_pdf: bool = False
     env = make_environment(encoder)
     templates = {s.name: section_template(env, s.name) for s in ctx.sections}
     css = (templates_dir() / "report.css").read_text(encoding="utf-8")
+    if for_pdf:
+        css += "\n" + (templates_dir() / "pdf.css").read_text(encoding="utf-8")
     return env.get_template("report.html.j2").render(
         r=ctx,
         csp=CSP,
