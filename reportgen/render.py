@@ -76,13 +76,18 @@ def encode_picture(pic: Picture, enc: Encoding) -> tuple[str, int, int]:
     buf = io.BytesIO()
     if pic.kind == "photo":
         img = _resize(pic.pixels, enc.photo_scale).convert("RGB")
-        img.save(
-            buf,
-            format="JPEG",
-            quality=enc.photo_quality,
-            optimize=True,
-            subsampling=0 if enc.photo_quality >= 85 else 2,
-        )
+        settings: dict[str, Any] = {
+            "format": "JPEG",
+            "quality": enc.photo_quality,
+            "subsampling": 0 if enc.photo_quality >= 85 else 2,
+        }
+        try:
+            img.save(buf, optimize=True, **settings)
+        except OSError:
+            # Pillow sizes the optimising encoder's buffer at one byte per pixel; very noisy
+            # pictures compress worse than that and fail. The plain encoder has no such limit.
+            buf = io.BytesIO()
+            img.save(buf, **settings)
         mime = "image/jpeg"
     else:
         img = _resize(pic.pixels, enc.line_scale)
