@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -29,11 +30,14 @@ from reportgen.loading.images import DataFolder, ImageDataset, Preprocessor, sca
 from reportgen.loading.models import LoadedModel, load_model
 from reportgen.progress import Progress
 from reportgen.render import (
+    Encoding,
     ReportContext,
     clean_floats,
     render_html,
+    render_html_once,
     render_markdown,
     to_json,
+    write_all_atomic,
     write_atomic,
 )
 from reportgen.section import Section, format_number
@@ -471,8 +475,11 @@ def write_outputs(
     out_dir: Path,
     warn: Callable[[str], None],
 ) -> tuple[list[Path], list[str]]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    """Render every output in memory, then write them all atomically.
+
+    Nothing in ``out_dir`` changes until every output rendered: a failure while rendering (the PDF,
+    say) leaves an existing report.html / summary.json from an earlier run untouched.
+    """
     warnings: list[str] = []
     report = ReportContext(
         title=f"{summary['model']['arch']} on {Path(summary['data']['root']).name or summary['data']['root']}",
@@ -486,40 +493,43 @@ def write_outputs(
         versions=summary["provenance"]["versions"],
     )
     budget = int(cfg.output.max_html_mb * 1024 * 1024)
+    payloads: dict[Path, bytes | str] = {}
+    encoding = Encoding()
+    output: dict[str, Any] = {"html_budget_bytes": budget}
     if "html" in cfg.output.formats:
         html = render_html(report, budget)
-        size_mb = len(html.html.encode("utf-8")) / 1024 / 1024
-        if (
-            html.encoding.photo_quality != 85
-            or html.encoding.photo_scale != 1.0
-            or html.encoding.line_scale != 1.0
-        ):
+        encoding = html.encoding
+        html_bytes = len(html.html.encode("utf-8"))
+        output.update(
+            html_bytes=html_bytes,
+            html_over_budget=html.over_budget,
+            image_encoding=dataclasses.asdict(encoding),
+        )
+        if encoding != Encoding():
             msg = (
                 f"report.html was over its {cfg.output.max_html_mb:g} MB budget: images re-encoded "
-                f"(photo quality {html.encoding.photo_quality}, photo scale {html.encoding.photo_scale:g}, "
-                f"line-art scale {html.encoding.line_scale:g}); final size {size_mb:.1f} MB"
+                f"(photo quality {encoding.photo_quality}, photo scale {encoding.photo_scale:g}, "
+                f"line-art scale {encoding.line_scale:g}); final size {html_bytes / 1024 / 1024:.2f} MB"
             )
             if html.over_budget:
                 msg += " — still over budget at the smallest setting"
             warn(msg)
             warnings.append(msg)
-        summary["output"] = {"html_bytes": len(html.html.encode("utf-8"))}
-        write_atomic(out_dir / "report.html", html.html)
-        files.append(out_dir / "report.html")
+        payloads[out_dir / "report.html"] = html.html
     if "pdf" in cfg.output.formats:
         from reportgen.pdf import html_to_pdf
 
-        pdf_html = render_html(report, budget, for_pdf=True).html
-        write_atomic(out_dir / "report.pdf", html_to_pdf(pdf_html))
-        files.append(out_dir / "report.pdf")
-    write_atomic(out_dir / "summary.json", to_json(summary))
-    files.append(out_dir / "summary.json")
-    write_atomic(out_dir / "summary.md", render_markdown(report))
-    files.append(out_dir / "summary.md")
+        # Same pictures as the HTML (already shrunk to its budget, if it had to be).
+        pdf = html_to_pdf(render_html_once(report, encoding, for_pdf=True))
+        output["pdf_bytes"] = len(pdf)
+        payloads[out_dir / "report.pdf"] = pdf
+    summary["output"] = output
+    payloads[out_dir / "summary.json"] = to_json(summary)
+    payloads[out_dir / "summary.md"] = render_markdown(report)
     if cfg.output.save_arrays:
-        write_atomic(out_dir / "arrays.npz", arrays_npz(ctx))
-        files.append(out_dir / "arrays.npz")
-    return files, warnings
+        payloads[out_dir / "arrays.npz"] = arrays_npz(ctx)
+    write_all_atomic(payloads)
+    return list(payloads), warnings
 
 
 def arrays_npz(ctx: AnalysisContext) -> bytes:
