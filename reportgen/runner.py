@@ -27,7 +27,7 @@ from reportgen.config import Config
 from reportgen.dataset_pass import PassResult, dataset_pass
 from reportgen.errors import ConfigError, ReportgenError
 from reportgen.loading.images import DataFolder, ImageDataset, Preprocessor, scan_folder
-from reportgen.loading.models import LoadedModel, load_model
+from reportgen.loading.models import LoadedModel, check_layer_names, load_model
 from reportgen.progress import Progress
 from reportgen.render import (
     Encoding,
@@ -214,6 +214,7 @@ class Pipeline:
 
         t = perf_counter()
         model = load_model(cfg.model)
+        check_layer_names(model, cfg)  # unknown layer names: an input error before any work
         model.module.to(device)
         if device.type == "cuda":
             model.module.to(memory_format=torch.channels_last)
