@@ -27,12 +27,20 @@ class LayerError(ReportgenError):
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
-    """The candidates closest to ``name`` (for "did you mean" hints)."""
-    pool = list(candidates)
-    close = difflib.get_close_matches(name, pool, n=n, cutoff=0.4)
-    if not close:
-        close = [c for c in pool if name and (name in c or c in name)][:n]
-    return close
+    """The candidates closest to ``name`` (for "did you mean" hints).
+
+    Only names nearly as close as the best one are kept, so that ``htm`` suggests ``html`` and
+    not also ``md``.
+    """
+    pool = list(dict.fromkeys(candidates))
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, name, c).ratio(), c) for c in pool),
+        key=lambda sc: -sc[0],
+    )
+    if scored and scored[0][0] >= 0.4:
+        best = scored[0][0]
+        return [c for r, c in scored if r >= max(0.4, 0.75 * best)][:n]
+    return [c for c in pool if name and (name in c or c in name)][:n]
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
