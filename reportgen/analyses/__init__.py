@@ -8,12 +8,14 @@ from reportgen.analyses.embedding import EmbeddingAnalysis
 from reportgen.analyses.filters import FiltersAnalysis
 from reportgen.analyses.neighbors import NeighborsAnalysis
 from reportgen.analyses.occlusion import OcclusionAnalysis
+from reportgen.analyses.saliency import SaliencyAnalysis
 
 _ALL: list[type[Analysis]] = [
     FiltersAnalysis,
     NeighborsAnalysis,
     EmbeddingAnalysis,
     OcclusionAnalysis,
+    SaliencyAnalysis,
     AuditAnalysis,
 ]
 

@@ -1,0 +1,175 @@
+"""reportgen's batched occlusion vs Captum's ``Occlusion``, measured in one process.
+
+Same model (torchvision resnet18, ``weights=None``, seeded), same inputs, window, stride and fill.
+Captum runs with its default ``perturbations_per_eval=1`` and with a tuned value; reportgen with
+its default batch size. Reported: seconds, speed ratios and the largest absolute difference of the
+per-pixel maps (Captum's attribution = unoccluded probability minus the mean occluded probability
+over the windows covering each pixel, which reportgen's per-window map reproduces exactly).
+
+Run from the repository root: ``python -m benchmarks.bench_occlusion [--device cuda] [--quick]``.
+Timings are ratios from one run on a possibly noisy machine; they are never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torchvision
+
+from reportgen.analyses.occlusion import occlusion_maps, pixel_probability, resolve_geometry
+
+TARGET_VS_DEFAULT = 5.0
+TARGET_VS_TUNED = 1.5
+
+
+@dataclass(frozen=True)
+class Setup:
+    size: int
+    images: int
+    window: int
+    stride: int
+    batch_size: int
+    captum_tuned: int
+
+
+def setup_for(device: str, quick: bool) -> Setup:
+    size = 64 if quick else 224
+    window, stride = resolve_geometry(size, size, 0, 0)
+    batch = 256 if device.startswith("cuda") else 64
+    return Setup(
+        size, 1 if quick else 2, window, stride, batch, 256 if device.startswith("cuda") else 64
+    )
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
+    """Time reportgen and Captum on the same occlusion job; return the figures."""
+    from captum.attr import Occlusion
+
+    dev = torch.device(device)
+    s = setup_for(device, quick)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval().to(dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randn(s.images, 3, s.size, s.size, generator=gen).to(dev)
+    fill = torch.tensor([0.1, -0.05, 0.02], device=dev)
+    with torch.inference_mode():
+        targets = model(inputs).argmax(1)
+        # Warm-up: the first passes pay for kernel selection and allocator growth.
+        model(inputs[:1])
+        model(inputs[:1].expand(min(s.batch_size, 16), -1, -1, -1).contiguous())
+
+    def ours() -> torch.Tensor:
+        maps = occlusion_maps(
+            model, inputs, targets, s.window, s.stride, fill, batch_size=s.batch_size
+        )
+        return maps.base_prob[:, None, None] - pixel_probability(
+            maps.prob, s.size, s.size, s.window, s.stride
+        )
+
+    occ = Occlusion(lambda x: model(x).softmax(1))
+
+    def captum(per_eval: int) -> Callable[[], torch.Tensor]:
+        def go() -> torch.Tensor:
+            with torch.no_grad():
+                attr = occ.attribute(
+                    inputs,
+                    sliding_window_shapes=(3, s.window, s.window),
+                    strides=(3, s.stride, s.stride),
+                    baselines=fill.view(1, 3, 1, 1),
+                    target=targets,
+                    perturbations_per_eval=per_eval,
+                )
+            return attr[:, 0]
+
+        return go
+
+    t_ours, m_ours = _timed(ours, dev)
+    t_default, m_default = _timed(captum(1), dev)
+    t_tuned, m_tuned = _timed(captum(s.captum_tuned), dev)
+    positions = s.images * (-(-(s.size - s.window) // s.stride) + 1) ** 2
+    rows: list[dict[str, Any]] = [
+        {
+            "method": f"reportgen occlusion (batch {s.batch_size})",
+            "seconds": t_ours,
+            "speedup": 1.0,
+            "max_abs_diff": 0.0,
+        },
+        {
+            "method": "Captum Occlusion (perturbations_per_eval=1, default)",
+            "seconds": t_default,
+            "speedup": t_default / t_ours,
+            "max_abs_diff": float((m_default - m_ours).abs().max()),
+        },
+        {
+            "method": f"Captum Occlusion (perturbations_per_eval={s.captum_tuned}, tuned)",
+            "seconds": t_tuned,
+            "speedup": t_tuned / t_ours,
+            "max_abs_diff": float((m_tuned - m_ours).abs().max()),
+        },
+    ]
+    return {
+        "benchmark": "occlusion",
+        "device": device,
+        "quick": quick,
+        "torch": torch.__version__,
+        "setup": {**asdict(s), "model": "resnet18 (weights=None, seed 0)", "positions": positions},
+        "rows": rows,
+        "speedup_vs_captum_default": t_default / t_ours,
+        "speedup_vs_captum_tuned": t_tuned / t_ours,
+        "targets": {"vs_default": TARGET_VS_DEFAULT, "vs_tuned": TARGET_VS_TUNED},
+        "meets_targets": t_default / t_ours >= TARGET_VS_DEFAULT
+        and t_tuned / t_ours >= TARGET_VS_TUNED,
+        "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["setup"]
+    lines = [
+        f"Occlusion on {result['device']} ({s['model']}, {s['images']} image(s) "
+        f"{s['size']}×{s['size']}, window {s['window']}, stride {s['stride']}, "
+        f"{s['positions']} occluded copies; torch {result['torch']})",
+        "",
+        "| method | seconds | reportgen speed-up | max abs diff of maps |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['seconds']:.3f} | {r['speedup']:.1f}× | {r['max_abs_diff']:.2e} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Targets: ≥ {result['targets']['vs_default']:g}× Captum default, "
+        f"≥ {result['targets']['vs_tuned']:g}× Captum tuned — "
+        f"{'met' if result['meets_targets'] else 'not met'}."
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small inputs (under a minute on CPU)")
+    args = parser.parse_args()
+    print(markdown(run(args.device, args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""Occlusion sensitivity (Zeiler & Fergus): slide a grey square over the image, watch the score.
+
+Every occluded copy of every query image is one job; jobs are evaluated in large batches on the
+device under ``torch.inference_mode``. A batch of occluded copies is built in one vectorised step
+(row and column masks broadcast into a B×H×W mask, then one ``torch.where``), so there is no Python
+loop per window. No hooks and no gradients: this works on TorchScript and exported models too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
+from reportgen.dataset_pass import autocast
+from reportgen.figures import figure_to_picture, new_figure
+from reportgen.loading.models import extract_logits
+from reportgen.query_batch import query_batch, record_query_arrays
+from reportgen.section import Figure, Picture, Section, Table
+
+HOW_TO_READ = (
+    "A grey square (the dataset's mean pixel) is slid over each query image, and the model's "
+    "probability for the explained class (the true label, or the prediction for unlabelled images) "
+    "is recorded at every position. In the heat-map (middle), each cell is one occluder position "
+    "(its top-left corner); dark cells are positions where hiding that part of the image makes "
+    "the class less likely — the evidence the model relies on. The overlay (right) spreads the "
+    "probability drop back onto the pixels (averaged over the windows that cover each pixel): red "
+    "regions should sit on the object, not on the background. If the probability barely moves "
+    "anywhere, the model relies on evidence spread over the whole image or the occluder is too "
+    "small; if it drops everywhere, the occluder is too large."
+)
+
+ModelFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class OcclusionParams(AnalysisParams):
+    window: int = 0
+    """Side of the square occluder in input pixels; 0 = a quarter of the input's shorter side."""
+    stride: int = 0
+    """Step between occluder positions; 0 = a quarter of the window (about 13×13 positions)."""
+    fill: Literal["mean"] | float = "mean"
+    """``mean``: the dataset's mean pixel; a number: that gray value in [0, 1] pixel space."""
+    batch_size: int = 64
+    """Occluded copies per forward pass (bounds memory)."""
+    image_size: int = 200
+    """On-screen size of each panel, in pixels."""
+
+    def validate(self, path: str) -> None:
+        self.require(self.window >= 0, f"{path}.window", "must be 0 (automatic) or positive")
+        self.require(self.stride >= 0, f"{path}.stride", "must be 0 (automatic) or positive")
+        self.require(self.batch_size >= 1, f"{path}.batch_size", "must be at least 1")
+        self.require(
+            32 <= self.image_size <= 512, f"{path}.image_size", "must be between 32 and 512"
+        )
+        if isinstance(self.fill, str):
+            self.require(
+                self.fill == "mean", f"{path}.fill", "must be 'mean' or a number in [0, 1]"
+            )
+        else:
+            self.require(
+                0.0 <= float(self.fill) <= 1.0,
+                f"{path}.fill",
+                "must be 'mean' or a number in [0, 1]",
+            )
+
+
+def resolve_geometry(height: int, width: int, window: int, stride: int) -> tuple[int, int]:
+    """(window, stride) with the automatic defaults filled in and clipped to the image."""
+    side = min(height, width)
+    w = window if window > 0 else max(1, round(side / 4))
+    w = min(w, side)
+    s = stride if stride > 0 else max(1, w // 4)
+    return w, s
+
+
+def grid_shape(height: int, width: int, window: int, stride: int) -> tuple[int, int]:
+    """Occluder positions per axis: top-left corners at 0, stride, ... until every pixel is covered.
+
+    When the stride does not divide (size - window), the last window is clipped at the image's
+    border (Captum's Occlusion uses the same positions), so no border pixel is left untested.
+    """
+    return -(-(height - window) // stride) + 1, -(-(width - window) // stride) + 1
+
+
+def occluded_copies(
+    images: torch.Tensor,
+    image_index: torch.Tensor,
+    tops: torch.Tensor,
+    lefts: torch.Tensor,
+    window: int,
+    fill: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """B occluded copies: copy b is ``images[image_index[b]]`` with the window at (top, left) filled.
+
+    ``fill``: C values (model input space). Built with broadcasting, no loop over copies.
+    """
+    _, c, h, w = images.shape
+    ys = torch.arange(h, device=images.device)
+    xs = torch.arange(w, device=images.device)
+    in_rows = (ys[None, :] >= tops[:, None]) & (ys[None, :] < tops[:, None] + window)  # B×H
+    in_cols = (xs[None, :] >= lefts[:, None]) & (xs[None, :] < lefts[:, None] + window)  # B×W
+    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # B×1×H×W
+    fill4 = fill.to(images.dtype).view(1, c, 1, 1)
+    source = images.index_select(0, image_index)
+    if out is None:
+        return torch.where(mask, fill4, source)
+    return torch.where(mask, fill4, source, out=out)
+
+
+@dataclass(frozen=True)
+class OcclusionMaps:
+    prob: torch.Tensor
+    """Q×rows×cols: target probability with the occluder's top-left corner at (r·stride, c·stride)."""
+    predicted: torch.Tensor
+    """Q×rows×cols: the predicted class at each occluder position."""
+    base_prob: torch.Tensor
+    """Q: target probability of the unoccluded image."""
+    window: int
+    stride: int
+
+
+def occlusion_maps(
+    model_fn: ModelFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    window: int,
+    stride: int,
+    fill: torch.Tensor,
+    batch_size: int = 64,
+    channels_last: bool = False,
+) -> OcclusionMaps:
+    """Target-class probability for every occluder position of every image (batched, no grad).
+
+    ``model_fn`` maps a batch of inputs to logits. Jobs (image, row, col) run in order, at most
+    ``batch_size`` per forward pass.
+    """
+    q, c, h, w = inputs.shape
+    rows, cols = grid_shape(h, w, window, stride)
+    if rows < 1 or cols < 1:
+        raise ValueError(f"occluder window {window} does not fit a {h}×{w} input")
+    per_image = rows * cols
+    total = q * per_image
+    device = inputs.device
+    prob = torch.empty(total, device=device)
+    predicted = torch.empty(total, dtype=torch.long, device=device)
+    fill = fill.to(device)
+    targets = targets.to(device)
+    with torch.inference_mode():
+        base_logits = model_fn(inputs).float()
+        base_prob = base_logits.softmax(1).gather(1, targets[:, None])[:, 0]
+        buffer = torch.empty((min(batch_size, total), c, h, w), dtype=inputs.dtype, device=device)
+        if channels_last:
+            # Filled in place by torch.where(out=...), so every batch is channels_last for free.
+            buffer = buffer.contiguous(memory_format=torch.channels_last)
+        for start in range(0, total, batch_size):
+            job = torch.arange(start, min(start + batch_size, total), device=device)
+            image_index = job // per_image
+            cell = job % per_image
+            tops = (cell // cols) * stride
+            lefts = (cell % cols) * stride
+            batch = occluded_copies(
+                inputs, image_index, tops, lefts, window, fill, out=buffer[: len(job)]
+            )
+            logits = model_fn(batch).float()
+            prob[start : start + len(job)] = logits.softmax(1).gather(
+                1, targets[image_index][:, None]
+            )[:, 0]
+            predicted[start : start + len(job)] = logits.argmax(1)
+    return OcclusionMaps(
+        prob.view(q, rows, cols), predicted.view(q, rows, cols), base_prob, window, stride
+    )
+
+
+def pixel_probability(
+    prob: torch.Tensor, height: int, width: int, window: int, stride: int
+) -> torch.Tensor:
+    """Q×rows×cols window values -> Q×H×W: per pixel, the mean over the windows covering it."""
+    q, rows, cols = prob.shape
+    # fold sums each window's value over the pixels it covers; folding ones counts the windows.
+    # The last windows may stick out of the image: fold onto the padded canvas, then crop.
+    cover_h = (rows - 1) * stride + window
+    cover_w = (cols - 1) * stride + window
+    values = prob.reshape(q, 1, rows * cols).expand(q, window * window, rows * cols).float()
+    summed = F.fold(values, (cover_h, cover_w), kernel_size=window, stride=stride)
+    counts = F.fold(
+        torch.ones_like(values[:1]), (cover_h, cover_w), kernel_size=window, stride=stride
+    )
+    return (summed / counts)[:, 0, :height, :width]
+
+
+def resolve_fill(fill: Literal["mean"] | float, ctx: AnalysisContext) -> torch.Tensor:
+    """The occluder's C fill values in model input space."""
+    if fill == "mean":
+        mean = ctx.result.mean_input
+        if mean is None:
+            raise SkipSection("the dataset pass recorded no mean input for the occluder's fill")
+        return mean.detach().float().to(ctx.device)
+    gray = torch.full((ctx.model.in_channels, 1, 1), float(fill))
+    return ctx.preprocessor.normalise(gray).flatten().to(ctx.device)
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def occlusion_figure(
+    images: list[np.ndarray],
+    maps: np.ndarray,
+    drops: np.ndarray,
+    titles: list[str],
+    window: int,
+    stride: int,
+    panel_px: int,
+) -> Picture:
+    """Rows: queries. Columns: image, probability map (shared 0–1 scale), drop overlay."""
+    q = len(images)
+    panel = panel_px / 100.0
+    fig = new_figure(3 * panel + 0.9, q * (panel + 0.35) + 0.3)
+    axes = np.atleast_2d(fig.subplots(q, 3, squeeze=False))
+    prob_artist = None
+    drop_artist = None
+    drop_scale = max(float(np.nanmax(np.abs(drops))) if drops.size else 0.0, 1e-6)
+    for i in range(q):
+        img = images[i]
+        h, w = img.shape[:2]
+        ax0, ax1, ax2 = axes[i]
+        ax0.imshow(img, interpolation="nearest")
+        ax0.set_title(titles[i], fontsize=8)
+        rows, cols = maps[i].shape
+        # Cell (r, c) is centred on its window's centre, so the map lines up with the image.
+        half = window / 2 - 0.5
+        extent = (
+            half - stride / 2,
+            half + (cols - 1) * stride + stride / 2,
+            half + (rows - 1) * stride + stride / 2,
+            half - stride / 2,
+        )
+        prob_artist = ax1.imshow(
+            maps[i], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", extent=extent
+        )
+        ax1.set_xlim(-0.5, w - 0.5)
+        ax1.set_ylim(h - 0.5, -0.5)
+        r, c = np.unravel_index(int(np.argmin(maps[i])), maps[i].shape)
+        ax1.add_patch(
+            _rectangle(c * stride - 0.5, r * stride - 0.5, window, edgecolor="red", linewidth=1.2)
+        )
+        ax1.set_title(f"p(target) by position, min {maps[i].min():.2f}", fontsize=8)
+        ax2.imshow(img.mean(axis=2), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        drop_artist = ax2.imshow(
+            np.nan_to_num(drops[i]),
+            cmap="RdBu_r",
+            vmin=-drop_scale,
+            vmax=drop_scale,
+            alpha=0.6,
+            interpolation="bilinear",
+        )
+        ax2.set_title("probability drop", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if prob_artist is not None and drop_artist is not None:
+        fig.colorbar(prob_artist, ax=axes[:, 1].tolist(), location="bottom", shrink=0.9, aspect=25)
+        fig.colorbar(drop_artist, ax=axes[:, 2].tolist(), location="bottom", shrink=0.9, aspect=25)
+    return figure_to_picture(fig, dpi=100)
+
+
+def _rectangle(x: float, y: float, size: float, **kwargs: Any) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), size, size, fill=False, **kwargs)
+
+
+class OcclusionAnalysis(Analysis):
+    name = "occlusion"
+    title = "Occlusion sensitivity"
+    Params = OcclusionParams
+    order = 60
+
+    def run(self, ctx: AnalysisContext, params: Any) -> Section:
+        p: OcclusionParams = params
+        batch = query_batch(ctx)
+        if len(batch) == 0:
+            raise SkipSection("no query images (data.queries is 0)")
+        _, _, h, w = batch.inputs.shape
+        window, stride = resolve_geometry(h, w, p.window, p.stride)
+        fill = resolve_fill(p.fill, ctx)
+        module = ctx.model.module
+        cfg = ctx.config
+
+        def model_fn(x: torch.Tensor) -> torch.Tensor:
+            with autocast(ctx.device, cfg.run.precision):
+                return extract_logits(module(x))
+
+        maps = occlusion_maps(
+            model_fn,
+            batch.inputs,
+            batch.targets,
+            window,
+            stride,
+            fill,
+            batch_size=p.batch_size,
+            channels_last=ctx.device.type == "cuda",
+        )
+        pixel_prob = pixel_probability(maps.prob, h, w, window, stride)
+        drops = maps.base_prob[:, None, None] - pixel_prob
+
+        record_query_arrays(ctx, batch)
+        ctx.arrays["occlusion_prob"] = maps.prob.float().cpu().numpy()
+        ctx.arrays["occlusion_window"] = np.array(window, dtype=np.int64)
+        ctx.arrays["occlusion_stride"] = np.array(stride, dtype=np.int64)
+        ctx.arrays["occlusion_fill"] = fill.float().cpu().numpy()
+
+        return self._section(ctx, p, batch.positions, maps, drops, window, stride, fill)
+
+    def _section(
+        self,
+        ctx: AnalysisContext,
+        p: OcclusionParams,
+        positions: list[int],
+        maps: OcclusionMaps,
+        drops: torch.Tensor,
+        window: int,
+        stride: int,
+        fill: torch.Tensor,
+    ) -> Section:
+        section = self.section(HOW_TO_READ)
+        prob = maps.prob.float().cpu().numpy()
+        predicted = maps.predicted.cpu().numpy()
+        base = maps.base_prob.float().cpu().numpy()
+        targets = ctx.targets(positions).cpu().numpy()
+        images = ctx.display_images(positions)
+        names = [ctx.class_name(int(t)) for t in targets]
+        rows, cols = prob.shape[1:]
+        fill_text = (
+            "the dataset's mean pixel"
+            if p.fill == "mean"
+            else f"gray {float(p.fill):g} (pixel space)"
+        )
+        section.add(
+            Figure(
+                occlusion_figure(
+                    images,
+                    prob,
+                    drops.float().cpu().numpy(),
+                    [f"{ctx.relpath(q)} · {n}" for q, n in zip(positions, names, strict=True)],
+                    window,
+                    stride,
+                    p.image_size,
+                ),
+                caption=(
+                    f"Occlusion with a {window}×{window} square of {fill_text}, stride {stride} "
+                    f"({rows}×{cols} positions per image). Left: the input; middle: probability "
+                    "of the explained class per occluder position (shared 0–1 scale; red box: "
+                    "the position that lowers it most); right: the probability drop per pixel "
+                    "(unoccluded minus occluded, averaged over covering windows; red = evidence)."
+                ),
+                alt="Occlusion probability heat-maps and overlays for the query images",
+                wide=True,
+            )
+        )
+        table_rows: list[list[Any]] = []
+        for i, q in enumerate(positions):
+            r, c = np.unravel_index(int(np.argmin(prob[i])), prob[i].shape)
+            y, x = int(r) * stride, int(c) * stride
+            table_rows.append(
+                [
+                    ctx.relpath(q),
+                    names[i],
+                    float(base[i]),
+                    float(prob[i].min()),
+                    f"rows {y}–{y + window - 1}, cols {x}–{x + window - 1}",
+                    ctx.class_name(int(predicted[i, r, c])),
+                    float((prob[i] < 0.5 * base[i]).mean()),
+                ]
+            )
+        section.add(
+            Table(
+                caption=(
+                    "Per query: probability of the explained class without occlusion, its "
+                    "minimum over occluder positions, where that occluder sits, what the model "
+                    "predicts then, and the share of positions that at least halve the probability."
+                ),
+                columns=[
+                    "image",
+                    "explained class",
+                    "p (unoccluded)",
+                    "min p (occluded)",
+                    "most important window",
+                    "prediction there",
+                    "share of positions halving p",
+                ],
+                rows=table_rows,
+            )
+        )
+        section.metrics["occlusion_window"] = window
+        section.metrics["occlusion_stride"] = stride
+        section.metrics["occlusion_mean_max_drop"] = float(np.mean(base - prob.min(axis=(1, 2))))
+        return section

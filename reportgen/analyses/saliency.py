@@ -1,0 +1,329 @@
+"""Saliency and its family, side by side: gradient, SmoothGrad, guided backprop, Grad-CAM, IG.
+
+The methods live in :mod:`reportgen.attribution` (tensors in, tensors out, on the device); this
+module turns their maps into one figure (queries in rows, methods in columns, one colour scale
+per method) and agreement tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from reportgen import attribution
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
+from reportgen.figures import figure_to_picture, new_figure
+from reportgen.loading.models import find_layer
+from reportgen.query_batch import QueryBatch, query_batch, record_query_arrays
+from reportgen.section import Figure, Picture, Section, Table, Text
+
+Method = Literal["gradient", "smoothgrad", "guided_backprop", "gradcam", "integrated_gradients"]
+METHODS: tuple[Method, ...] = (
+    "gradient",
+    "smoothgrad",
+    "guided_backprop",
+    "gradcam",
+    "integrated_gradients",
+)
+LABELS: dict[str, str] = {
+    "gradient": "gradient",
+    "smoothgrad": "SmoothGrad",
+    "guided_backprop": "guided backprop",
+    "gradcam": "Grad-CAM",
+    "integrated_gradients": "integrated gradients",
+}
+NEEDS_HOOKS = ("guided_backprop", "gradcam")
+"""Methods that need to see inside the Python forward pass (not TorchScript / exported graphs)."""
+
+HOW_TO_READ = (
+    "Each row is one query image; each column one way of asking which pixels the explained "
+    "class's score depends on (brighter = more). Gradient: how much each pixel's value changes "
+    "the class score (Simonyan et al.; max over colour channels of its absolute value) — sharp but "
+    "noisy. SmoothGrad averages that gradient over noisy copies of the image, which removes much "
+    "of the noise. Guided backprop only lets positive gradients flow back through ReLUs: crisp, "
+    "edge-like maps that are known to depend little on the class. Grad-CAM weights the last "
+    "convolutional stage's feature maps by their gradients: coarse blobs at that stage's "
+    "resolution, but class-specific. Integrated gradients sums gradients along a straight path "
+    "from a baseline (black in model space) to the image; its values add up to the score "
+    "difference. Every column has one colour scale shared by all rows, so rows can be compared. "
+    "Trust a region when several methods agree on it; the tables give the rank correlation "
+    "between methods (1 = same ordering of pixels, 0 = unrelated)."
+)
+
+
+@dataclass(frozen=True)
+class SaliencyParams(AnalysisParams):
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """Which methods to run (and columns to draw), from: gradient, smoothgrad, guided_backprop,
+    gradcam, integrated_gradients."""
+    smoothgrad_samples: int = 25
+    smoothgrad_noise: float = 0.15
+    """Noise σ as a fraction of each image's value range (model input space)."""
+    ig_steps: int = 32
+    ig_method: Literal["gausslegendre", "riemann_middle"] = "gausslegendre"
+    ig_baseline: Literal["zeros"] | float = "zeros"
+    """``zeros``: all-zero input in model space; a number: that gray value in [0, 1] pixel space."""
+    gradcam_layer: str = "auto"
+    """Module name; ``auto`` = the last module whose output is a spatial map (last conv stage)."""
+    batch_size: int = 32
+    """Images (noisy copies, path points) per forward/backward pass."""
+    image_size: int = 120
+    """On-screen size of each panel, in pixels."""
+
+    def validate(self, path: str) -> None:
+        for i, m in enumerate(self.methods):
+            self.require(
+                m in METHODS, f"{path}.methods[{i}]", f"{m!r} is not one of {', '.join(METHODS)}"
+            )
+        self.require(bool(self.methods), f"{path}.methods", "needs at least one method")
+        self.require(
+            1 <= self.smoothgrad_samples <= 1000,
+            f"{path}.smoothgrad_samples",
+            "must be between 1 and 1000",
+        )
+        self.require(
+            0.0 < self.smoothgrad_noise <= 1.0, f"{path}.smoothgrad_noise", "must be in (0, 1]"
+        )
+        self.require(1 <= self.ig_steps <= 1000, f"{path}.ig_steps", "must be between 1 and 1000")
+        if not isinstance(self.ig_baseline, str):
+            self.require(
+                0.0 <= self.ig_baseline <= 1.0,
+                f"{path}.ig_baseline",
+                "must be 'zeros' or a number in [0, 1]",
+            )
+        self.require(self.batch_size >= 1, f"{path}.batch_size", "must be at least 1")
+        self.require(
+            32 <= self.image_size <= 512, f"{path}.image_size", "must be between 32 and 512"
+        )
+
+
+@dataclass(frozen=True)
+class SaliencyResult:
+    """Raw attributions per method (on the device) and the 2-D maps drawn for each."""
+
+    raw: dict[str, torch.Tensor]
+    maps: dict[str, torch.Tensor]
+    """Method -> Q×H×W non-negative map at input resolution."""
+    gradcam_layer: str | None
+    notes: list[str]
+
+
+def compute_saliency(ctx: AnalysisContext, p: SaliencyParams, batch: QueryBatch) -> SaliencyResult:
+    """Run the configured methods on the query batch (everything stays on the device)."""
+    model = ctx.model.module
+    x, t = batch.inputs, batch.targets
+    h, w = x.shape[2:]
+    wanted = [m for m in METHODS if m in p.methods]
+    notes: list[str] = []
+    if not ctx.model.supports_hooks:
+        dropped = [m for m in wanted if m in NEEDS_HOOKS]
+        wanted = [m for m in wanted if m not in NEEDS_HOOKS]
+        if dropped:
+            notes.append(
+                f"{' and '.join(LABELS[m] for m in dropped)} need the model's Python forward pass, "
+                f"which a {ctx.model.kind.replace('_', ' ')} model does not expose; not shown."
+            )
+    raw: dict[str, torch.Tensor] = {}
+    maps: dict[str, torch.Tensor] = {}
+    layer_name: str | None = None
+    bs = p.batch_size
+    for method in wanted:
+        if method == "gradient":
+            g = attribution.input_gradients(model, x, t, bs)
+            raw[method], maps[method] = attribution.saliency_map(g), attribution.saliency_map(g)
+        elif method == "smoothgrad":
+            g = attribution.smoothgrad(
+                model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.config.run.seed, bs
+            )
+            raw[method], maps[method] = g, attribution.saliency_map(g)
+        elif method == "guided_backprop":
+            g = attribution.guided_backprop(model, x, t, bs)
+            raw[method], maps[method] = g, attribution.saliency_map(g)
+        elif method == "gradcam":
+            layer_name = (
+                attribution.default_gradcam_layer(model, x[:1])
+                if p.gradcam_layer == "auto"
+                else p.gradcam_layer
+            )
+            cam = attribution.grad_cam(model, x, t, find_layer(model, layer_name), bs)
+            up = attribution.upsample_maps(cam, (h, w))
+            raw[method], maps[method] = up, up
+        elif method == "integrated_gradients":
+            baseline = None
+            if not isinstance(p.ig_baseline, str):
+                gray = torch.full((x.shape[1], 1, 1), float(p.ig_baseline))
+                baseline = ctx.preprocessor.normalise(gray).to(x.device)[None]
+            ig = attribution.integrated_gradients(
+                model, x, t, baseline, p.ig_steps, p.ig_method, bs
+            )
+            # Sum over channels (signed contributions add), then magnitude, as IG is usually drawn.
+            raw[method], maps[method] = ig, ig.sum(dim=1).abs()
+    return SaliencyResult(raw, maps, layer_name, notes)
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def column_scale(maps: np.ndarray) -> float:
+    """One colour scale for a method's column: its 99.5th percentile over all rows.
+
+    A percentile rather than the maximum, so one extreme pixel does not darken every panel.
+    """
+    if maps.size == 0:
+        return 1.0
+    v = float(np.percentile(maps, 99.5))
+    return v if v > 0 else max(float(maps.max()), 1e-12)
+
+
+def saliency_figure(
+    images: list[np.ndarray], maps: dict[str, np.ndarray], titles: list[str], panel_px: int
+) -> Picture:
+    """Rows: queries. Columns: the image, then one map per method on the method's shared scale."""
+    methods = list(maps)
+    q, n = len(images), len(methods) + 1
+    panel = panel_px / 100.0
+    fig = new_figure(n * panel + 0.4, q * (panel + 0.25) + 0.9)
+    axes = fig.subplots(q, n, squeeze=False)
+    for i in range(q):
+        axes[i, 0].imshow(images[i], interpolation="nearest")
+        axes[i, 0].set_ylabel(titles[i], fontsize=7)
+    axes[0, 0].set_title("input", fontsize=8)
+    for j, m in enumerate(methods, start=1):
+        vmax = column_scale(maps[m])
+        artist = None
+        for i in range(q):
+            artist = axes[i, j].imshow(maps[m][i], cmap="inferno", vmin=0.0, vmax=vmax)
+        axes[0, j].set_title(LABELS[m], fontsize=8)
+        if artist is not None:
+            bar = fig.colorbar(artist, ax=axes[:, j].tolist(), location="bottom", aspect=12)
+            bar.ax.tick_params(labelsize=6)
+            bar.formatter.set_powerlimits((-2, 3))  # type: ignore[attr-defined]
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return figure_to_picture(fig, dpi=100)
+
+
+class SaliencyAnalysis(Analysis):
+    name = "saliency"
+    title = "Saliency: gradient, SmoothGrad, guided backprop, Grad-CAM, integrated gradients"
+    Params = SaliencyParams
+    requires_gradients = True
+    order = 70
+
+    def run(self, ctx: AnalysisContext, params: Any) -> Section:
+        p: SaliencyParams = params
+        batch = query_batch(ctx)
+        if len(batch) == 0:
+            raise SkipSection("no query images (data.queries is 0)")
+        result = compute_saliency(ctx, p, batch)
+        if not result.maps:
+            raise SkipSection(" ".join(result.notes) or "no saliency method could run")
+
+        record_query_arrays(ctx, batch)
+        names = {
+            "gradient": "saliency_gradient",
+            "smoothgrad": "smoothgrad",
+            "guided_backprop": "guided_backprop",
+            "gradcam": "gradcam",
+            "integrated_gradients": "integrated_gradients",
+        }
+        for method, tensor in result.raw.items():
+            ctx.arrays[names[method]] = tensor.detach().float().cpu().numpy()
+        return self._section(ctx, p, batch, result)
+
+    def _section(
+        self, ctx: AnalysisContext, p: SaliencyParams, batch: QueryBatch, result: SaliencyResult
+    ) -> Section:
+        section = self.section(HOW_TO_READ)
+        maps = {m: v.detach().float().cpu().numpy() for m, v in result.maps.items()}
+        methods = list(maps)
+        targets = batch.targets.cpu().tolist()
+        logits = ctx.result.logits[batch.positions].float()
+        probs = logits.softmax(1).gather(1, batch.targets[:, None].to(logits.device))[:, 0]
+        preds = logits.argmax(1).cpu().tolist()
+        images = ctx.display_images(batch.positions)
+        titles = [
+            f"{ctx.relpath(q)}\n{ctx.class_name(c)}"
+            for q, c in zip(batch.positions, targets, strict=True)
+        ]
+        layer_text = f" Grad-CAM at layer {result.gradcam_layer}." if result.gradcam_layer else ""
+        section.add(
+            Figure(
+                saliency_figure(images, maps, titles, p.image_size),
+                caption=(
+                    "Attribution maps for the explained class (rows: query images; columns: "
+                    "methods, each with one colour scale for the whole column, 0 to its 99.5th "
+                    f"percentile). SmoothGrad: {p.smoothgrad_samples} samples, noise "
+                    f"{p.smoothgrad_noise:g} of the value range; integrated gradients: "
+                    f"{p.ig_steps} steps ({p.ig_method}), baseline "
+                    f"{'zeros in model space' if isinstance(p.ig_baseline, str) else f'gray {p.ig_baseline:g}'}."
+                    + layer_text
+                ),
+                alt="Grid of saliency maps: query images in rows, attribution methods in columns",
+                wide=True,
+            )
+        )
+        for note in result.notes:
+            section.add(Text(note, kind="note"))
+
+        others = [m for m in methods if m != "gradient"]
+        rows: list[list[Any]] = []
+        rho_all: dict[tuple[str, str], list[float]] = {}
+        for i, q in enumerate(batch.positions):
+            row: list[Any] = [
+                ctx.relpath(q),
+                ctx.class_name(targets[i]),
+                float(probs[i]),
+                ctx.class_name(preds[i]),
+            ]
+            if "gradient" in maps:
+                row += [attribution.spearman(maps[m][i], maps["gradient"][i]) for m in others]
+            rows.append(row)
+            for a in methods:
+                for b in methods:
+                    rho_all.setdefault((a, b), []).append(
+                        attribution.spearman(maps[a][i], maps[b][i])
+                    )
+        columns = ["image", "explained class", "p (explained class)", "prediction"]
+        if "gradient" in maps:
+            columns += [f"ρ({LABELS[m]}, gradient)" for m in others]
+        section.add(
+            Table(
+                caption=(
+                    "Per query: the explained class, its softmax probability, the prediction, "
+                    "and each method's Spearman rank correlation with the plain gradient map."
+                ),
+                columns=columns,
+                rows=rows,
+            )
+        )
+        if len(methods) > 1:
+            section.add(
+                Table(
+                    caption=(
+                        f"Agreement between methods: Spearman rank correlation of their maps, "
+                        f"averaged over the {len(batch)} query images."
+                    ),
+                    columns=["method", *(LABELS[m] for m in methods)],
+                    rows=[
+                        [LABELS[a], *(_nanmean(rho_all[(a, b)]) for b in methods)] for a in methods
+                    ],
+                )
+            )
+            pairs = [(a, b) for a in methods for b in methods if a < b]
+            section.metrics["saliency_mean_rank_agreement"] = _nanmean(
+                [v for pair in pairs for v in rho_all[pair]]
+            )
+        if result.gradcam_layer:
+            section.metrics["gradcam_layer"] = result.gradcam_layer
+        return section
+
+
+def _nanmean(values: list[float]) -> float | None:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else None
