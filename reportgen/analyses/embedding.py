@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE, trustworthiness
+from sklearn.manifold import TSNE
 
 from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
 from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
@@ -25,7 +25,7 @@ HOW_TO_READ = (
     "point's nearest neighbours; above 0.9 is good."
 )
 
-TSNEBackend = Literal["auto", "sklearn", "opentsne"]
+TSNEBackend = Literal["auto", "sklearn", "opentsne", "torch"]
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,18 @@ class EmbeddingParams(AnalysisParams):
     pca_dims: int = 50
     """t-SNE runs on the first ``pca_dims`` principal components."""
     backend: TSNEBackend = "auto"
-    """``auto``: scikit-learn's Barnes-Hut below ``opentsne_from`` points, openTSNE's FFT above."""
+    """``auto``: on CUDA, reportgen's exact-gradient torch t-SNE up to ``torch_max_points`` points
+    (seconds at 50k on one GPU); elsewhere scikit-learn's Barnes-Hut below ``opentsne_from``
+    points and openTSNE's FFT above (O(N), fed by reportgen's exact k-NN)."""
     opentsne_from: int = 2000
+    torch_max_points: int = 100_000
     grid_size: int = 0
     """Image map cells per side; 0 = about sqrt(N), at most 32."""
     tile_size: int = 32
     trustworthiness_k: int = 5
     trustworthiness_max_points: int = 5000
-    """Trustworthiness is O(N²): computed on a seeded sample of at most this many points."""
+    """Trustworthiness is O(N²) work (chunked: O(N) memory): on the CPU it is computed on a seeded
+    sample of at most this many points (0 = all); on CUDA always on all points."""
 
     def validate(self, path: str) -> None:
         self.require(self.perplexity > 0, f"{path}.perplexity", "must be positive")
@@ -49,6 +53,11 @@ class EmbeddingParams(AnalysisParams):
         self.require(0 <= self.grid_size <= 100, f"{path}.grid_size", "must be between 0 and 100")
         self.require(8 <= self.tile_size <= 128, f"{path}.tile_size", "must be between 8 and 128")
         self.require(self.trustworthiness_k >= 1, f"{path}.trustworthiness_k", "must be at least 1")
+        self.require(
+            self.trustworthiness_max_points >= 0,
+            f"{path}.trustworthiness_max_points",
+            "must be 0 (all points) or more",
+        )
 
 
 def pca_project(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
@@ -59,20 +68,50 @@ def pca_project(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
     )
 
 
-def tsne_backend(n: int, p: EmbeddingParams) -> str:
+def tsne_backend(n: int, p: EmbeddingParams, device: torch.device | None = None) -> str:
     if p.backend != "auto":
         return p.backend
+    if device is not None and device.type == "cuda" and n <= p.torch_max_points:
+        return "torch"
     return "opentsne" if n >= p.opentsne_from else "sklearn"
 
 
-def run_tsne(x: np.ndarray, p: EmbeddingParams, seed: int) -> tuple[np.ndarray, str]:
+BACKEND_NAMES = {
+    "sklearn": "scikit-learn (Barnes-Hut)",
+    "opentsne": "openTSNE (FFT)",
+    "torch": "reportgen torch (exact gradient)",
+}
+
+
+def run_tsne(
+    x: np.ndarray, p: EmbeddingParams, seed: int, device: torch.device | None = None
+) -> tuple[np.ndarray, str]:
     """2-D t-SNE of ``x`` (already PCA-reduced), seeded, PCA-initialised."""
     n = x.shape[0]
     perplexity = float(min(p.perplexity, max(1.0, (n - 1) / 3.0)))
-    backend = tsne_backend(n, p)
+    backend = tsne_backend(n, p, device)
+    if backend == "torch":
+        from reportgen.tsne import torch_tsne
+
+        emb_t = torch_tsne(torch.from_numpy(x).to(device or "cpu"), perplexity=perplexity)
+        return emb_t.double().cpu().numpy(), BACKEND_NAMES[backend]
     if backend == "opentsne":
         from openTSNE import TSNE as OpenTSNE
+        from openTSNE.affinity import PerplexityBasedNN
+        from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
+        from reportgen.knn import knn
+
+        # Exact neighbours from chunked matrix products (on the device): faster than openTSNE's
+        # approximate index at these sizes, and no approximation in the affinities.
+        xt = torch.from_numpy(x).to(device or "cpu")
+        k = int(min(n - 1, 3 * perplexity))
+        dist, idx = knn(xt, xt, k, exclude=torch.arange(n, device=xt.device))
+        affinities = PerplexityBasedNN(
+            perplexity=perplexity,
+            knn_index=PrecomputedNeighbors(idx.cpu().numpy(), dist.double().cpu().numpy()),
+            verbose=False,
+        )
         emb = OpenTSNE(
             n_components=2,
             perplexity=perplexity,
@@ -81,8 +120,8 @@ def run_tsne(x: np.ndarray, p: EmbeddingParams, seed: int) -> tuple[np.ndarray, 
             n_jobs=1,
             negative_gradient_method="fft",
             verbose=False,
-        ).fit(x)
-        return np.asarray(emb, dtype=np.float64), "openTSNE (FFT)"
+        ).fit(x, affinities=affinities)
+        return np.asarray(emb, dtype=np.float64), BACKEND_NAMES[backend]
     out = TSNE(
         n_components=2,
         perplexity=perplexity,
@@ -91,18 +130,33 @@ def run_tsne(x: np.ndarray, p: EmbeddingParams, seed: int) -> tuple[np.ndarray, 
         random_state=seed,
         n_jobs=1,
     ).fit_transform(x)
-    return np.asarray(out, dtype=np.float64), "scikit-learn (Barnes-Hut)"
+    return np.asarray(out, dtype=np.float64), BACKEND_NAMES[backend]
 
 
 def sampled_trustworthiness(
-    high: np.ndarray, low: np.ndarray, k: int, max_points: int, seed: int
+    high: np.ndarray | torch.Tensor,
+    low: np.ndarray,
+    k: int,
+    max_points: int,
+    seed: int,
+    device: torch.device | None = None,
 ) -> float:
+    """Trustworthiness of ``low`` (the map) for ``high``; chunked torch, equal to scikit-learn's.
+
+    On CUDA on all points; elsewhere on a seeded sample of at most ``max_points`` (0 = all).
+    """
+    from reportgen.tsne import trustworthiness
+
     n = high.shape[0]
     k = min(k, max(1, (n - 1) // 2 - 1))
-    if n > max_points:
+    on_cuda = device is not None and device.type == "cuda"
+    high_t = torch.as_tensor(high).to(device or "cpu")
+    low_t = torch.as_tensor(low).to(high_t.device)
+    if not on_cuda and 0 < max_points < n:
         idx = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
-        high, low = high[idx], low[idx]
-    return float(trustworthiness(high, low, n_neighbors=k))
+        sel = torch.from_numpy(idx).to(high_t.device)
+        high_t, low_t = high_t[sel], low_t[sel]
+    return trustworthiness(high_t, low_t, k)
 
 
 def grid_assignment(points: np.ndarray, grid: int, seed: int) -> list[tuple[int, int, int]]:
@@ -188,9 +242,9 @@ class EmbeddingAnalysis(Analysis):
         feats = res.features.float().cpu().numpy().astype(np.float64)
         reduced = pca_project(feats, p.pca_dims, seed)
         pca2 = reduced[:, :2]
-        tsne2, backend = run_tsne(reduced.astype(np.float32), p, seed)
+        tsne2, backend = run_tsne(reduced.astype(np.float32), p, seed, ctx.device)
         trust = sampled_trustworthiness(
-            feats, tsne2, p.trustworthiness_k, p.trustworthiness_max_points, seed
+            res.features, tsne2, p.trustworthiness_k, p.trustworthiness_max_points, seed, ctx.device
         )
         ctx.arrays["tsne"] = tsne2.astype(np.float32)
         section.metrics["tsne_trustworthiness"] = trust
@@ -241,7 +295,12 @@ class EmbeddingAnalysis(Analysis):
                         "scikit-learn PCA",
                         n,
                         sampled_trustworthiness(
-                            feats, pca2, p.trustworthiness_k, p.trustworthiness_max_points, seed
+                            res.features,
+                            pca2,
+                            p.trustworthiness_k,
+                            p.trustworthiness_max_points,
+                            seed,
+                            ctx.device,
                         ),
                     ],
                     ["t-SNE", backend, n, trust],
