@@ -48,7 +48,7 @@ class OcclusionParams(AnalysisParams):
     """``mean``: the dataset's mean pixel; a number: that gray value in [0, 1] pixel space."""
     batch_size: int = 64
     """Occluded copies per forward pass (bounds memory)."""
-    image_size: int = 200
+    image_size: int = 160
     """On-screen size of each panel, in pixels."""
 
     def validate(self, path: str) -> None:
@@ -217,23 +217,30 @@ def occlusion_figure(
     window: int,
     stride: int,
     panel_px: int,
+    per_row: int = 2,
 ) -> Picture:
-    """Rows: queries. Columns: image, probability map (shared 0–1 scale), drop overlay."""
+    """Per query three panels: image, probability map (shared 0–1 scale), drop overlay.
+
+    ``per_row`` queries side by side, so the figure uses the page's width.
+    """
     q = len(images)
+    per_row = max(1, min(per_row, q))
+    grid_rows = -(-q // per_row)
     panel = panel_px / 100.0
-    fig = new_figure(3 * panel + 0.9, q * (panel + 0.35) + 0.3)
-    axes = np.atleast_2d(fig.subplots(q, 3, squeeze=False))
+    fig = new_figure(3 * per_row * panel + 0.3 * per_row, grid_rows * (panel + 0.4) + 0.7)
+    axes = fig.subplots(grid_rows, 3 * per_row, squeeze=False)
     prob_artist = None
-    drop_artist = None
-    drop_scale = max(float(np.nanmax(np.abs(drops))) if drops.size else 0.0, 1e-6)
     for i in range(q):
         img = images[i]
+        gray = img.mean(axis=2)
         h, w = img.shape[:2]
-        ax0, ax1, ax2 = axes[i]
+        gr, gc = divmod(i, per_row)
+        ax0, ax1, ax2 = axes[gr, 3 * gc : 3 * gc + 3]
         ax0.imshow(img, interpolation="nearest")
         ax0.set_title(titles[i], fontsize=8)
         rows, cols = maps[i].shape
-        # Cell (r, c) is centred on its window's centre, so the map lines up with the image.
+        # Cell (r, c) is drawn centred on its window's centre, so the map lines up with the
+        # image; the faint image underneath shows the border no window centre reaches.
         half = window / 2 - 0.5
         extent = (
             half - stride / 2,
@@ -241,6 +248,7 @@ def occlusion_figure(
             half + (rows - 1) * stride + stride / 2,
             half - stride / 2,
         )
+        ax1.imshow(gray, cmap="gray", vmin=-255, vmax=510, interpolation="nearest")
         prob_artist = ax1.imshow(
             maps[i], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", extent=extent
         )
@@ -250,23 +258,32 @@ def occlusion_figure(
         ax1.add_patch(
             _rectangle(c * stride - 0.5, r * stride - 0.5, window, edgecolor="red", linewidth=1.2)
         )
-        ax1.set_title(f"p(target) by position, min {maps[i].min():.2f}", fontsize=8)
-        ax2.imshow(img.mean(axis=2), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        drop_artist = ax2.imshow(
+        ax1.set_title(f"p by position (min {maps[i].min():.2f})", fontsize=8)
+        # Each overlay is scaled to its own largest drop (written in the title): small but
+        # consistent drops still show where the evidence is.
+        scale = max(float(np.nanmax(np.abs(drops[i]))), 1e-6)
+        ax2.imshow(gray, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax2.imshow(
             np.nan_to_num(drops[i]),
             cmap="RdBu_r",
-            vmin=-drop_scale,
-            vmax=drop_scale,
-            alpha=0.6,
+            vmin=-scale,
+            vmax=scale,
+            alpha=0.65,
             interpolation="bilinear",
         )
-        ax2.set_title("probability drop", fontsize=8)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if prob_artist is not None and drop_artist is not None:
-        fig.colorbar(prob_artist, ax=axes[:, 1].tolist(), location="bottom", shrink=0.9, aspect=25)
-        fig.colorbar(drop_artist, ax=axes[:, 2].tolist(), location="bottom", shrink=0.9, aspect=25)
+        ax2.set_title(f"drop (max {float(np.nanmax(drops[i])):.2f})", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for k in range(q, grid_rows * per_row):
+        gr, gc = divmod(k, per_row)
+        for ax in axes[gr, 3 * gc : 3 * gc + 3]:
+            ax.set_axis_off()
+    if prob_artist is not None:
+        bar = fig.colorbar(
+            prob_artist, ax=axes.ravel().tolist(), location="bottom", shrink=0.4, aspect=40
+        )
+        bar.set_label("probability of the explained class", fontsize=8)
     return figure_to_picture(fig, dpi=100)
 
 
@@ -356,9 +373,11 @@ class OcclusionAnalysis(Analysis):
                 caption=(
                     f"Occlusion with a {window}×{window} square of {fill_text}, stride {stride} "
                     f"({rows}×{cols} positions per image). Left: the input; middle: probability "
-                    "of the explained class per occluder position (shared 0–1 scale; red box: "
-                    "the position that lowers it most); right: the probability drop per pixel "
-                    "(unoccluded minus occluded, averaged over covering windows; red = evidence)."
+                    "of the explained class per occluder position, drawn at the window's centre "
+                    "(shared 0–1 scale; red box: the position that lowers it most); right: the "
+                    "probability drop per pixel (unoccluded minus occluded, averaged over the "
+                    "windows covering the pixel; red = evidence, blue = occluding helps), each "
+                    "scaled to its own largest drop."
                 ),
                 alt="Occlusion probability heat-maps and overlays for the query images",
                 wide=True,

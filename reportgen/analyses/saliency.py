@@ -70,7 +70,7 @@ class SaliencyParams(AnalysisParams):
     """Module name; ``auto`` = the last module whose output is a spatial map (last conv stage)."""
     batch_size: int = 32
     """Images (noisy copies, path points) per forward/backward pass."""
-    image_size: int = 120
+    image_size: int = 150
     """On-screen size of each panel, in pixels."""
 
     def validate(self, path: str) -> None:
