@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from reportgen.analyses.activations import ActivationsAnalysis
 from reportgen.analyses.audit import AuditAnalysis
 from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
 from reportgen.analyses.embedding import EmbeddingAnalysis
 from reportgen.analyses.filters import FiltersAnalysis
+from reportgen.analyses.max_patches import MaxPatchesAnalysis
 from reportgen.analyses.neighbors import NeighborsAnalysis
 from reportgen.analyses.occlusion import OcclusionAnalysis
 from reportgen.analyses.saliency import SaliencyAnalysis
@@ -14,6 +16,8 @@ _ALL: list[type[Analysis]] = [
     FiltersAnalysis,
     NeighborsAnalysis,
     EmbeddingAnalysis,
+    ActivationsAnalysis,
+    MaxPatchesAnalysis,
     OcclusionAnalysis,
     SaliencyAnalysis,
     AuditAnalysis,

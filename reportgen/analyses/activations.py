@@ -1,0 +1,275 @@
+"""Feature maps of a few layers for the query images, as grids of per-channel grayscale maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reportgen.analyses.base import (
+    Analysis,
+    AnalysisContext,
+    AnalysisParams,
+    Collector,
+    SetupContext,
+    SkipSection,
+)
+from reportgen.figures import figure_to_picture, mosaic, new_figure, to_uint8, upscale
+from reportgen.hooks import capture_outputs
+from reportgen.loading.models import conv_layers, find_layer
+from reportgen.section import Figure, Section, Table, Text
+
+HOW_TO_READ = (
+    "For each query image (left) every small tile is one channel of the layer's output, in "
+    "channel order, row by row (the number left of each row is its first channel). Bright means "
+    "strongly active; all tiles of one image share one grey scale (black = the smallest value or "
+    "0, white = the largest), so dark tiles are channels this image does not excite. Early layers "
+    "respond to edges and colours and still look like the image; deeper maps are coarser and "
+    "sparser, each channel firing on a specific part or pattern (as in the lecture's conv5 "
+    "figure). Orange frames mark the channels with the highest mean activation, also listed in the "
+    "table. Channels that stay black for every image may be dead."
+)
+
+HIGHLIGHT = np.array([255, 140, 0], np.uint8)
+
+
+@dataclass(frozen=True)
+class ActivationsParams(AnalysisParams):
+    layers: list[str] = field(default_factory=list)
+    """Layers to draw, by module name; empty = three conv layers spread from first to last."""
+    max_channels: int = 64
+    """At most this many channels per layer (the first ones, in channel order)."""
+    max_queries: int = 8
+    """At most this many of the query images."""
+    top_channels: int = 5
+    """How many of the most active channels the table lists and the figure frames."""
+    tile_size: int = 28
+    """Approximate on-screen size of each channel map, in pixels."""
+
+    def validate(self, path: str) -> None:
+        self.require(self.max_channels >= 1, f"{path}.max_channels", "must be at least 1")
+        self.require(self.max_queries >= 1, f"{path}.max_queries", "must be at least 1")
+        self.require(
+            0 <= self.top_channels <= 64, f"{path}.top_channels", "must be between 0 and 64"
+        )
+        self.require(8 <= self.tile_size <= 128, f"{path}.tile_size", "must be between 8 and 128")
+
+
+def spread_conv_layers(model: nn.Module, count: int, skip_first: bool = False) -> list[str]:
+    """``count`` conv layers evenly spread from early to late (always including the last)."""
+    names = [n for n, _ in conv_layers(model)]
+    if skip_first and len(names) > count:
+        names = names[1:]
+    if len(names) <= count:
+        return names
+    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
+    return [names[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str], default: list[str]) -> list[str]:
+    """Configured layer names checked against the model (a clear error naming the nearest)."""
+    chosen = list(layers) or default
+    for name in chosen:
+        find_layer(model, name)
+    return chosen
+
+
+def layer_outputs(
+    model: nn.Module, layers: Sequence[str], inputs: torch.Tensor, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Each layer's output for ``inputs`` (N×C×H×W), float32 on the inputs' device.
+
+    The hooks capture the tensor each layer returns; an in-place activation right after it
+    (``ReLU(inplace=True)``) is therefore included, as the next layer sees it.
+    """
+    modules = {name: find_layer(model, name) for name in layers}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with torch.inference_mode(), capture_outputs(modules) as captured:
+        for start in range(0, inputs.shape[0], batch_size):
+            captured.clear()
+            model(inputs[start : start + batch_size])
+            for name in layers:
+                if name not in captured:
+                    raise LayerNotCalled(name)
+                parts[name].append(captured[name].float().clone())
+    return {name: torch.cat(p) for name, p in parts.items()}
+
+
+class LayerNotCalled(RuntimeError):
+    def __init__(self, layer: str) -> None:
+        super().__init__(f"layer {layer} was not called in the model's forward")
+
+
+def channel_means(maps: torch.Tensor) -> torch.Tensor:
+    """Q×C×h×w -> Q×C mean activation per channel."""
+    return maps.flatten(2).mean(2)
+
+
+def activation_tiles(
+    maps: np.ndarray, factor: int, highlight: set[int], border: int = 1
+) -> tuple[np.ndarray, int]:
+    """C×h×w floats (one image, one layer) -> an RGB mosaic with a shared grey scale.
+
+    Black is min(0, smallest value), white the largest; tiles in ``highlight`` get an orange
+    frame. Returns the mosaic and its number of columns.
+    """
+    lo = min(0.0, float(maps.min()))
+    hi = float(maps.max())
+    scaled = (maps - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(maps)
+    tiles = []
+    for c, m in enumerate(scaled):
+        gray = upscale(to_uint8(m), factor)
+        tile = np.repeat(gray[..., None], 3, axis=2)
+        framed = np.full((tile.shape[0] + 2 * border, tile.shape[1] + 2 * border, 3), 255, np.uint8)
+        if c in highlight:
+            framed[:] = HIGHLIGHT
+        framed[border:-border, border:-border] = tile
+        tiles.append(framed)
+    columns = min(len(tiles), 16)
+    return mosaic(tiles, columns=columns, pad=1), columns
+
+
+class ActivationsAnalysis(Analysis):
+    name = "activations"
+    title = "Activations: feature maps of the query images"
+    Params = ActivationsParams
+    requires_hooks = True
+    order = 40
+
+    def collector(self, setup: SetupContext, params: Any) -> Collector | None:
+        # Nothing to collect; checking the layer names here stops a typo before the long pass.
+        resolve_layers(setup.model.module, params.layers, [])
+        return None
+
+    def run(self, ctx: AnalysisContext, params: Any) -> Section:
+        p: ActivationsParams = params
+        section = self.section(HOW_TO_READ)
+        model = ctx.model.module
+        layers = resolve_layers(model, p.layers, spread_conv_layers(model, 3))
+        if not layers:
+            raise SkipSection(
+                "the model has no conv layers; list layers under analyses.activations.layers"
+            )
+        queries = ctx.queries[: p.max_queries]
+        if not queries:
+            raise SkipSection("no query images")
+        inputs = ctx.load_inputs(queries)
+        try:
+            outputs = layer_outputs(model, layers, inputs, ctx.config.run.batch_size)
+        except LayerNotCalled as exc:
+            raise SkipSection(str(exc)) from None
+        images = ctx.display_images(queries)
+        rows: list[list[Any]] = []
+        for layer in layers:
+            maps = outputs[layer]
+            if maps.ndim != 4:
+                section.add(
+                    Text(
+                        f"{layer} outputs {tuple(maps.shape[1:])}, not a spatial map; not drawn.",
+                        kind="note",
+                    )
+                )
+                continue
+            means = channel_means(maps)
+            shown = min(maps.shape[1], p.max_channels)
+            top_k = min(p.top_channels, maps.shape[1])
+            top_vals, top_idx = (
+                means.topk(top_k, dim=1) if top_k else (means[:, :0], means[:, :0].long())
+            )
+            active = (means > 0).float().mean(1)
+            maps_np = maps[:, :shown].cpu().numpy()
+            top_np, topv_np = top_idx.cpu().numpy(), top_vals.cpu().numpy()
+            section.add(
+                self._figure(ctx, layer, maps, maps_np, images, queries, top_np, p.tile_size)
+            )
+            for qi, q in enumerate(queries):
+                rows.append(
+                    [
+                        layer,
+                        "×".join(str(s) for s in maps.shape[1:]),
+                        ctx.relpath(q),
+                        ", ".join(
+                            f"{int(c)} ({v:.3g})"
+                            for c, v in zip(top_np[qi], topv_np[qi], strict=True)
+                        ),
+                        f"{100 * float(active[qi]):.0f} %",
+                    ]
+                )
+        section.add(
+            Table(
+                caption=(
+                    f"Most active channels per layer and query image: the {p.top_channels} channels "
+                    "with the highest mean activation over the map (mean in brackets), and the "
+                    "share of channels whose mean is above zero."
+                ),
+                columns=[
+                    "layer",
+                    "output (C×h×w)",
+                    "query",
+                    "top channels (mean)",
+                    "channels active",
+                ],
+                rows=rows,
+            )
+        )
+        section.metrics["activations_layers"] = ", ".join(layers)
+        return section
+
+    @staticmethod
+    def _figure(
+        ctx: AnalysisContext,
+        layer: str,
+        maps: torch.Tensor,
+        maps_np: np.ndarray,
+        images: list[np.ndarray],
+        queries: list[int],
+        top: np.ndarray,
+        tile_size: int,
+    ) -> Figure:
+        c, h, w = maps.shape[1:]
+        shown = maps_np.shape[1]
+        factor = max(1, round(tile_size / max(h, w)))
+        grids = [
+            activation_tiles(maps_np[qi], factor, set(top[qi].tolist()))
+            for qi in range(len(queries))
+        ]
+        grid_h, grid_w = grids[0][0].shape[:2]
+        columns = grids[0][1]
+        tile_h = h * factor + 3  # tile, its frame and the mosaic padding
+        width_in = min(14.0, 0.8 + (grid_h + grid_w) / 100 * 1.1)
+        row_in = max(0.9, grid_h / 100 * 1.1) + 0.45
+        fig = new_figure(width_in, row_in * len(queries))
+        axes = fig.subplots(len(queries), 2, squeeze=False, width_ratios=[grid_h, grid_w])
+        for qi, q in enumerate(queries):
+            ax_img, ax_maps = axes[qi]
+            img = images[qi]
+            ax_img.imshow(img if img.shape[2] == 3 else img[..., 0], interpolation="nearest")
+            ax_img.set_xticks([])
+            ax_img.set_yticks([])
+            lab = ctx.class_name(ctx.label(q)) if ctx.folder.labelled else "unlabelled"
+            ax_img.set_title(f"{ctx.relpath(q)}\n({lab})", fontsize=7)
+            grid, _ = grids[qi]
+            ax_maps.imshow(grid, interpolation="nearest")
+            rows_n = int(np.ceil(shown / columns))
+            ax_maps.set_yticks([1 + r * tile_h + tile_h / 2 for r in range(rows_n)])
+            ax_maps.set_yticklabels([str(r * columns) for r in range(rows_n)], fontsize=6)
+            ax_maps.set_xticks([])
+            ax_maps.tick_params(length=0)
+            peak = float(maps[qi].max())
+            ax_maps.set_title(
+                f"max {peak:.3g} · top channels {', '.join(str(int(t)) for t in top[qi][:3])}",
+                fontsize=7,
+            )
+        return Figure(
+            figure_to_picture(fig),
+            caption=(
+                f"{layer}: {shown} of {c} channels ({h}×{w} maps) for {len(queries)} query "
+                f"image(s); one grey scale per image, orange frames = most active channels."
+            ),
+            alt=f"Feature maps of {layer} for the query images",
+            wide=True,
+        )

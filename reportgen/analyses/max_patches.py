@@ -1,0 +1,436 @@
+"""Per channel, the dataset's image patches that excite it most, cropped to the receptive field."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from reportgen.analyses.activations import resolve_layers, spread_conv_layers
+from reportgen.analyses.base import (
+    Analysis,
+    AnalysisContext,
+    AnalysisParams,
+    Collector,
+    SetupContext,
+    SkipSection,
+)
+from reportgen.errors import ConfigError
+from reportgen.figures import figure_to_picture, new_figure
+from reportgen.receptive_field import ReceptiveField, ReceptiveFieldError, receptive_fields
+from reportgen.section import Figure, Picture, Section, Table, Text
+
+HOW_TO_READ = (
+    "Each row is one channel (unit) of a layer; across the row are the image patches of the whole "
+    "dataset that excite it most, strongest first, with the activation above each patch. A patch "
+    "is exactly the input region that can influence the unit (its receptive field, measured on "
+    "the model, not assumed); grey checkerboard is padding where that region extends past the "
+    "image border. One image contributes at most one patch per channel. A channel that has "
+    "learned something specific shows the same pattern in all its patches (a stroke direction, a "
+    "corner, a texture, an object part); deeper layers have larger fields and more abstract, "
+    "class-specific patterns. The table lists the receptive field of each layer and, per channel, "
+    "the labels of its top images."
+)
+
+PAD_LIGHT, PAD_DARK = 190, 150
+
+
+@dataclass(frozen=True)
+class MaxPatchesParams(AnalysisParams):
+    layers: list[str] = field(default_factory=list)
+    """Module names; empty = three conv layers spread from early to late."""
+    channels: list[int] = field(default_factory=list)
+    """Channel numbers shown for every layer; empty = per layer the ``channels_per_layer``
+    channels whose peak activation varies most across images."""
+    channels_per_layer: int = 16
+    k: int = 9
+    """Patches per channel."""
+    patch_size: int = 56
+    """On-screen size of each patch, in pixels."""
+
+    def validate(self, path: str) -> None:
+        self.require(1 <= self.k <= 64, f"{path}.k", "must be between 1 and 64")
+        self.require(
+            1 <= self.channels_per_layer <= 256,
+            f"{path}.channels_per_layer",
+            "must be between 1 and 256",
+        )
+        self.require(
+            16 <= self.patch_size <= 256, f"{path}.patch_size", "must be between 16 and 256"
+        )
+        self.require(
+            all(c >= 0 for c in self.channels), f"{path}.channels", "must be channel numbers ≥ 0"
+        )
+
+
+@dataclass
+class LayerTopK:
+    """Running state of one layer: top-k per channel and per-channel statistics of the peaks."""
+
+    values: torch.Tensor
+    """C×k best per-image peak activations, descending (-inf = not filled)."""
+    positions: torch.Tensor
+    """C×k dataset positions of those images (-1 = not filled)."""
+    ys: torch.Tensor
+    xs: torch.Tensor
+    """C×k location of the peak unit in the layer's map."""
+    mean: torch.Tensor
+    m2: torch.Tensor
+    """C running mean and sum of squared deviations of each image's peak (Chan et al. merge)."""
+    count: int = 0
+    map_size: tuple[int, int] = (0, 0)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.m2 / max(1, self.count - 1)
+
+
+class TopKCollector:
+    """Running top-k per channel over the dataset pass, O(channels × k) memory per layer.
+
+    Per batch and channel, each image's peak activation (max over the map) and its location are
+    merged with the kept k by one sort on the device. The sort is stable with kept entries first,
+    so ties keep the earlier image, as a plain loop over the dataset would.
+    """
+
+    def __init__(self, layers: Sequence[str], k: int) -> None:
+        self.layers: Sequence[str] = list(layers)
+        self.k = k
+        self.state: dict[str, LayerTopK] = {}
+
+    def update(self, indices: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        for name in self.layers:
+            out = outputs[name]
+            if out.ndim != 4:
+                continue
+            self._update(name, indices, out)
+
+    def _update(self, name: str, indices: torch.Tensor, out: torch.Tensor) -> None:
+        b, c, h, w = out.shape
+        flat = torch.nan_to_num(out.detach().float().flatten(2), nan=float("-inf"))
+        peak, where = flat.max(dim=2)  # B×C
+        st = self.state.get(name)
+        if st is None:
+            st = self._empty(c, out.device)
+            self.state[name] = st
+        st.map_size = (h, w)
+        pos = indices.to(out.device).long()
+        cand_v = torch.cat([st.values, peak.T], dim=1)
+        cand_p = torch.cat([st.positions, pos[None, :].expand(c, b)], dim=1)
+        cand_y = torch.cat([st.ys, (where // w).T], dim=1)
+        cand_x = torch.cat([st.xs, (where % w).T], dim=1)
+        order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : self.k]
+        st.values = cand_v.gather(1, order)
+        st.positions = cand_p.gather(1, order)
+        st.ys = cand_y.gather(1, order)
+        st.xs = cand_x.gather(1, order)
+        stat = peak.to(st.mean.dtype).clamp(min=torch.finfo(torch.float32).min)
+        mean_b = stat.mean(0)
+        m2_b = ((stat - mean_b) ** 2).sum(0)
+        n_a, n = st.count, st.count + b
+        delta = mean_b - st.mean
+        st.mean = st.mean + delta * (b / n)
+        st.m2 = st.m2 + m2_b + delta**2 * (n_a * b / n)
+        st.count = n
+
+    def _empty(self, channels: int, device: torch.device) -> LayerTopK:
+        stat_dtype = torch.float32 if device.type == "mps" else torch.float64
+
+        def fill(v: int) -> torch.Tensor:
+            return torch.full((channels, self.k), v, dtype=torch.long, device=device)
+
+        return LayerTopK(
+            values=torch.full((channels, self.k), float("-inf"), device=device),
+            positions=fill(-1),
+            ys=fill(0),
+            xs=fill(0),
+            mean=torch.zeros(channels, dtype=stat_dtype, device=device),
+            m2=torch.zeros(channels, dtype=stat_dtype, device=device),
+        )
+
+    def merge(self, other: TopKCollector) -> None:
+        """Fold in a collector that saw other images (e.g. another shard, positions distinct)."""
+        for name, theirs in other.state.items():
+            mine = self.state.get(name)
+            if mine is None:
+                self.state[name] = theirs
+                continue
+            cand_v = torch.cat([mine.values, theirs.values.to(mine.values.device)], 1)
+            order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : self.k]
+            for attr in ("values", "positions", "ys", "xs"):
+                both = torch.cat([getattr(mine, attr), getattr(theirs, attr).to(cand_v.device)], 1)
+                setattr(mine, attr, both.gather(1, order))
+            n_a, n_b = mine.count, theirs.count
+            n = max(1, n_a + n_b)
+            delta = theirs.mean.to(mine.mean) - mine.mean
+            mine.mean = mine.mean + delta * (n_b / n)
+            mine.m2 = mine.m2 + theirs.m2.to(mine.m2) + delta**2 * (n_a * n_b / n)
+            mine.count = n_a + n_b
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    # The first layer's tiny fields repeat the filters section; start later when there is room.
+    return spread_conv_layers(model, 3, skip_first=True)
+
+
+def choose_channels(st: LayerTopK, listed: list[int] | None, count: int) -> list[int]:
+    """Listed channels, or the ``count`` whose per-image peak varies most (ties: lower index)."""
+    if listed is not None:
+        return listed
+    seen = torch.isfinite(st.values[:, 0])
+    score = torch.where(seen, st.variance.float(), torch.full_like(st.variance.float(), -1.0))
+    order = torch.sort(score, descending=True, stable=True).indices
+    return [int(c) for c in order[: min(count, int(seen.sum()))].tolist()]
+
+
+def crop_with_padding(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """H×W×3 uint8 region ``(top, left, bottom, right)``; outside the image: a grey checkerboard."""
+    top, left, bottom, right = box
+    hh, ww = bottom - top, right - left
+    yy, xx = np.meshgrid(np.arange(hh), np.arange(ww), indexing="ij")
+    cell = max(2, max(hh, ww) // 8)
+    checker = np.where(((yy // cell + xx // cell) % 2) == 0, PAD_LIGHT, PAD_DARK).astype(np.uint8)
+    out = np.repeat(checker[..., None], 3, axis=2)
+    h, w = image.shape[:2]
+    t, lft, b, r = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+    if t < b and lft < r:
+        out[t - top : b - top, lft - left : r - left] = image[t:b, lft:r]
+    return out
+
+
+def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
+    """Longer side to ``size``: nearest when enlarging (crisp pixels), box filter when shrinking."""
+    h, w = patch.shape[:2]
+    scale = size / max(h, w)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    method = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(patch).resize(new, method))
+
+
+def patch_grid(
+    patches: list[list[np.ndarray]],
+    values: list[list[float]],
+    row_labels: list[str],
+    size: int,
+) -> Picture:
+    """Rows of equal-size patches with the row label on the left and values above each patch."""
+    label_w, gap, text_h, row_gap = 64, 4, 12, 10
+    k = max(len(r) for r in patches)
+    ph = max(p.shape[0] for r in patches for p in r)
+    pw = max(p.shape[1] for r in patches for p in r)
+    row_h = ph + text_h + row_gap
+    width = label_w + k * (pw + gap) + gap
+    height = len(patches) * row_h + gap
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    for ri, row in enumerate(patches):
+        y = gap + ri * row_h
+        for ci, p in enumerate(row):
+            x = label_w + gap + ci * (pw + gap)
+            canvas[y : y + p.shape[0], x : x + p.shape[1]] = p
+    fig = new_figure(width / 100, height / 100)
+    fig.set_layout_engine("none")
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    # Values go right under their patch, rows are spaced further apart than that.
+    for ri, row_values in enumerate(values):
+        y = gap + ri * row_h
+        ax.text(4, y + ph / 2, row_labels[ri], fontsize=8, va="center", ha="left")
+        for ci, v in enumerate(row_values):
+            x = label_w + gap + ci * (pw + gap) + pw / 2
+            ax.text(x, y + ph + 1, f"{v:.3g}", fontsize=7, ha="center", va="top")
+    pic = figure_to_picture(fig, dpi=100)
+    return Picture(pic.pixels, kind="photo")
+
+
+class MaxPatchesAnalysis(Analysis):
+    name = "max_patches"
+    title = "Maximally activating patches"
+    Params = MaxPatchesParams
+    requires_hooks = True
+    order = 50
+
+    def collector(self, setup: SetupContext, params: Any) -> Collector | None:
+        p: MaxPatchesParams = params
+        model = setup.model.module
+        layers = resolve_layers(model, p.layers, default_layers(model))
+        if not layers:
+            return None
+        return TopKCollector(layers, p.k)
+
+    def run(self, ctx: AnalysisContext, params: Any) -> Section:
+        p: MaxPatchesParams = params
+        section = self.section(HOW_TO_READ)
+        col = ctx.collected.get(self.name)
+        if not isinstance(col, TopKCollector):
+            raise SkipSection(
+                "the model has no conv layers; list layers under analyses.max_patches.layers"
+            )
+        listed = list(dict.fromkeys(p.channels)) or None
+        model = ctx.model.module
+        layers = [name for name in col.layers if name in col.state]
+        for name in col.layers:
+            if name not in col.state:
+                section.add(Text(f"{name} has no spatial output map; left out.", kind="note"))
+        if not layers:
+            raise SkipSection("none of the layers has a spatial output map")
+        fields = self._fields(model, layers, ctx, section)
+        chosen: dict[str, list[int]] = {}
+        for name in layers:
+            if name not in fields:
+                continue
+            st = col.state[name]
+            channels = choose_channels(st, listed, p.channels_per_layer)
+            bad = [c for c in channels if c >= st.values.shape[0]]
+            if bad:
+                raise ConfigError(
+                    f"analyses.max_patches.channels: {name} has {st.values.shape[0]} channels, "
+                    f"no channel {bad[0]}"
+                )
+            chosen[name] = channels
+        winners = sorted(
+            {
+                int(v)
+                for name, chans in chosen.items()
+                for v in col.state[name].positions[chans].flatten().tolist()
+                if v >= 0
+            }
+        )
+        images = dict(zip(winners, ctx.display_images(winners), strict=True))
+        geometry_rows: list[list[Any]] = []
+        channel_rows: list[list[Any]] = []
+        for name, chans in chosen.items():
+            st, rf = col.state[name], fields[name]
+            vals = st.values[chans].cpu().tolist()
+            pos = st.positions[chans].cpu().tolist()
+            ys, xs = st.ys[chans].cpu().tolist(), st.xs[chans].cpu().tolist()
+            patches: list[list[np.ndarray]] = []
+            shown_vals: list[list[float]] = []
+            for ci in range(len(chans)):
+                row: list[np.ndarray] = []
+                row_vals: list[float] = []
+                for j in range(len(vals[ci])):
+                    if pos[ci][j] < 0:
+                        continue
+                    crop = crop_with_padding(images[pos[ci][j]], rf.box(ys[ci][j], xs[ci][j]))
+                    row.append(resize_patch(crop, p.patch_size))
+                    row_vals.append(vals[ci][j])
+                patches.append(row)
+                shown_vals.append(row_vals)
+            if any(patches):
+                section.add(
+                    Figure(
+                        patch_grid(patches, shown_vals, [f"ch {c}" for c in chans], p.patch_size),
+                        caption=(
+                            f"{name}: top {p.k} dataset patches for {len(chans)} of "
+                            f"{st.values.shape[0]} channels "
+                            + (
+                                "(listed)"
+                                if listed
+                                else "(those whose peak activation varies most across images)"
+                            )
+                            + f"; each patch is the {rf.size[0]}×{rf.size[1]} px receptive field, "
+                            f"shown at {p.patch_size} px."
+                        ),
+                        alt=f"Maximally activating patches of {name}",
+                        wide=True,
+                    )
+                )
+            height, width = next(iter(images.values())).shape[:2] if images else (0, 0)
+            geometry_rows.append(self._geometry_row(name, st, rf, height, width))
+            for ci, c in enumerate(chans):
+                labels = [ctx.label(q) for q in pos[ci] if q >= 0]
+                channel_rows.append(
+                    [
+                        name,
+                        c,
+                        float(st.variance[c]),
+                        vals[ci][0] if pos[ci][0] >= 0 else None,
+                        vals[ci][-1] if pos[ci][-1] >= 0 else None,
+                        ctx.relpath(pos[ci][0]) if pos[ci][0] >= 0 else "—",
+                        self._label_summary(ctx, labels),
+                    ]
+                )
+        section.add(
+            Table(
+                caption=(
+                    "Receptive fields, measured on the model: unit (y, x) sees input rows "
+                    "y·stride + offset … + size − 1 (likewise columns). 'Fully inside' counts the "
+                    "units whose field does not need padding at this input size."
+                ),
+                columns=["layer", "map (h×w)", "field size", "stride", "offset", "fully inside"],
+                rows=geometry_rows,
+            )
+        )
+        section.add(
+            Table(
+                caption=(
+                    f"Channels shown: variance of each image's peak activation over {col.state[layers[0]].count} "
+                    f"images, the best and the {p.k}th-best peak, the best image, and the labels of the top {p.k}."
+                ),
+                columns=[
+                    "layer",
+                    "channel",
+                    "peak variance",
+                    "best",
+                    f"#{p.k}",
+                    "best image",
+                    "top labels",
+                ],
+                rows=channel_rows,
+            )
+        )
+        return section
+
+    @staticmethod
+    def _fields(
+        model: nn.Module, layers: list[str], ctx: AnalysisContext, section: Section
+    ) -> dict[str, ReceptiveField]:
+        in_ch = ctx.model.in_channels
+        try:
+            return receptive_fields(model, layers, in_ch, device=ctx.device)
+        except ReceptiveFieldError:
+            pass
+        out: dict[str, ReceptiveField] = {}
+        for name in layers:
+            try:
+                out[name] = receptive_fields(model, [name], in_ch, device=ctx.device)[name]
+            except ReceptiveFieldError as exc:
+                section.add(
+                    Text(f"{name}: receptive field unavailable ({exc}); left out.", kind="warning")
+                )
+        return out
+
+    @staticmethod
+    def _geometry_row(
+        name: str, st: LayerTopK, rf: ReceptiveField, height: int, width: int
+    ) -> list[Any]:
+        h, w = st.map_size
+        inside_r = sum(
+            1 for u in range(h) if rf.rows.span(u)[0] >= 0 and rf.rows.span(u)[1] <= height
+        )
+        inside_c = sum(
+            1 for u in range(w) if rf.cols.span(u)[0] >= 0 and rf.cols.span(u)[1] <= width
+        )
+        same = rf.rows == rf.cols
+        return [
+            name,
+            f"{h}×{w}",
+            f"{rf.size[0]}" if same else f"{rf.size[0]}×{rf.size[1]}",
+            f"{rf.stride[0]}" if same else f"{rf.stride[0]}×{rf.stride[1]}",
+            f"{rf.offset[0]}" if same else f"{rf.offset[0]}, {rf.offset[1]}",
+            f"{inside_r * inside_c} of {h * w} units",
+        ]
+
+    @staticmethod
+    def _label_summary(ctx: AnalysisContext, labels: list[int]) -> str:
+        if not ctx.folder.labelled or not labels:
+            return "—"
+        counts = Counter(labels).most_common(3)
+        return ", ".join(f"{ctx.class_name(lab)} ×{n}" for lab, n in counts)
