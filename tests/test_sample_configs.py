@@ -1,0 +1,129 @@
+"""Every file in sample_configs/ loads and runs end to end (with small data and paths overridden)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import write_image_folder
+
+from reportgen.config import load_config
+from reportgen.demo import prepare_demo
+from reportgen.runner import run_report
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_configs"
+
+
+def fast(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    return {
+        "data.root": str(tmp_path / "images"),
+        "output.dir": str(tmp_path / "out"),
+        "output.formats": ["html"],
+        "run.device": "cpu",
+        "run.workers": 0,
+        **overrides,
+    }
+
+
+def test_every_sample_config_is_exercised() -> None:
+    assert sorted(p.name for p in SAMPLES.glob("*.yaml")) == [
+        "custom.yaml",
+        "demo.yaml",
+        "resnet50.yaml",
+    ]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "resnet50.yaml", "custom.yaml"])
+def test_sample_loads_with_paths_relative_to_its_folder(name: str) -> None:
+    cfg = load_config(SAMPLES / name)
+    assert cfg.source == str(SAMPLES / name)
+    assert cfg.model.weights is not None and Path(cfg.model.weights).is_absolute()
+    assert Path(cfg.model.weights).parent.resolve().is_relative_to(SAMPLES.parent.resolve())
+    assert cfg.data.root is not None and Path(cfg.data.root).is_absolute()
+
+
+def test_demo_yaml_runs_on_a_small_demo(tmp_path: Path) -> None:
+    prepare_demo(tmp_path / "demo", per_class=4, epochs=1)
+    cfg = load_config(
+        SAMPLES / "demo.yaml",
+        fast(
+            tmp_path,
+            **{
+                "model.weights": str(tmp_path / "demo" / "model.pt"),
+                "data.root": str(tmp_path / "demo" / "data"),
+            },
+        ),
+        analyses=["filters", "neighbors"],
+    )
+    assert cfg.model.arch == "reportgen.demo:digits_cnn"
+    result = run_report(cfg)
+    assert result.exit_code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["data"]["num_images"] == 40
+    assert summary["model"]["in_channels"] == 1
+    # demo.yaml asks for the second conv layer's mosaic too.
+    assert "features.3" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_resnet50_yaml_on_a_random_resnet50_state_dict(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(num_classes=4)
+    # Saved as a DDP run would: "module." prefix inside a training checkpoint.
+    torch.save(
+        {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+        tmp_path / "resnet50.pt",
+    )
+    del model
+    write_image_folder(tmp_path / "images", {"cat": 2, "dog": 2, "fox": 2, "owl": 2}, size=40)
+    # Small inputs keep ResNet-50 on the CPU fast; everything else is the sample as written.
+    cfg = load_config(
+        SAMPLES / "resnet50.yaml",
+        fast(
+            tmp_path,
+            **{
+                "model.weights": str(tmp_path / "resnet50.pt"),
+                "preprocess.resize": 64,
+                "preprocess.crop": 64,
+                "run.batch_size": 8,
+                "data.queries": 4,
+            },
+        ),
+        analyses=["filters", "neighbors"],
+    )
+    result = run_report(cfg)
+    assert result.exit_code == 0, [(s.name, s.reason) for s in result.sections]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"]["arch"] == "resnet50"
+    assert summary["model"]["num_classes"] == 4  # read from the weights
+    assert summary["model"]["feature_layer"] == "fc" and summary["model"]["feature_dim"] == 2048
+    assert summary["data"]["class_names"] == ["cat", "dog", "fox", "owl"]
+    assert "layer1.0.conv1" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_custom_yaml_with_a_small_vgg_state_dict(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("sample_custom_arch", SAMPLES / "custom_arch.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.small_vgg(num_classes=5)
+    torch.save(model.state_dict(), tmp_path / "small_vgg.pt")
+    write_image_folder(tmp_path / "images", {f"c{i}": 2 for i in range(5)}, size=40)
+    cfg = load_config(
+        SAMPLES / "custom.yaml",
+        fast(tmp_path, **{"model.weights": str(tmp_path / "small_vgg.pt")}),
+        analyses=["filters", "neighbors"],
+    )
+    assert cfg.model.arch == f"{SAMPLES / 'custom_arch.py'}:small_vgg"
+    result = run_report(cfg)
+    assert result.exit_code == 0, [(s.name, s.reason) for s in result.sections]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"]["num_classes"] == 5  # the factory was called with num_classes=5
+    assert summary["model"]["feature_layer"] == "head" and summary["model"]["feature_dim"] == 128
+    assert "body.4" in (tmp_path / "out" / "report.html").read_text()
