@@ -289,9 +289,16 @@ def load_config(
                     f"{path}: unknown config key '{key}'{did_you_mean(str(key), _SECTIONS)}; "
                     f"valid sections: {', '.join(_SECTIONS)}"
                 )
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, dotted, value)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # A weights flag replaces the file's checkpoint and vice versa (they are exclusive, and the
+    # flag is the later word), so `--checkpoint x` works with a config that names weights.
+    model_data = data.get("model")
+    if isinstance(model_data, dict):
+        for given, replaced in (("weights", "checkpoint"), ("checkpoint", "weights")):
+            if f"model.{given}" in overrides and f"model.{replaced}" not in overrides:
+                model_data.pop(replaced, None)
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
 
     analyses_data = data.get("analyses") or {}
     if not isinstance(analyses_data, dict):

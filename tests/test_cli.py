@@ -130,7 +130,8 @@ def test_a_failing_section_exits_1_and_the_report_is_still_written(
         (["--device", "gpu"], "run.device: 'gpu' is not auto, cpu, cuda or cuda:N"),
         (["--weights", "missing.pt"], "weights file not found"),
         (["--data", "nowhere"], "data folder not found"),
-        (["--checkpoint", "tiny.pt"], "model.weights and model.checkpoint are exclusive"),
+        (["--checkpoint", "tiny.pt"], "refused: --checkpoint files"),
+        (["--weights", "a.pt", "--checkpoint", "b.pt"], "model.weights and model.checkpoint are"),
         (["--format", "docx"], "output.formats: unknown format 'docx'"),
     ],
 )
@@ -161,8 +162,7 @@ def test_checkpoint_without_trust_through_the_cli(project: Path) -> None:
 
     torch.save(tiny_net(), project / "whole.pt")
     args = ["run", "--config", str(project / "config.yaml"), "--quiet"]
-    # The YAML's weights and the flag's checkpoint are exclusive; a config without weights:
-    small_config(project, model__weights=None)
+    # The flag replaces the YAML's weights (they are exclusive; the flag is the later word).
     refused = CliRunner().invoke(cli, [*args, "--checkpoint", str(project / "whole.pt")])
     assert refused.exit_code == 2
     assert "--trust-checkpoint" in refused.output and refused.output.count("\n") == 1

@@ -136,6 +136,12 @@ def test_cli_style_overrides_win_over_the_file(tmp_path: Path) -> None:
     assert cfg.data.root == "cli/images"  # flags are relative to the working folder
     assert cfg.enabled_analyses() == ["neighbors"]
     assert cfg.params("neighbors").k == 3
+    with_weights = write_yaml(
+        tmp_path / "w.yaml", {**MINIMAL, "model": {"arch": "resnet18", "weights": "w.pt"}}
+    )
+    swapped = load_config(with_weights, {"model.checkpoint": "whole.pt"})
+    assert swapped.model.checkpoint == "whole.pt" and swapped.model.weights is None
+    assert load_config(with_weights).model.weights == str(tmp_path / "w.pt")
     with pytest.raises(ConfigError, match=r"--analyses: unknown analysis 'neighbour'"):
         load_config(path, analyses=["neighbour"])
 
