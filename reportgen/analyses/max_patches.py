@@ -28,7 +28,7 @@ from reportgen.section import Figure, Picture, Section, Table, Text
 
 HOW_TO_READ = (
     "Each row is one channel (unit) of a layer; across the row are the image patches of the whole "
-    "dataset that excite it most, strongest first, with the activation above each patch. A patch "
+    "dataset that excite it most, strongest first, with the activation under each patch. A patch "
     "is exactly the input region that can influence the unit (its receptive field, measured on "
     "the model, not assumed); grey checkerboard is padding where that region extends past the "
     "image border. One image contributes at most one patch per channel. A channel that has "
