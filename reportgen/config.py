@@ -74,6 +74,8 @@ class OutputConfig:
     formats: list[str] = field(default_factory=lambda: ["html", "pdf"])
     max_html_mb: float = 15.0
     """Size budget for report.html; images are shrunk (with a warning) to stay under it."""
+    title: str | None = None
+    """Report title; default: "<arch> on <data folder name>"."""
 
 
 @dataclass(frozen=True)

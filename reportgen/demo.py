@@ -138,7 +138,11 @@ def demo_config(out_dir: Path) -> dict[str, Any]:
         },
         "run": {"device": "auto", "batch_size": 256, "workers": 0, "seed": 0},
         "analyses": {"filters": {"layers": ["features.3"]}},
-        "output": {"dir": ".", "save_arrays": True},
+        "output": {
+            "dir": ".",
+            "save_arrays": True,
+            "title": "Demo: a small CNN on scikit-learn's digits",
+        },
     }
 
 

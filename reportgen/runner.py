@@ -103,6 +103,10 @@ def seed_everything(seed: int) -> None:
     # Deterministic kernels where torch offers them; warn (not fail) where it does not.
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+    # TF32 matmuls/convs on Ampere+ differ from the CPU by ~1e-3 relative: with run.precision fp32
+    # the maps must match a CPU run, so keep full fp32 (bf16 is an explicit opt-in).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def library_versions() -> dict[str, str]:
@@ -174,6 +178,21 @@ def manifest_sha256(manifest: list[tuple[str, int, str]]) -> str:
     for rel, size, digest in sorted(manifest):
         h.update(f"{rel}\t{size}\t{digest}\n".encode())
     return h.hexdigest()
+
+
+def _relative_paths(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Input paths inside the output folder (the demo's) recorded relative to it, so that the
+    report does not change with the output folder's name."""
+    for section, key in (
+        ("model", "weights"),
+        ("model", "checkpoint"),
+        ("data", "root"),
+        ("data", "labels"),
+    ):
+        value = config.get(section, {}).get(key)
+        if isinstance(value, str):
+            config[section][key] = _display_root(Path(value), out_dir)
+    return config
 
 
 def _display_root(root: Path, out_dir: Path) -> str:
@@ -330,7 +349,13 @@ class Pipeline:
     @staticmethod
     def _cannot_run(analysis: Analysis, model: LoadedModel) -> str | None:
         if (analysis.requires_hooks or analysis.requires_features) and not model.supports_hooks:
-            return f"needs layer hooks, which a {model.kind.replace('_', ' ')} model does not support; load a state dict with --model/--weights for this section"
+            kind = {"torchscript": "a TorchScript", "exported": "an exported (torch.export)"}.get(
+                model.kind, "this"
+            )
+            return (
+                f"needs layer hooks, which {kind} model does not support; "
+                "load a state dict with --model/--weights for this section"
+            )
         return None
 
     def _run_one(self, analysis: Analysis, ctx: AnalysisContext) -> Section:
@@ -418,7 +443,7 @@ def build_summary(
             "precision": cfg.run.precision,
         },
         "provenance": {
-            "config": cfg.to_dict(for_provenance=True),
+            "config": _relative_paths(cfg.to_dict(for_provenance=True), out_dir),
             "seed": cfg.run.seed,
             "device": device_description(device),
             "versions": versions,
@@ -483,7 +508,8 @@ def write_outputs(
     """
     warnings: list[str] = []
     report = ReportContext(
-        title=f"{summary['model']['arch']} on {Path(summary['data']['root']).name or summary['data']['root']}",
+        title=cfg.output.title
+        or f"{summary['model']['arch']} on {Path(summary['data']['root']).name or summary['data']['root']}",
         summary=summary,
         overview_rows=_overview_rows(summary),
         sections=sections,

@@ -18,7 +18,7 @@ HOW_TO_READ = (
     "most (min-max scaled per filter). A well-trained network shows smooth oriented edges, "
     "colour-opponent blobs and Gabor-like patterns, as in Krizhevsky et al.'s AlexNet filters; "
     "noisy, unstructured tiles suggest an under-trained model or a too-high learning rate. Dead "
-    "filters show as flat grey tiles (their weight norm in the table is near zero)."
+    "filters (weight norm near zero) are counted in the table."
 )
 
 
