@@ -79,6 +79,7 @@ def run(
             "output.formats": ["html"],
             "run.device": device,
             "run.batch_size": batch,
+            "run.workers": "auto",
             "run.quiet": True,
         },
     )

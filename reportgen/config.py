@@ -61,7 +61,9 @@ class PreprocessConfig:
 class RunConfig:
     device: str = "auto"
     batch_size: int = 64
-    workers: int = 2
+    workers: int | Literal["auto"] = 2
+    """DataLoader processes decoding images; ``auto`` sizes them to the machine (on CUDA: the
+    CPU cores per local process, less one, at most 16; on the CPU: 2, leaving cores to the model)."""
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     quiet: bool = False
@@ -361,7 +363,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"run.device: {r.device!r} is not auto, cpu, cuda or cuda:N")
     if r.batch_size < 1:
         raise ConfigError("run.batch_size must be at least 1")
-    if r.workers < 0:
+    if r.workers != "auto" and r.workers < 0:
         raise ConfigError("run.workers must be 0 or more")
     for fmt in o.formats:
         if fmt not in FORMATS:

@@ -8,6 +8,7 @@ channel). Nothing else of the activations outlives the batch.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -83,6 +84,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def loader_workers(spec: int | str, device: torch.device) -> int:
+    """DataLoader workers for ``run.workers`` (``auto``: sized to this machine and device)."""
+    if spec != "auto":
+        return int(spec)
+    if device.type != "cuda":
+        return 2  # the model's own threads need the remaining cores
+    # A GPU outruns JPEG decoding by far: give decoding every core this process may use
+    # (torchrun starts LOCAL_WORLD_SIZE processes per node), less one for the main loop.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_process = (cores or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(16, per_process - 1))
+
+
 def iterate_batches(
     dataset: ImageDataset, cfg: Config, device: torch.device, indices: Sequence[int] | None = None
 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, list[Sample]]]:
@@ -93,7 +107,7 @@ def iterate_batches(
         subset,
         batch_size=cfg.run.batch_size,
         shuffle=False,
-        num_workers=cfg.run.workers,
+        num_workers=loader_workers(cfg.run.workers, device),
         collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
         persistent_workers=False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -172,8 +173,17 @@ def merge_order(item_indices: Sequence[Sequence[int]]) -> tuple[list[int], list[
 
 
 def can_merge(collector: Any) -> bool:
-    """Whether a collector implements the cross-rank ``merge`` step (see analyses.base.Collector)."""
-    return callable(getattr(collector, "merge", None))
+    """Whether a collector implements the cross-rank step ``merge(shards, positions)`` of
+    :class:`reportgen.analyses.base.MergeableCollector` (a ``merge(other)`` that assumes global
+    positions does not qualify: shards only know their local positions)."""
+    merge = getattr(collector, "merge", None)
+    if not callable(merge):
+        return False
+    try:
+        params = inspect.signature(merge).parameters
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 2
 
 
 def gather_pass(
