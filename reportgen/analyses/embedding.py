@@ -11,7 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
 from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
 from reportgen.section import Figure, Picture, Section, Table
 
@@ -236,8 +236,7 @@ class EmbeddingAnalysis(Analysis):
         assert res.features is not None
         n = len(res)
         if n < 5:
-            section.status, section.reason = "skipped", f"needs at least 5 readable images, got {n}"
-            return section
+            raise SkipSection(f"needs at least 5 readable images, got {n}")
         seed = ctx.config.run.seed
         feats = res.features.float().cpu().numpy().astype(np.float64)
         reduced = pca_project(feats, p.pca_dims, seed)

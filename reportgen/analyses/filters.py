@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
 from reportgen.figures import mosaic, normalise01, to_uint8, upscale
 from reportgen.loading.models import find_layer, first_weight_4d
 from reportgen.section import Figure, Picture, Section, Table, Text
@@ -69,8 +69,7 @@ class FiltersAnalysis(Analysis):
         section = self.section(HOW_TO_READ)
         found = first_weight_4d(ctx.model.module)
         if found is None:
-            section.status, section.reason = "skipped", "the model has no convolution weights"
-            return section
+            raise SkipSection("the model has no convolution weights")
         name, weight = found
         out_ch, in_ch, kh, kw = weight.shape
         shown = min(out_ch, p.max_filters)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
+from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
 from reportgen.knn import knn, leave_one_out_agreement
 from reportgen.section import Picture, Section, Table, Text, Thumb
 
@@ -54,8 +54,7 @@ class NeighborsAnalysis(Analysis):
         assert res.features is not None
         n = len(res)
         if n < 2:
-            section.status, section.reason = "skipped", "needs at least two readable images"
-            return section
+            raise SkipSection("needs at least two readable images")
         k = min(p.k, n - 1)
         feats = res.features
         pix = pixel_vectors(res.pixels).to(feats.device)

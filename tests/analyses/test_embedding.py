@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_config, make_context, write_image_folder
 
+from reportgen.analyses.base import SkipSection
 from reportgen.analyses.embedding import (
     EmbeddingAnalysis,
     EmbeddingParams,
@@ -89,5 +90,5 @@ def test_section_records_trustworthiness_and_tsne_array(tmp_path: Path, tiny_wei
 def test_too_few_images_is_skipped(tmp_path: Path, tiny_weights: Path) -> None:
     write_image_folder(tmp_path / "images", {"a": 2, "b": 2})
     ctx = make_context(make_config(tmp_path, {"model.weights": str(tiny_weights)}))
-    section = EmbeddingAnalysis().run(ctx, EmbeddingParams())
-    assert section.status == "skipped" and "at least 5" in (section.reason or "")
+    with pytest.raises(SkipSection, match="at least 5"):
+        EmbeddingAnalysis().run(ctx, EmbeddingParams())
