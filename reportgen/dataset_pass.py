@@ -8,6 +8,7 @@ channel). Nothing else of the activations outlives the batch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,19 +101,44 @@ def loader_workers(spec: int | str, device: torch.device) -> int:
 def iterate_batches(
     dataset: ImageDataset, cfg: Config, device: torch.device, indices: Sequence[int] | None = None
 ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor, list[Sample]]]:
+    """Model batches of ``run.batch_size`` consecutive images (undecodable ones left out).
+
+    Each DataLoader worker builds whole loader batches, so with large model batches (a GPU) and
+    few of them most workers would sit idle: images are decoded in chunks that divide the model
+    batch, and the chunks regrouped, so a model batch holds the same images either way.
+    """
     subset: torch.utils.data.Dataset[Sample] = (
         torch.utils.data.Subset(dataset, list(indices)) if indices is not None else dataset
     )
+    chunk = math.gcd(cfg.run.batch_size, 16)
     loader = torch.utils.data.DataLoader(
         subset,
-        batch_size=cfg.run.batch_size,
+        batch_size=chunk,
         shuffle=False,
         num_workers=loader_workers(cfg.run.workers, device),
         collate_fn=collate_samples,
-        pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    yield from loader
+    per_batch = cfg.run.batch_size // chunk
+    group: list[tuple[torch.Tensor | None, torch.Tensor, list[Sample]]] = []
+    for part in loader:
+        group.append(part)
+        if len(group) == per_batch:
+            yield _regroup(group, device)
+            group = []
+    if group:
+        yield _regroup(group, device)
+
+
+def _regroup(
+    parts: list[tuple[torch.Tensor | None, torch.Tensor, list[Sample]]], device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor, list[Sample]]:
+    tensors = [b for b, _, _ in parts if b is not None]
+    batch = torch.cat(tensors) if tensors else None
+    if batch is not None and device.type == "cuda":
+        batch = batch.pin_memory()  # so that the copy to the GPU can overlap (non_blocking)
+    idx = torch.cat([i for _, i, _ in parts])
+    return batch, idx, [s for _, _, ss in parts for s in ss]
 
 
 def dataset_pass(
