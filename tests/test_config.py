@@ -63,7 +63,7 @@ def test_unknown_section_and_analysis_keys(tmp_path: Path) -> None:
     [
         ("run.batch_size", "8", "run.batch_size: expected a whole number, got '8'"),
         ("run.batch_size", 8.5, "run.batch_size: expected a whole number"),
-        ("run.workers", True, "run.workers: expected a whole number"),
+        ("run.workers", True, "run.workers: expected int or .auto., got True"),
         ("model.trust_checkpoint", "yes", "model.trust_checkpoint: expected true or false"),
         ("preprocess.mean", 0.5, "preprocess.mean: expected a list"),
         ("preprocess.mean", ["a", 0.2, 0.3], "preprocess.mean[0]: expected a number"),
