@@ -135,7 +135,8 @@ def _type_name(tp: Any) -> str:
         return "a list"
     if tp is type(None):
         return "null"
-    return getattr(tp, "__name__", str(tp))
+    plain = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+    return plain.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def coerce(value: Any, tp: Any, path: str) -> Any:

@@ -63,11 +63,11 @@ def test_unknown_section_and_analysis_keys(tmp_path: Path) -> None:
     [
         ("run.batch_size", "8", "run.batch_size: expected a whole number, got '8'"),
         ("run.batch_size", 8.5, "run.batch_size: expected a whole number"),
-        ("run.workers", True, "run.workers: expected int or .auto., got True"),
+        ("run.workers", True, "run.workers: expected a whole number or 'auto', got True"),
         ("model.trust_checkpoint", "yes", "model.trust_checkpoint: expected true or false"),
         ("preprocess.mean", 0.5, "preprocess.mean: expected a list"),
         ("preprocess.mean", ["a", 0.2, 0.3], "preprocess.mean[0]: expected a number"),
-        ("data.queries", "eight", "data.queries: expected int or a list"),
+        ("data.queries", "eight", "data.queries: expected a whole number or a list"),
         ("run.precision", "fp16", "run.precision: 'fp16' is not one of 'fp32', 'bf16'"),
         ("run.device", "gpu", "run.device: 'gpu' is not auto, cpu, cuda or cuda:N"),
         ("output.formats", ["htm"], "output.formats: unknown format 'htm' (did you mean 'html'?)"),
