@@ -13,6 +13,7 @@ therefore holds the same images as in a one-process run, so per-image results ar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import inspect
 import os
@@ -116,9 +117,16 @@ def shard_indices(num_items: int, batch_size: int, rank: int, world_size: int) -
 
 
 def tensors_to(obj: Any, device: torch.device | str) -> Any:
-    """A copy of ``obj`` (tensors inside dicts, lists, tuples) with every tensor on ``device``."""
+    """A copy of ``obj`` (tensors inside dicts, lists, tuples, dataclasses) on ``device``."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {
+            f.name: tensors_to(getattr(obj, f.name), device)
+            for f in dataclasses.fields(obj)
+            if f.init
+        }
+        return dataclasses.replace(obj, **fields)
     if isinstance(obj, dict):
         return {k: tensors_to(v, device) for k, v in obj.items()}
     if isinstance(obj, list):

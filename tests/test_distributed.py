@@ -176,3 +176,32 @@ def test_torchrun_two_cpu_ranks_match_one_process(tmp_path: Path, tiny_weights: 
     assert single.summary["run"]["world_size"] == 1
     assert dist_summary["metrics"] == single.summary["metrics"]
     assert dist_summary["data"] == {**single.summary["data"], "root": dist_summary["data"]["root"]}
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_max_patches_collector_merges_across_ranks(
+    tmp_path: Path, tiny_weights: Path, world_size: int
+) -> None:
+    from reportgen.analyses.max_patches import TopKCollector
+
+    cfg, model, dataset, device = _setup(tmp_path, tiny_weights)
+    single_col = TopKCollector(["conv1", "conv2"], k=4)
+    single = dataset_pass(cfg, model, dataset, device, {"mp": single_col}, Progress(quiet=True))
+    cols = [TopKCollector(["conv1", "conv2"], k=4) for _ in range(world_size)]
+    assert distributed.can_merge(cols[0])
+    payloads = []
+    for r in range(world_size):
+        shard = distributed.shard_indices(len(dataset), cfg.run.batch_size, r, world_size)
+        local = dataset_pass(
+            cfg, model, dataset, device, {"mp": cols[r]}, Progress(quiet=True), shard, True
+        )
+        payloads.append(distributed.shard_payload(local, {"mp": cols[r]}))
+    distributed.merge_shards(
+        payloads, single.feature_layer, {"mp": cols[0]}, dataset, cfg.run.batch_size, device
+    )
+    for layer in ("conv1", "conv2"):
+        got, want = cols[0].state[layer], single_col.state[layer]
+        for attr in ("values", "positions", "ys", "xs"):
+            assert torch.equal(getattr(got, attr), getattr(want, attr)), (layer, attr)
+        assert got.count == want.count
+        assert torch.allclose(got.mean, want.mean) and torch.allclose(got.m2, want.m2)

@@ -154,15 +154,38 @@ class TopKCollector:
             m2=torch.zeros(channels, dtype=stat_dtype, device=device),
         )
 
-    def merge(self, other: TopKCollector) -> None:
-        """Fold in a collector that saw other images (e.g. another shard, positions distinct)."""
+    def merge(self, shards: Sequence[TopKCollector], positions: Sequence[torch.Tensor]) -> None:
+        """torchrun: fold every process's collector into this one (``shards[0] is self``).
+
+        ``positions[r][j]`` is the global position of process r's local position j; stored
+        positions are re-keyed through it, then combined with ties going to the lower global
+        position, which is what one process sees (it meets images in position order).
+        """
+        for shard, global_of in zip(shards, positions, strict=True):
+            for st in shard.state.values():
+                filled = st.positions >= 0
+                table = global_of.to(st.positions.device)
+                st.positions = torch.where(filled, table[st.positions.clamp(min=0)], st.positions)
+        for other in shards[1:]:
+            self.merge_state(other)
+
+    def merge_state(self, other: TopKCollector) -> None:
+        """Fold in a collector that saw other images, positions already in one numbering."""
         for name, theirs in other.state.items():
             mine = self.state.get(name)
             if mine is None:
                 self.state[name] = theirs
                 continue
             cand_v = torch.cat([mine.values, theirs.values.to(mine.values.device)], 1)
-            order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : self.k]
+            cand_p = torch.cat([mine.positions, theirs.positions.to(mine.values.device)], 1)
+            # Value descending, then lower position: sort by the tie-breaker first, stably.
+            by_pos = torch.sort(
+                torch.where(cand_p < 0, cand_p.max() + 1, cand_p), dim=1, stable=True
+            ).indices
+            by_val = torch.sort(
+                cand_v.gather(1, by_pos), dim=1, descending=True, stable=True
+            ).indices
+            order = by_pos.gather(1, by_val)[:, : self.k]
             for attr in ("values", "positions", "ys", "xs"):
                 both = torch.cat([getattr(mine, attr), getattr(theirs, attr).to(cand_v.device)], 1)
                 setattr(mine, attr, both.gather(1, order))

@@ -71,7 +71,7 @@ def test_merge_of_shards_equals_one_pass() -> None:
     whole.update(torch.arange(30), {"x": maps})
     a.update(torch.arange(0, 12), {"x": maps[:12]})
     b.update(torch.arange(12, 30), {"x": maps[12:]})
-    a.merge(b)
+    a.merge_state(b)
     for attr in ("values", "positions", "ys", "xs"):
         assert torch.equal(getattr(a.state["x"], attr), getattr(whole.state["x"], attr))
     assert torch.allclose(a.state["x"].variance, whole.state["x"].variance)
