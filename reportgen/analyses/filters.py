@@ -137,13 +137,17 @@ class FiltersAnalysis(Analysis):
             n_out, n_in = min(o, p.max_filters, 32), min(i, p.max_channels)
             f = max(1, round(p.tile_size / 2 / max(h, k)))
             rows = filter_tiles_gray(w[:n_out], max_channels=n_in)
-            tiles = [to_uint8(upscale(c, f)) for row in rows for c in row]
+            # One strip per filter (its input channels side by side), strips well apart.
+            strips = [
+                mosaic([to_uint8(upscale(c, f)) for c in row], columns=n_in, pad=1) for row in rows
+            ]
             section.add(
                 Figure(
-                    Picture(mosaic(tiles, columns=n_in, pad=1)),
+                    Picture(mosaic(strips, columns=1 if n_out <= 16 else 2, pad=max(4, f))),
                     caption=(
-                        f"{layer}: {n_out} of {o} filters (rows) × {n_in} of {i} input channels "
-                        f"(columns), {h}×{k} kernels, grayscale, each filter min-max scaled."
+                        f"{layer}: {n_out} of {o} filters, one strip each showing {n_in} of {i} "
+                        f"input channels left to right, {h}×{k} kernels, grayscale, each filter "
+                        "min-max scaled."
                     ),
                     alt=f"Per-channel filters of {layer}",
                 )

@@ -236,6 +236,9 @@ def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(patch).resize(new, method))
 
 
+FRAME = 190  # grey level of the 1-px frame around each patch
+
+
 def patch_grid(
     patches: list[list[np.ndarray]],
     values: list[list[float]],
@@ -255,6 +258,8 @@ def patch_grid(
         y = gap + ri * row_h
         for ci, p in enumerate(row):
             x = label_w + gap + ci * (pw + gap)
+            # A light frame keeps all-white (or all-black) patches visible on the page.
+            canvas[y - 1 : y + p.shape[0] + 1, x - 1 : x + p.shape[1] + 1] = FRAME
             canvas[y : y + p.shape[0], x : x + p.shape[1]] = p
     fig = new_figure(width / 100, height / 100)
     fig.set_layout_engine("none")

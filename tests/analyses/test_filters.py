@@ -76,7 +76,14 @@ def test_grayscale_model_and_higher_layer(tmp_path: Path) -> None:
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     assert len(figures) == 2
     assert figures[0].picture.pixels.ndim == 2  # grayscale mosaic
-    assert "conv2: 16 of 16 filters (rows) × 4 of 8 input channels" in figures[1].caption
+    assert (
+        "conv2: 16 of 16 filters, one strip each showing 4 of 8 input channels"
+        in figures[1].caption
+    )
+    # 16 strips of 4 channels (3×3 kernels upscaled) stacked in one column.
+    f = max(1, round(44 / 2 / 3))
+    strip_h = 3 * f + 2
+    assert figures[1].picture.pixels.shape[0] == 16 * strip_h + 17 * max(4, f)
 
 
 def test_unknown_layer_names_the_nearest(tmp_path: Path, tiny_weights: Path) -> None:
