@@ -13,7 +13,6 @@ except in CPU quick mode); they are never asserted in tests.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 import torchvision
 
+from benchmarks.common import standalone_main
 from reportgen.analyses.occlusion import occlusion_maps, pixel_probability, resolve_geometry
 
 TARGET_VS_DEFAULT = 5.0
@@ -203,11 +203,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="small inputs (under a minute on CPU)")
-    args = parser.parse_args()
-    print(markdown(run(args.device, args.quick)))
+    standalone_main(__doc__, run, markdown)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ Run: ``python -m benchmarks.bench_tsne [--device cuda] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.manifold import TSNE
 
-from benchmarks.common import gaussian_mixture, table, timed
+from benchmarks.common import gaussian_mixture, standalone_main, table, timed
 from reportgen.analyses.embedding import EmbeddingParams, pca_project, run_tsne, tsne_backend
 from reportgen.tsne import trustworthiness
 
@@ -111,11 +110,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print(markdown(run(args.device, args.quick)))
+    standalone_main(__doc__, run, markdown)
 
 
 if __name__ == "__main__":

@@ -96,3 +96,18 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def standalone_main(
+    doc: str | None,
+    run: Callable[[str, bool], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """``python -m benchmarks.bench_X [--device D] [--quick]``: run one benchmark, print its table."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = ap.parse_args()
+    print(markdown(run(args.device, args.quick)))
