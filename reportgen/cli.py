@@ -1,7 +1,8 @@
 """The command line. The only module that imports click; the work happens in the library.
 
 Exit codes: 0 report written, every section ok or skipped; 1 report written but at least one
-section failed; 2 bad input (config, checkpoint, data, layer names) - nothing written.
+section failed, or the PDF could not be rendered; 2 bad input (config, checkpoint, data, layer
+names) - nothing written.
 """
 
 from __future__ import annotations

@@ -67,8 +67,14 @@ class RunResult:
     """Under torchrun, this process' rank; only rank 0 writes outputs (the others' result is empty)."""
 
     @property
+    def failed_outputs(self) -> list[str]:
+        """Output formats that could not be rendered (e.g. the PDF), with the error."""
+        return list(self.summary.get("output", {}).get("failed", []))
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_SECTION_FAILED if any(s.status == "failed" for s in self.sections) else EXIT_OK
+        failed = any(s.status == "failed" for s in self.sections) or self.failed_outputs
+        return EXIT_SECTION_FAILED if failed else EXIT_OK
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -546,16 +552,29 @@ def write_outputs(
     if "pdf" in cfg.output.formats:
         from reportgen.pdf import html_to_pdf
 
-        # Same pictures as the HTML (already shrunk to its budget, if it had to be).
-        pdf = html_to_pdf(render_html_once(report, encoding, for_pdf=True))
-        output["pdf_bytes"] = len(pdf)
-        payloads[out_dir / "report.pdf"] = pdf
+        # Same pictures as the HTML (already shrunk to its budget, if it had to be). A PDF that
+        # cannot be rendered must not cost the user the HTML and summary already computed: it
+        # is reported (exit code 1) and the rest is written. An interruption (KeyboardInterrupt)
+        # still writes nothing, leaving an earlier report intact.
+        try:
+            pdf = html_to_pdf(render_html_once(report, encoding, for_pdf=True))
+        except Exception as exc:
+            msg = f"report.pdf could not be rendered: {type(exc).__name__}: {exc}"
+            warn(msg)
+            warnings.append(msg)
+            output["failed"] = [msg]
+        else:
+            output["pdf_bytes"] = len(pdf)
+            payloads[out_dir / "report.pdf"] = pdf
     summary["output"] = output
     payloads[out_dir / "summary.json"] = to_json(summary)
     payloads[out_dir / "summary.md"] = render_markdown(report)
     if cfg.output.save_arrays:
         payloads[out_dir / "arrays.npz"] = arrays_npz(ctx)
     write_all_atomic(payloads)
+    if output.get("failed"):
+        # An older report.pdf would no longer match the report beside it.
+        (out_dir / "report.pdf").unlink(missing_ok=True)
     return list(payloads), warnings
 
 

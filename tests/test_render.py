@@ -206,13 +206,13 @@ def test_failed_pdf_leaves_previous_report_intact(
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "timings.json"}
     assert {"report.html", "report.pdf", "summary.json", "summary.md"} <= set(before)
 
-    def explode(html: str) -> bytes:
-        raise RuntimeError("interrupted while rendering the PDF")
+    def interrupt(html: str) -> bytes:
+        raise KeyboardInterrupt  # Ctrl-C while the PDF renders
 
-    monkeypatch.setattr(reportgen.pdf, "html_to_pdf", explode)
+    monkeypatch.setattr(reportgen.pdf, "html_to_pdf", interrupt)
     # A different seed changes the report, so a partial replacement would show.
     changed = {**overrides, "run.seed": 7}
-    with pytest.raises(RuntimeError, match="interrupted"):
+    with pytest.raises(KeyboardInterrupt):
         run_report(make_config(tiny_setup, changed, analyses=FAST))
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "timings.json"}
     assert after == before
@@ -224,3 +224,30 @@ def test_failed_pdf_leaves_previous_report_intact(
     assert summary["provenance"]["seed"] == 7
     assert (out / "report.html").read_bytes() != before["report.html"]
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_pdf_error_keeps_what_was_computed(
+    tiny_setup: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PDF that cannot be rendered costs neither the HTML nor summary.json: exit code 1."""
+    out = tiny_setup / "out"
+    overrides = {"model.weights": str(tiny_weights), "output.formats": ["html", "pdf"]}
+    run_report(make_config(tiny_setup, overrides, analyses=FAST))
+    assert (out / "report.pdf").exists()
+
+    def broken(html: str) -> bytes:
+        raise OSError("cannot load library 'libpango-1.0-0'")
+
+    monkeypatch.setattr(reportgen.pdf, "html_to_pdf", broken)
+    warnings: list[str] = []
+    result = run_report(
+        make_config(tiny_setup, {**overrides, "run.seed": 7}, analyses=FAST), warn=warnings.append
+    )
+    assert result.exit_code == 1
+    assert all(s.status == "ok" for s in result.sections)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["seed"] == 7
+    assert "libpango" in summary["output"]["failed"][0]
+    assert any("report.pdf could not be rendered" in w for w in warnings)
+    assert (out / "report.html").exists() and (out / "summary.md").exists()
+    assert not (out / "report.pdf").exists()  # the old PDF no longer matches: removed
