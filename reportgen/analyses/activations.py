@@ -241,7 +241,9 @@ class ActivationsAnalysis(Analysis):
         columns = grids[0][1]
         tile_h = h * factor + 3  # tile, its frame and the mosaic padding
         width_in = min(14.0, 0.8 + (grid_h + grid_w) / 100 * 1.1)
-        row_in = max(0.9, grid_h / 100 * 1.1) + 0.45
+        # Inches per grid pixel once the width cap applies: rows only as tall as the maps drawn.
+        scale = min(1.1 / 100, (width_in - 0.8) / (grid_h + grid_w))
+        row_in = max(0.9, grid_h * scale) + 0.45
         fig = new_figure(width_in, row_in * len(queries))
         axes = fig.subplots(len(queries), 2, squeeze=False, width_ratios=[grid_h, grid_w])
         for qi, q in enumerate(queries):
