@@ -325,9 +325,10 @@ class Pipeline:
         cfg = self.config
         out_dir = Path(cfg.output.dir)
         ctx, analyses, sections = self.prepare()
-        for name, analysis in analyses:
-            if name in sections:
-                continue
+        pending = [(name, analysis) for name, analysis in analyses if name not in sections]
+        for name, analysis in self.progress(
+            pending, desc="analyses", total=len(pending), label=lambda item: item[0]
+        ):
             t = perf_counter()
             sections[name] = self._run_one(analysis, ctx)
             self.timings["analyses"][name] = perf_counter() - t

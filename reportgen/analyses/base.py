@@ -151,8 +151,15 @@ class AnalysisContext:
         ok = (labels >= 0) & (labels < self.result.logits.shape[1])
         return torch.where(ok, labels, preds)
 
-    def iterate(self, iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-        return self.progress(iterable, desc=desc, total=total)
+    def iterate(
+        self,
+        iterable: Iterable[T],
+        desc: str,
+        total: int | None = None,
+        label: Callable[[T], str] | None = None,
+    ) -> Iterator[T]:
+        """Iterate with a progress bar on a terminal (``label`` names the current item)."""
+        return self.progress(iterable, desc=desc, total=total, label=label)
 
 
 class SkipSection(Exception):

@@ -8,7 +8,7 @@ loop per window. No hooks and no gradients: this works on TorchScript and export
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -135,6 +135,7 @@ def occlusion_maps(
     fill: torch.Tensor,
     batch_size: int = 64,
     channels_last: bool = False,
+    progress: Callable[..., Iterator[int]] | None = None,
 ) -> OcclusionMaps:
     """Target-class probability for every occluder position of every image (batched, no grad).
 
@@ -159,7 +160,10 @@ def occlusion_maps(
         if channels_last:
             # Filled in place by torch.where(out=...), so every batch is channels_last for free.
             buffer = buffer.contiguous(memory_format=torch.channels_last)
-        for start in range(0, total, batch_size):
+        starts: Iterable[int] = range(0, total, batch_size)
+        if progress is not None:
+            starts = progress(starts, desc="occlusion", total=-(-total // batch_size))
+        for start in starts:
             job = torch.arange(start, min(start + batch_size, total), device=device)
             image_index = job // per_image
             cell = job % per_image
@@ -323,6 +327,7 @@ class OcclusionAnalysis(Analysis):
             fill,
             batch_size=p.batch_size,
             channels_last=ctx.device.type == "cuda",
+            progress=ctx.progress,
         )
         pixel_prob = pixel_probability(maps.prob, h, w, window, stride)
         drops = maps.base_prob[:, None, None] - pixel_prob

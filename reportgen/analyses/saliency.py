@@ -130,7 +130,7 @@ def compute_saliency(ctx: AnalysisContext, p: SaliencyParams, batch: QueryBatch)
     maps: dict[str, torch.Tensor] = {}
     layer_name: str | None = None
     bs = p.batch_size
-    for method in wanted:
+    for method in ctx.iterate(wanted, desc="saliency", total=len(wanted), label=str):
         if method == "gradient":
             g = attribution.input_gradients(model, x, t, bs)
             raw[method], maps[method] = attribution.saliency_map(g), attribution.saliency_map(g)
