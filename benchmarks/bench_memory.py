@@ -21,31 +21,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import resnet18_weights, table, write_images
+from benchmarks.common import resnet18_config, resnet18_weights, table, write_images
 
 
 def child(n: int, root: Path, weights: Path, device: str, batch: int) -> dict[str, Any]:
     import torch
 
-    from reportgen.config import load_config
     from reportgen.progress import Progress
     from reportgen.runner import Pipeline
 
-    cfg = load_config(
-        None,
-        {
-            "model.arch": "resnet18",
-            "model.weights": str(weights),
-            "model.num_classes": 10,
-            "data.root": str(root),
-            "data.max_images": n,
-            "preprocess.resize": 64,
-            "preprocess.crop": 64,
-            "output.dir": str(root.parent / "unused"),
-            "run.device": device,
-            "run.batch_size": batch,
-            "run.quiet": True,
-        },
+    cfg = resnet18_config(
+        weights,
+        root,
+        root.parent / "unused",
+        device,
+        batch,
+        {"data.max_images": n, "preprocess.resize": 64, "preprocess.crop": 64},
     )
     pipe = Pipeline(cfg, Progress(quiet=True), lambda _m: None)
     ctx, _, _ = pipe.prepare()

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 import torchvision
 
-from benchmarks.common import resnet18_weights, table, timed, write_images
-from reportgen.config import load_config
+from benchmarks.common import resnet18_config, resnet18_weights, table, timed, write_images
 from reportgen.dataset_pass import autocast
 from reportgen.progress import Progress
 from reportgen.runner import Pipeline, run_report
@@ -67,21 +66,13 @@ def run(
     root = write_images(work / f"images-{n}", n)
     weights = resnet18_weights(work / "resnet18.pt")
     batch = 256 if dev.type == "cuda" else 64
-    cfg = load_config(
-        None,
-        {
-            "model.arch": "resnet18",
-            "model.weights": str(weights),
-            "model.num_classes": 10,
-            "data.root": str(root),
-            "data.queries": 2 if quick else 8,
-            "output.dir": str(work / f"report-{device.replace(':', '')}-{n}"),
-            "output.formats": ["html"],
-            "run.device": device,
-            "run.batch_size": batch,
-            "run.workers": "auto",
-            "run.quiet": True,
-        },
+    cfg = resnet18_config(
+        weights,
+        root,
+        work / f"report-{device.replace(':', '')}-{n}",
+        device,
+        batch,
+        {"data.queries": 2 if quick else 8, "output.formats": ["html"], "run.workers": "auto"},
     )
     sizes = [64, 256, 512] if dev.type == "cuda" else [16, 32, 64]
     # Floor and pass alternate (best of two each), so that a noisy machine's slow spells hit both.

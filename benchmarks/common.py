@@ -111,3 +111,22 @@ def standalone_main(
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
     args = ap.parse_args()
     print(markdown(run(args.device, args.quick)))
+
+
+def resnet18_config(
+    weights: Path, root: Path, out: Path, device: str, batch: int, extra: dict[str, Any]
+) -> Any:
+    """The benchmarks' config: the seeded 10-class resnet18 state dict on the generated images."""
+    from reportgen.config import load_config
+
+    overrides: dict[str, Any] = {
+        "model.arch": "resnet18",
+        "model.weights": str(weights),
+        "model.num_classes": 10,
+        "data.root": str(root),
+        "output.dir": str(out),
+        "run.device": device,
+        "run.batch_size": batch,
+        "run.quiet": True,
+    }
+    return load_config(None, {**overrides, **extra})
