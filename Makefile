@@ -40,6 +40,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check reportgen tests benchmarks
 	$(BIN)/ruff format --check reportgen tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy

@@ -27,8 +27,7 @@ from benchmarks.common import resnet18_config, resnet18_weights, table, write_im
 def child(n: int, root: Path, weights: Path, device: str, batch: int) -> dict[str, Any]:
     import torch
 
-    from reportgen.progress import Progress
-    from reportgen.runner import Pipeline
+    from reportgen.api import pipeline
 
     cfg = resnet18_config(
         weights,
@@ -38,9 +37,8 @@ def child(n: int, root: Path, weights: Path, device: str, batch: int) -> dict[st
         batch,
         {"data.max_images": n, "preprocess.resize": 64, "preprocess.crop": 64},
     )
-    pipe = Pipeline(cfg, Progress(quiet=True), lambda _m: None)
-    ctx, _, _ = pipe.prepare()
-    res = ctx.result
+    pipe = pipeline(cfg, warn=lambda _m: None)
+    res = pipe.prepare().context.pass_result
     kept = res.logits.nelement() * 4 + res.pixels.nelement()
     if res.features is not None:
         kept += res.features.nelement() * 4

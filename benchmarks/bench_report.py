@@ -21,9 +21,8 @@ import torch
 import torchvision
 
 from benchmarks.common import resnet18_config, resnet18_weights, table, timed, write_images
-from reportgen.dataset_pass import autocast
-from reportgen.progress import Progress
-from reportgen.runner import Pipeline, run_report
+from reportgen.api import pipeline, run_report
+from reportgen.contract import autocast
 
 TARGET_PASS_OVER_FLOOR = 1.3
 
@@ -81,7 +80,7 @@ def run(
     for _ in range(2):
         for bs, v in model_throughput(dev, sizes, cfg.run.precision, backward=False).items():
             fwd[bs] = max(fwd.get(bs, 0.0), v)
-        pipe = Pipeline(cfg, Progress(quiet=True), lambda _m: None)
+        pipe = pipeline(cfg, warn=lambda _m: None)
         pipe.prepare()
         passes.append(pipe.timings["dataset_pass"])
     bwd = model_throughput(dev, sizes[:2], cfg.run.precision, backward=True)

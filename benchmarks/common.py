@@ -117,7 +117,7 @@ def resnet18_config(
     weights: Path, root: Path, out: Path, device: str, batch: int, extra: dict[str, Any]
 ) -> Any:
     """The benchmarks' config: the seeded 10-class resnet18 state dict on the generated images."""
-    from reportgen.config import load_config
+    from reportgen.api import load_config
 
     overrides: dict[str, Any] = {
         "model.arch": "resnet18",

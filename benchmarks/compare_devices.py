@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.config import load_config
-from reportgen.runner import run_report
+from reportgen.api import load_config, run_report
 
 
 def run_on(config: str, device: str, out: Path, precision: str) -> dict[str, Any]:

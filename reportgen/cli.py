@@ -91,9 +91,8 @@ def run_command(
     quiet: bool | None,
 ) -> None:
     """Write report.html, report.pdf, summary.json for a checkpoint and an image folder."""
-    from reportgen.config import load_config
+    from reportgen.api import load_config, run_report
     from reportgen.progress import Progress
-    from reportgen.runner import run_report
 
     overrides = {
         "model.arch": arch,
@@ -131,7 +130,7 @@ def _split(value: str) -> list[str]:
 @click.option("--quiet", is_flag=True, help="No progress bars or messages.")
 def demo_command(out_dir: str, device: str, quiet: bool) -> None:
     """Train a small CNN on scikit-learn's digits (no downloads) and report on it."""
-    from reportgen.demo import run_demo
+    from reportgen.api import run_demo
     from reportgen.progress import Progress
 
     try:
@@ -149,16 +148,15 @@ def demo_command(out_dir: str, device: str, quiet: bool) -> None:
 
 @cli.command("list-analyses")
 def list_analyses_command() -> None:
-    """The analyses, their config keys and defaults."""
-    import dataclasses
+    """The analyses, their config keys, defaults and allowed values."""
+    from reportgen.api import analyses
+    from reportgen.params import describe
 
-    from reportgen.analyses import REGISTRY
-
-    for name, cls in REGISTRY.items():
+    for name, cls in analyses().items():
         click.echo(f"{name}: {cls.title}")
-        for f in dataclasses.fields(cls.Params):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
-            click.echo(f"    {f.name}: {default!r}")
+        for info in describe(cls.Params):
+            rules = f"  ({info.rules})" if info.rules else ""
+            click.echo(f"    {info.name}: {info.default!r}{rules}")
 
 
 @cli.command("list-layers")

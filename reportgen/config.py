@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from reportgen.errors import ConfigError, did_you_mean
+from reportgen.params import AnalysisParams, validate_params
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    analyses: dict[str, Any] = field(default_factory=dict)
+    analyses: dict[str, AnalysisParams] = field(default_factory=dict)
     """Analysis name -> that analysis' frozen parameter dataclass (always complete once loaded)."""
     output: OutputConfig = field(default_factory=OutputConfig)
     source: str | None = None
@@ -276,14 +277,15 @@ def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     *,
+    schemas: Mapping[str, type[AnalysisParams]],
     analyses: list[str] | None = None,
 ) -> Config:
     """Load a config file (optional), apply dotted-key ``overrides`` (CLI flags) on top.
 
-    ``analyses`` restricts the run to those analysis names (the ``--analyses`` flag).
+    ``schemas``: analysis name -> its parameter dataclass, in report order (handed in by the
+    composition root, :func:`reportgen.api.load_config`). ``analyses`` restricts the run to
+    those analysis names (the ``--analyses`` flag).
     """
-    from reportgen.analyses import REGISTRY
-
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml(path)
@@ -309,21 +311,21 @@ def load_config(
     if not isinstance(analyses_data, dict):
         raise ConfigError("analyses: expected a mapping of analysis name -> parameters")
     for name in analyses_data:
-        if name not in REGISTRY:
+        if name not in schemas:
             raise ConfigError(
-                f"unknown analysis 'analyses.{name}'{did_you_mean(str(name), REGISTRY)}; "
-                f"available: {', '.join(REGISTRY)}"
+                f"unknown analysis 'analyses.{name}'{did_you_mean(str(name), schemas)}; "
+                f"available: {', '.join(schemas)}"
             )
     if analyses is not None:
         for name in analyses:
-            if name not in REGISTRY:
+            if name not in schemas:
                 raise ConfigError(
-                    f"--analyses: unknown analysis '{name}'{did_you_mean(name, REGISTRY)}; "
-                    f"available: {', '.join(REGISTRY)}"
+                    f"--analyses: unknown analysis '{name}'{did_you_mean(name, schemas)}; "
+                    f"available: {', '.join(schemas)}"
                 )
-    params = {}
-    for name, cls in REGISTRY.items():
-        p = build_dataclass(cls.Params, analyses_data.get(name), f"analyses.{name}")
+    params: dict[str, AnalysisParams] = {}
+    for name, cls in schemas.items():
+        p = build_dataclass(cls, analyses_data.get(name), f"analyses.{name}")
         if analyses is not None:
             p = dataclasses.replace(p, enabled=name in analyses)
         params[name] = p
@@ -377,6 +379,4 @@ def validate(cfg: Config) -> None:
     if o.max_html_mb <= 0:
         raise ConfigError("output.max_html_mb must be positive")
     for name, params in cfg.analyses.items():
-        check = getattr(params, "validate", None)
-        if check is not None:
-            check(f"analyses.{name}")
+        validate_params(params, f"analyses.{name}")

@@ -7,7 +7,6 @@ path ``reportgen run --config OUT/config.yaml`` takes, loading the checkpoint fi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,33 +175,3 @@ def prepare_demo(
     )
     config_path.write_text(text, encoding="utf-8")
     return config_path, trained
-
-
-def run_demo(
-    out_dir: Path,
-    *,
-    device: str = "auto",
-    per_class: int | None = None,
-    epochs: int = 15,
-    formats: list[str] | None = None,
-    progress: Progress | None = None,
-    warn: Callable[[str], None] | None = None,
-    echo: Callable[[str], None] | None = None,
-    analyses: list[str] | None = None,
-) -> Any:
-    from reportgen.config import load_config
-    from reportgen.runner import run_report
-
-    config_path, trained = prepare_demo(
-        out_dir, per_class=per_class, epochs=epochs, progress=progress
-    )
-    if echo is not None:
-        echo(
-            f"trained the demo CNN on scikit-learn's digits: {100 * trained.test_accuracy:.1f} % "
-            f"held-out accuracy ({100 * trained.train_accuracy:.1f} % on the training split)"
-        )
-    overrides: dict[str, Any] = {"run.device": device, "output.dir": str(out_dir)}
-    if formats is not None:
-        overrides["output.formats"] = formats
-    cfg = load_config(config_path, overrides, analyses=analyses)
-    return run_report(cfg, progress=progress, warn=warn)

@@ -100,6 +100,64 @@ def encode_picture(pic: Picture, enc: Encoding) -> tuple[str, int, int]:
 # --------------------------------------------------------------------------- HTML
 
 
+@dataclass(frozen=True)
+class Headline:
+    """A headline metric an analysis declared: a card in the run summary, a row in summary.md."""
+
+    key: str
+    label: str
+    kind: str = "number"
+    """number, percent, count or text (how the value is formatted)."""
+
+
+def format_metric(value: Any, kind: str = "number") -> str:
+    if value is None:
+        return "n/a"
+    if kind == "percent" and isinstance(value, int | float):
+        return f"{100 * value:.1f} %"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format_number(value)
+    return str(value)
+
+
+def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tuple[str, str]]:
+    """The run summary's key/value table (presentation of summary.json)."""
+    m, d, met = summary["model"], summary["data"], summary["metrics"]
+    rows = [
+        ("model", f"{m['arch']} ({m['num_classes']} classes, {m['in_channels']}-channel input)"),
+        (
+            "checkpoint",
+            f"{m['checkpoint_file'] or 'none'} ({m['checkpoint_kind'].replace('_', ' ')})",
+        ),
+        ("checkpoint SHA-256", m["sha256"] or "none"),
+        (
+            "features",
+            f"{m['feature_layer']} ({m['feature_dim']} dimensions)"
+            if m["feature_layer"]
+            else "unavailable",
+        ),
+        ("data", d["root"]),
+        (
+            "images",
+            f"{d['num_images']} read, {d['num_skipped']} skipped"
+            + (f", {d['num_classes']} classes" if d["labelled"] else ", unlabelled"),
+        ),
+        (
+            "accuracy (top-1)",
+            "n/a (unlabelled)"
+            if met["accuracy"] is None
+            else f"{100 * met['accuracy']:.2f} % of {met['num_labelled']} labelled images",
+        ),
+    ]
+    rows += [(h.label, format_metric(met.get(h.key), h.kind)) for h in headlines]
+    rows += [
+        ("device", summary["run"]["device"]),
+        ("seed", str(summary["run"]["seed"])),
+        ("sections", ", ".join(f"{s['name']} ({s['status']})" for s in summary["sections"])),
+    ]
+    return rows
+
+
 @dataclass
 class ReportContext:
     """Everything the templates show. Plain data."""
@@ -107,6 +165,7 @@ class ReportContext:
     title: str
     summary: dict[str, Any]
     overview_rows: list[tuple[str, str]]
+    headlines: list[Headline]
     sections: list[Section]
     skipped: list[dict[str, str]]
     config_yaml: str
@@ -124,6 +183,7 @@ def make_environment(encoder: Callable[[Picture], tuple[str, int, int]]) -> jinj
         keep_trailing_newline=True,
     )
     env.filters["num"] = format_number
+    env.filters["metric"] = format_metric
     env.globals["encode"] = encoder
     env.tests["figure"] = lambda b: isinstance(b, Figure)
     env.tests["table"] = lambda b: isinstance(b, Table)
@@ -230,6 +290,7 @@ def render_markdown(ctx: ReportContext) -> str:
         keep_trailing_newline=True,
     )
     env.filters["num"] = format_number
+    env.filters["metric"] = format_metric
     env.filters["md"] = markdown_escape
     return env.get_template("summary.md.j2").render(r=ctx)
 

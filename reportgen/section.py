@@ -82,7 +82,6 @@ class Section:
     status: Status = "ok"
     reason: str | None = None
     blocks: list[Block] = field(default_factory=list)
-    metrics: dict[str, float | int | str | None] = field(default_factory=dict)
 
     def add(self, *blocks: Block) -> Section:
         self.blocks.extend(blocks)

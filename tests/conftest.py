@@ -11,10 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from reportgen.analyses.base import AnalysisContext
-from reportgen.config import Config, load_config
-from reportgen.progress import Progress
-from reportgen.runner import Pipeline
+from reportgen.api import load_config, pipeline
+from reportgen.config import Config
+from reportgen.contract import AnalysisContext
 
 TESTS = Path(__file__).resolve().parent
 TINY_ARCH = f"{TESTS / 'tiny_models.py'}:tiny_net"
@@ -101,7 +100,13 @@ def config_factory(tmp_path: Path) -> Callable[..., Config]:
     return factory
 
 
-def make_context(cfg: Config) -> AnalysisContext:
-    """The context analyses get: model loaded, dataset pass done (collectors included)."""
-    ctx, _analyses, _sections = Pipeline(cfg, Progress(quiet=True), lambda _m: None).prepare()
-    return ctx
+def make_context(cfg: Config, analysis: str | None = None) -> AnalysisContext:
+    """The context analyses get: model loaded, dataset pass done.
+
+    ``analysis``: whose collector the context carries (default: the only enabled analysis with a
+    collector, if there is exactly one).
+    """
+    prepared = pipeline(cfg, warn=lambda _m: None).prepare()
+    if analysis is None and len(prepared.collectors) == 1:
+        analysis = next(iter(prepared.collectors))
+    return prepared.context_for(analysis) if analysis else prepared.context

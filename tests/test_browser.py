@@ -15,7 +15,7 @@ import pytest
 from conftest import make_config, write_image_folder
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
-from reportgen.runner import run_report
+from reportgen.api import run_report
 
 pytestmark = pytest.mark.browser
 

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tiny_models import tiny_net
 from torch import nn
 
+from reportgen.api import run_report
 from reportgen.cli import cli
 from reportgen.config import ModelConfig
 from reportgen.errors import CheckpointError
@@ -30,7 +31,6 @@ from reportgen.loading.checkpoints import (
     load_trusted_checkpoint,
 )
 from reportgen.loading.models import load_model
-from reportgen.runner import run_report
 
 
 def reference_state(num_classes: int = 3) -> dict[str, torch.Tensor]:

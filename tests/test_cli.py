@@ -229,17 +229,17 @@ def test_python_dash_m_reportgen() -> None:
 
 
 def test_demo_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import reportgen.demo
+    import reportgen.api
 
     # The real demo, smaller: the CLI wiring is what is under test here.
     small = functools.partial(
-        reportgen.demo.run_demo,
+        reportgen.api.run_demo,
         per_class=6,
         epochs=1,
         formats=["html"],
         analyses=["filters", "neighbors"],
     )
-    monkeypatch.setattr(reportgen.demo, "run_demo", small)
+    monkeypatch.setattr(reportgen.api, "run_demo", small)
     result = invoke("demo", "--out", str(tmp_path / "d"), "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from conftest import TINY_ARCH, make_config, write_image_folder
 
-from reportgen.config import Config, load_config
+from reportgen.api import load_config, run_report
+from reportgen.config import Config
 from reportgen.errors import ConfigError, LayerError
-from reportgen.runner import run_report
 
 MINIMAL = {"model": {"arch": "resnet18"}, "data": {"root": "images"}}
 
@@ -230,5 +230,5 @@ def test_named_penultimate_layer_is_used(tmp_path: Path, tiny_weights: Path) -> 
         {"model.arch": TINY_ARCH, "model.weights": str(tiny_weights), "model.penultimate": "conv2"},
     )
     ctx = make_context(cfg)
-    assert ctx.result.feature_layer == "conv2"
-    assert ctx.result.features is not None and ctx.result.features.shape == (6, 16)
+    assert ctx.pass_result.feature_layer == "conv2"
+    assert ctx.pass_result.features is not None and ctx.pass_result.features.shape == (6, 16)

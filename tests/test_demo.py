@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from reportgen.config import load_config
-from reportgen.demo import digit_images, prepare_demo, run_demo, train_digits
-from reportgen.runner import run_report
+from reportgen.api import load_config, run_demo, run_report
+from reportgen.demo import digit_images, prepare_demo, train_digits
 
 _DATA_URI = re.compile(r"data:[\w/+.-]+(;[\w=.-]+)*,[A-Za-z0-9+/=%._~-]*")
 _URL_ATTR = re.compile(

@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import make_config, write_image_folder
 
-from reportgen import distributed
-from reportgen.analyses.base import MergeableCollector
-from reportgen.dataset_pass import dataset_pass
+from reportgen.api import run_report
+from reportgen.contract import MergeableCollector
 from reportgen.loading.images import ImageDataset, Preprocessor, scan_folder
 from reportgen.loading.models import load_model
+from reportgen.pipeline import distributed
+from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.progress import Progress
-from reportgen.runner import run_report
 
 
 class TopChannelMeans:
@@ -66,10 +66,10 @@ def _setup(tmp_path: Path, weights: Path) -> tuple[Any, Any, ImageDataset, torch
 
 def _unmergeable(cfg: Any, name: str) -> bool:
     from reportgen.analyses import REGISTRY
-    from reportgen.analyses.base import SetupContext
+    from reportgen.contract import SetupContext
 
     model = load_model(cfg.model)
-    setup = SetupContext(cfg, model, scan_folder(cfg.data), torch.device("cpu"))
+    setup = SetupContext(model, scan_folder(cfg.data), torch.device("cpu"))
     col = REGISTRY[name]().collector(setup, cfg.analyses[name])
     return col is not None and not distributed.can_merge(col)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import make_config, write_image_folder
 
-from reportgen.runner import run_report
+from reportgen.api import run_report
 
 
 @pytest.fixture(scope="module")

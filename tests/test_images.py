@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from conftest import TINY_ARCH, TINY_GRAY_ARCH, class_image, make_config, write_image_folder
 from PIL import Image
 
+from reportgen.api import run_report
 from reportgen.cli import cli
 from reportgen.config import DataConfig
 from reportgen.errors import DataError
 from reportgen.loading.images import DecodeFailure, decode_image, scan_folder
-from reportgen.runner import run_report
 
 
 def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:

@@ -14,8 +14,8 @@ import pytest
 from conftest import make_config, write_image_folder
 from PIL import Image
 
+from reportgen.api import run_report
 from reportgen.pdf import ForbiddenURL, html_to_pdf
-from reportgen.runner import run_report
 
 PAGE = "<!DOCTYPE html><html><head><title>t</title>{head}</head><body><p>x</p>{body}</body></html>"
 PIXEL_GIF = "data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="

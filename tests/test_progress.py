@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import make_config, write_image_folder
 
+from reportgen.api import run_report
 from reportgen.progress import Progress
-from reportgen.runner import run_report
 
 
 class FakeTerminal(io.StringIO):

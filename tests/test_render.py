@@ -13,8 +13,10 @@ import pytest
 from conftest import make_config, write_image_folder
 
 import reportgen.pdf
+from reportgen.api import run_report
 from reportgen.render import (
     Encoding,
+    Headline,
     ReportContext,
     encode_picture,
     markdown_escape,
@@ -23,7 +25,6 @@ from reportgen.render import (
     write_all_atomic,
     write_atomic,
 )
-from reportgen.runner import run_report
 from reportgen.section import Figure, Picture, Section, Table, Text, Thumb
 
 HOSTILE = "<script>alert(1)</script> \"><img src=x onerror=alert(1)> &amp; 'q'"
@@ -58,6 +59,7 @@ def context(sections: list[Section], arch: str = "tiny") -> ReportContext:
         title=arch,
         summary=fake_summary(arch),
         overview_rows=[("model", arch)],
+        headlines=[Headline("knn_agreement_feature", f"k-NN {HOSTILE}")],
         sections=sections,
         skipped=[{"path": f"{HOSTILE}.png", "reason": "cannot identify image file"}],
         config_yaml=f"data:\n  labels: [{HOSTILE}]\n",

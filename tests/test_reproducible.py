@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import TESTS, make_config, write_image_folder
 
-from reportgen.runner import run_report
+from reportgen.api import run_report
 
 OUTPUTS = ["report.html", "report.pdf", "summary.json", "summary.md"]
 
@@ -23,7 +23,7 @@ SECOND_RUN = """
 import sys
 from pathlib import Path
 from conftest import make_config
-from reportgen.runner import run_report
+from reportgen.api import run_report
 base, out = Path(sys.argv[1]), sys.argv[2]
 run_report(make_config(base, {"model.weights": str(base / "tiny.pt"),
                               "output.formats": ["html", "pdf"], "output.dir": out}))

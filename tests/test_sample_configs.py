@@ -11,9 +11,8 @@ import pytest
 import torch
 from conftest import write_image_folder
 
-from reportgen.config import load_config
+from reportgen.api import load_config, run_report
 from reportgen.demo import prepare_demo
-from reportgen.runner import run_report
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_configs"
 

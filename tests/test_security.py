@@ -15,8 +15,8 @@ from PIL import Image
 from playwright.sync_api import Browser
 from test_browser import LoadedPage, browser, open_report  # noqa: F401  (browser: a fixture)
 
+from reportgen.api import run_report
 from reportgen.render import CSP
-from reportgen.runner import run_report
 
 pytestmark = pytest.mark.browser
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import make_config, make_context, write_image_folder
 
-from reportgen.runner import run_report
+from reportgen.api import run_report
 
 
 def test_tiny_report_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
@@ -26,8 +26,8 @@ def test_tiny_report_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
 def test_context_has_pass_results(tmp_path: Path, tiny_weights: Path) -> None:
     write_image_folder(tmp_path / "images")
     ctx = make_context(make_config(tmp_path, {"model.weights": str(tiny_weights)}))
-    assert ctx.result.features is not None
-    assert ctx.result.features.shape == (18, 12)  # input of fc2
-    assert ctx.result.logits.shape == (18, 3)
+    assert ctx.pass_result.features is not None
+    assert ctx.pass_result.features.shape == (18, 12)  # input of fc2
+    assert ctx.pass_result.logits.shape == (18, 3)
     assert len(ctx.queries) == 3
-    assert sorted(ctx.result.labels[ctx.queries].tolist()) == [0, 1, 2]
+    assert sorted(ctx.pass_result.labels[ctx.queries].tolist()) == [0, 1, 2]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from reportgen.analyses.activations import ActivationsAnalysis
 from reportgen.analyses.audit import AuditAnalysis
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
 from reportgen.analyses.embedding import EmbeddingAnalysis
 from reportgen.analyses.filters import FiltersAnalysis
 from reportgen.analyses.max_patches import MaxPatchesAnalysis
 from reportgen.analyses.neighbors import NeighborsAnalysis
 from reportgen.analyses.occlusion import OcclusionAnalysis
 from reportgen.analyses.saliency import SaliencyAnalysis
+from reportgen.contract import Analysis
 
 _ALL: list[type[Analysis]] = [
     FiltersAnalysis,
@@ -25,4 +25,4 @@ _ALL: list[type[Analysis]] = [
 
 REGISTRY: dict[str, type[Analysis]] = {cls.name: cls for cls in sorted(_ALL, key=lambda c: c.order)}
 
-__all__ = ["REGISTRY", "Analysis", "AnalysisContext", "AnalysisParams", "SkipSection"]
+__all__ = ["REGISTRY"]

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from reportgen.analyses.base import (
-    Analysis,
-    AnalysisContext,
-    AnalysisParams,
-    Collector,
-    SetupContext,
-    SkipSection,
+from reportgen.analyses.common import (
+    LayerNotCalled,
+    layer_outputs,
+    resolve_layers,
+    spread_conv_layers,
 )
+from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, Result, SkipSection
 from reportgen.figures import figure_to_picture, mosaic, new_figure, to_uint8, upscale
-from reportgen.hooks import capture_outputs
-from reportgen.loading.models import conv_layers, find_layer
-from reportgen.section import Figure, Section, Table, Text
+from reportgen.params import AnalysisParams, at_least, between, layer_ref, rule
+from reportgen.section import Figure, Table, Text
 
 HOW_TO_READ = (
     "For each query image (left) every small tile is one channel of the layer's output, in "
@@ -39,69 +35,16 @@ HIGHLIGHT = np.array([255, 140, 0], np.uint8)
 
 @dataclass(frozen=True)
 class ActivationsParams(AnalysisParams):
-    layers: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list, metadata=layer_ref())
     """Layers to draw, by module name; empty = three conv layers spread from first to last."""
-    max_channels: int = 64
+    max_channels: int = field(default=64, metadata=rule(at_least(1)))
     """At most this many channels per layer (the first ones, in channel order)."""
-    max_queries: int = 8
+    max_queries: int = field(default=8, metadata=rule(at_least(1)))
     """At most this many of the query images."""
-    top_channels: int = 5
+    top_channels: int = field(default=5, metadata=rule(between(0, 64)))
     """How many of the most active channels the table lists and the figure frames."""
-    tile_size: int = 28
+    tile_size: int = field(default=28, metadata=rule(between(8, 128)))
     """Approximate on-screen size of each channel map, in pixels."""
-
-    def validate(self, path: str) -> None:
-        self.require(self.max_channels >= 1, f"{path}.max_channels", "must be at least 1")
-        self.require(self.max_queries >= 1, f"{path}.max_queries", "must be at least 1")
-        self.require(
-            0 <= self.top_channels <= 64, f"{path}.top_channels", "must be between 0 and 64"
-        )
-        self.require(8 <= self.tile_size <= 128, f"{path}.tile_size", "must be between 8 and 128")
-
-
-def spread_conv_layers(model: nn.Module, count: int, skip_first: bool = False) -> list[str]:
-    """``count`` conv layers evenly spread from early to late (always including the last)."""
-    names = [n for n, _ in conv_layers(model)]
-    if skip_first and len(names) > count:
-        names = names[1:]
-    if len(names) <= count:
-        return names
-    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
-    return [names[i] for i in dict.fromkeys(picks.tolist())]
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[str], default: list[str]) -> list[str]:
-    """Configured layer names checked against the model (a clear error naming the nearest)."""
-    chosen = list(layers) or default
-    for name in chosen:
-        find_layer(model, name)
-    return chosen
-
-
-def layer_outputs(
-    model: nn.Module, layers: Sequence[str], inputs: torch.Tensor, batch_size: int
-) -> dict[str, torch.Tensor]:
-    """Each layer's output for ``inputs`` (N×C×H×W), float32 on the inputs' device.
-
-    The hooks capture the tensor each layer returns; an in-place activation right after it
-    (``ReLU(inplace=True)``) is therefore included, as the next layer sees it.
-    """
-    modules = {name: find_layer(model, name) for name in layers}
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with torch.inference_mode(), capture_outputs(modules) as captured:
-        for start in range(0, inputs.shape[0], batch_size):
-            captured.clear()
-            model(inputs[start : start + batch_size])
-            for name in layers:
-                if name not in captured:
-                    raise LayerNotCalled(name)
-                parts[name].append(captured[name].float().clone())
-    return {name: torch.cat(p) for name, p in parts.items()}
-
-
-class LayerNotCalled(RuntimeError):
-    def __init__(self, layer: str) -> None:
-        super().__init__(f"layer {layer} was not called in the model's forward")
 
 
 def channel_means(maps: torch.Tensor) -> torch.Tensor:
@@ -133,20 +76,15 @@ def activation_tiles(
     return mosaic(tiles, columns=columns, pad=1), columns
 
 
-class ActivationsAnalysis(Analysis):
+class ActivationsAnalysis(Analysis[ActivationsParams]):
     name = "activations"
     title = "Activations: feature maps of the query images"
     Params = ActivationsParams
-    requires_hooks = True
+    needs = Needs(hooks=True, queries=True)
+    metrics = (Metric("activations_layers", "layers drawn", kind="text"),)
     order = 40
 
-    def collector(self, setup: SetupContext, params: Any) -> Collector | None:
-        # Nothing to collect; checking the layer names here stops a typo before the long pass.
-        resolve_layers(setup.model.module, params.layers, [])
-        return None
-
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: ActivationsParams = params
+    def run(self, ctx: AnalysisContext, p: ActivationsParams) -> Result:
         section = self.section(HOW_TO_READ)
         model = ctx.model.module
         layers = resolve_layers(model, p.layers, spread_conv_layers(model, 3))
@@ -155,11 +93,9 @@ class ActivationsAnalysis(Analysis):
                 "the model has no conv layers; list layers under analyses.activations.layers"
             )
         queries = ctx.queries[: p.max_queries]
-        if not queries:
-            raise SkipSection("no query images")
         inputs = ctx.load_inputs(queries)
         try:
-            outputs = layer_outputs(model, layers, inputs, ctx.config.run.batch_size)
+            outputs = layer_outputs(model, layers, inputs, ctx.batch_size)
         except LayerNotCalled as exc:
             raise SkipSection(str(exc)) from None
         images = ctx.display_images(queries)
@@ -216,8 +152,7 @@ class ActivationsAnalysis(Analysis):
                 rows=rows,
             )
         )
-        section.metrics["activations_layers"] = ", ".join(layers)
-        return section
+        return Result(section, metrics={"activations_layers": ", ".join(layers)})
 
     @staticmethod
     def _figure(

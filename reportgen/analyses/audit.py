@@ -9,17 +9,18 @@ checks that need no labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams
-from reportgen.analyses.neighbors import pixel_vectors
+from reportgen.analyses.common import pixel_vectors
+from reportgen.contract import Analysis, AnalysisContext, Metric, Result
 from reportgen.figures import figure_to_picture, new_figure
 from reportgen.knn import knn
-from reportgen.section import Figure, Picture, Section, Table, Text, Thumb
+from reportgen.params import AnalysisParams, between, in_range, rule
+from reportgen.section import Figure, Picture, Table, Text, Thumb
 
 HOW_TO_READ = (
     "The checks table flags what deserves a closer look before trusting the other sections. "
@@ -34,24 +35,16 @@ HOW_TO_READ = (
 
 @dataclass(frozen=True)
 class AuditParams(AnalysisParams):
-    bins: int = 15
+    bins: int = field(default=15, metadata=rule(between(2, 100)))
     """Confidence bins for calibration."""
-    k: int = 10
+    k: int = field(default=10, metadata=rule(between(1, 100)))
     """Feature-space neighbours consulted for possible label errors."""
-    show: int = 8
+    show: int = field(default=8, metadata=rule(between(0, 50)))
     """Images shown per list (confident mistakes, label issues, duplicates)."""
-    duplicate_threshold: float = 0.02
+    duplicate_threshold: float = field(default=0.02, metadata=rule(in_range(0, 1, hi_open=True)))
     """Near-duplicate when the RMS pixel difference of the downsampled images is below this (0-1 scale)."""
-    ece_warn: float = 0.1
-    thumb_size: int = 72
-
-    def validate(self, path: str) -> None:
-        self.require(2 <= self.bins <= 100, f"{path}.bins", "must be between 2 and 100")
-        self.require(1 <= self.k <= 100, f"{path}.k", "must be between 1 and 100")
-        self.require(0 <= self.show <= 50, f"{path}.show", "must be between 0 and 50")
-        self.require(
-            0 <= self.duplicate_threshold < 1, f"{path}.duplicate_threshold", "must be in [0, 1)"
-        )
+    ece_warn: float = field(default=0.1, metadata=rule(in_range(0, 1)))
+    thumb_size: int = field(default=72, metadata=rule(between(16, 256)))
 
 
 # --------------------------------------------------------------------------- compute (torch -> numpy)
@@ -203,16 +196,22 @@ def confusion_figure(cm: np.ndarray, names: list[str]) -> Picture:
     return figure_to_picture(fig)
 
 
-class AuditAnalysis(Analysis):
+class AuditAnalysis(Analysis[AuditParams]):
     name = "audit"
     title = "Audit checks: errors, calibration, label issues, duplicates"
     Params = AuditParams
+    metrics = (
+        Metric("near_duplicate_pairs", "near-duplicate image pairs", kind="count"),
+        Metric("mean_confidence", "mean confidence"),
+        Metric("ece", "expected calibration error"),
+        Metric("possible_label_errors", "possible label errors", kind="count"),
+    )
     order = 90
 
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: AuditParams = params
+    def run(self, ctx: AnalysisContext, p: AuditParams) -> Result:
         section = self.section(HOW_TO_READ)
-        res = ctx.result
+        metrics: dict[str, Any] = {}
+        res = ctx.pass_result
         n_classes = res.logits.shape[1]
         probs = torch.softmax(res.logits.float(), dim=1)
         confidence, preds = probs.max(dim=1)
@@ -225,8 +224,8 @@ class AuditAnalysis(Analysis):
         conflicts = (
             [d for d in dups if ctx.label(d[0]) != ctx.label(d[1])] if ctx.folder.labelled else []
         )
-        section.metrics["near_duplicate_pairs"] = len(dups)
-        section.metrics["mean_confidence"] = float(confidence.mean())
+        metrics["near_duplicate_pairs"] = len(dups)
+        metrics["mean_confidence"] = float(confidence.mean())
         top_share = float(torch.bincount(preds.cpu(), minlength=n_classes).max()) / len(res)
         expected_top = (
             float(torch.bincount(labels[known].cpu(), minlength=n_classes).max())
@@ -239,7 +238,7 @@ class AuditAnalysis(Analysis):
             y, yhat, conf = labels[known], preds[known], confidence[known]
             correct = yhat == y
             cal = calibration(conf, correct, p.bins)
-            section.metrics["ece"] = cal.ece
+            metrics["ece"] = cal.ece
             cm = confusion_matrix(y, yhat, n_classes)
             present = sorted(set(y.cpu().tolist()) | set(yhat.cpu().tolist()))
             names = [ctx.class_name(c) for c in present]
@@ -268,7 +267,7 @@ class AuditAnalysis(Analysis):
                 if res.features is not None
                 else ([], [], [])
             )
-            section.metrics["possible_label_errors"] = len(suspects)
+            metrics["possible_label_errors"] = len(suspects)
             checks.append(
                 [
                     "possible label errors",
@@ -385,4 +384,4 @@ class AuditAnalysis(Analysis):
                 section.add(
                     Table(caption=title, columns=[f"#{k + 1}" for k in range(len(row))], rows=[row])
                 )
-        return section
+        return Result(section, metrics=metrics)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -11,9 +11,10 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
+from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, Result, SkipSection
 from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
-from reportgen.section import Figure, Picture, Section, Table
+from reportgen.params import AnalysisParams, at_least, between, positive, rule
+from reportgen.section import Figure, Picture, Table
 
 HOW_TO_READ = (
     "Both maps place every image by its penultimate feature vector. PCA is a linear projection "
@@ -30,34 +31,24 @@ TSNEBackend = Literal["auto", "sklearn", "opentsne", "torch"]
 
 @dataclass(frozen=True)
 class EmbeddingParams(AnalysisParams):
-    perplexity: float = 30.0
-    pca_dims: int = 50
+    perplexity: float = field(default=30.0, metadata=rule(positive()))
+    pca_dims: int = field(default=50, metadata=rule(at_least(2)))
     """t-SNE runs on the first ``pca_dims`` principal components."""
     backend: TSNEBackend = "auto"
     """``auto``: on CUDA, reportgen's exact-gradient torch t-SNE up to ``torch_max_points`` points
     (seconds at 50k on one GPU); elsewhere scikit-learn's Barnes-Hut below ``opentsne_from``
     points and openTSNE's FFT above (O(N), fed by reportgen's exact k-NN)."""
-    opentsne_from: int = 2000
-    torch_max_points: int = 100_000
-    grid_size: int = 0
+    opentsne_from: int = field(default=2000, metadata=rule(at_least(0)))
+    torch_max_points: int = field(default=100_000, metadata=rule(at_least(0)))
+    grid_size: int = field(default=0, metadata=rule(between(0, 100)))
     """Image map cells per side; 0 = about sqrt(N), at most 32."""
-    tile_size: int = 32
-    trustworthiness_k: int = 5
-    trustworthiness_max_points: int = 5000
+    tile_size: int = field(default=32, metadata=rule(between(8, 128)))
+    trustworthiness_k: int = field(default=5, metadata=rule(at_least(1)))
+    trustworthiness_max_points: int = field(
+        default=5000, metadata=rule(at_least(0, "must be 0 (all points) or more"))
+    )
     """Trustworthiness is O(N²) work (chunked: O(N) memory): on the CPU it is computed on a seeded
     sample of at most this many points (0 = all); on CUDA always on all points."""
-
-    def validate(self, path: str) -> None:
-        self.require(self.perplexity > 0, f"{path}.perplexity", "must be positive")
-        self.require(self.pca_dims >= 2, f"{path}.pca_dims", "must be at least 2")
-        self.require(0 <= self.grid_size <= 100, f"{path}.grid_size", "must be between 0 and 100")
-        self.require(8 <= self.tile_size <= 128, f"{path}.tile_size", "must be between 8 and 128")
-        self.require(self.trustworthiness_k >= 1, f"{path}.trustworthiness_k", "must be at least 1")
-        self.require(
-            self.trustworthiness_max_points >= 0,
-            f"{path}.trustworthiness_max_points",
-            "must be 0 (all points) or more",
-        )
 
 
 def pca_project(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
@@ -222,22 +213,25 @@ def scatter_figure(
     return figure_to_picture(fig)
 
 
-class EmbeddingAnalysis(Analysis):
+class EmbeddingAnalysis(Analysis[EmbeddingParams]):
     name = "embedding"
     title = "Embeddings: PCA and t-SNE of the penultimate features"
     Params = EmbeddingParams
-    requires_features = True
+    needs = Needs(features=True)
+    metrics = (
+        Metric("tsne_trustworthiness", "t-SNE trustworthiness", headline=True),
+        Metric("tsne_backend", "t-SNE implementation", kind="text"),
+    )
     order = 30
 
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: EmbeddingParams = params
+    def run(self, ctx: AnalysisContext, p: EmbeddingParams) -> Result:
         section = self.section(HOW_TO_READ)
-        res = ctx.result
+        res = ctx.pass_result
         assert res.features is not None
         n = len(res)
         if n < 5:
             raise SkipSection(f"needs at least 5 readable images, got {n}")
-        seed = ctx.config.run.seed
+        seed = ctx.seed
         feats = res.features.float().cpu().numpy().astype(np.float64)
         reduced = pca_project(feats, p.pca_dims, seed)
         pca2 = reduced[:, :2]
@@ -245,9 +239,8 @@ class EmbeddingAnalysis(Analysis):
         trust = sampled_trustworthiness(
             res.features, tsne2, p.trustworthiness_k, p.trustworthiness_max_points, seed, ctx.device
         )
-        ctx.arrays["tsne"] = tsne2.astype(np.float32)
-        section.metrics["tsne_trustworthiness"] = trust
-        section.metrics["tsne_backend"] = backend
+        arrays = {"tsne": tsne2.astype(np.float32)}
+        metrics = {"tsne_trustworthiness": trust, "tsne_backend": backend}
 
         labelled = ctx.folder.labelled
         colour_by = res.labels.numpy() if labelled else res.predictions.cpu().numpy()
@@ -306,11 +299,11 @@ class EmbeddingAnalysis(Analysis):
                 ],
             )
         )
-        return section
+        return Result(section, arrays=arrays, metrics=metrics)
 
     @staticmethod
     def _tiles(ctx: AnalysisContext, positions: list[int], size: int) -> list[np.ndarray]:
-        pix = ctx.result.pixels
+        pix = ctx.pass_result.pixels
         if pix.shape[-1] >= size:
             small = pix[positions].float()
             if pix.shape[-1] != size:

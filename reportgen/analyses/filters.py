@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
+from reportgen.contract import Analysis, AnalysisContext, Metric, Result, SkipSection
 from reportgen.figures import mosaic, normalise01, to_uint8, upscale
 from reportgen.loading.models import find_layer, first_weight_4d
-from reportgen.section import Figure, Picture, Section, Table, Text
+from reportgen.params import AnalysisParams, at_least, between, layer_ref, rule
+from reportgen.section import Figure, Picture, Table, Text
 
 HOW_TO_READ = (
     "Each tile is one filter of the first convolution, drawn as the image patch that excites it "
@@ -24,19 +24,14 @@ HOW_TO_READ = (
 
 @dataclass(frozen=True)
 class FiltersParams(AnalysisParams):
-    layers: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list, metadata=layer_ref())
     """Higher conv layers to draw as per-channel grayscale mosaics."""
-    max_filters: int = 96
+    max_filters: int = field(default=96, metadata=rule(at_least(1)))
     """At most this many output filters per layer."""
-    max_channels: int = 16
+    max_channels: int = field(default=16, metadata=rule(at_least(1)))
     """At most this many input channels per filter for the higher layers."""
-    tile_size: int = 44
+    tile_size: int = field(default=44, metadata=rule(between(8, 256)))
     """Approximate on-screen size of each tile, in pixels."""
-
-    def validate(self, path: str) -> None:
-        self.require(self.max_filters >= 1, f"{path}.max_filters", "must be at least 1")
-        self.require(self.max_channels >= 1, f"{path}.max_channels", "must be at least 1")
-        self.require(8 <= self.tile_size <= 256, f"{path}.tile_size", "must be between 8 and 256")
 
 
 def filter_tiles_rgb(weight: torch.Tensor) -> list[np.ndarray]:
@@ -58,14 +53,17 @@ def filter_tiles_gray(weight: torch.Tensor, max_channels: int) -> list[list[np.n
     return rows
 
 
-class FiltersAnalysis(Analysis):
+class FiltersAnalysis(Analysis[FiltersParams]):
     name = "filters"
     title = "First-layer filters"
     Params = FiltersParams
+    metrics = (
+        Metric("first_layer_filters", "first-layer filters", kind="count"),
+        Metric("first_layer_dead_filters", "near-zero first-layer filters", kind="count"),
+    )
     order = 10
 
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: FiltersParams = params
+    def run(self, ctx: AnalysisContext, p: FiltersParams) -> Result:
         section = self.section(HOW_TO_READ)
         found = first_weight_4d(ctx.model.module)
         if found is None:
@@ -125,8 +123,7 @@ class FiltersAnalysis(Analysis):
                 ],
             )
         )
-        section.metrics["first_layer_filters"] = int(out_ch)
-        section.metrics["first_layer_dead_filters"] = dead
+        metrics = {"first_layer_filters": int(out_ch), "first_layer_dead_filters": dead}
         for layer in p.layers:
             module = find_layer(ctx.model.module, layer)
             w = getattr(module, "weight", None)
@@ -152,4 +149,4 @@ class FiltersAnalysis(Analysis):
                     alt=f"Per-channel filters of {layer}",
                 )
             )
-        return section
+        return Result(section, metrics=metrics)

@@ -12,17 +12,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reportgen.analyses.activations import resolve_layers, spread_conv_layers
-from reportgen.analyses.base import (
+from reportgen.analyses.common import resolve_layers, spread_conv_layers
+from reportgen.contract import (
     Analysis,
     AnalysisContext,
-    AnalysisParams,
     Collector,
+    Needs,
+    Result,
     SetupContext,
     SkipSection,
 )
 from reportgen.errors import ConfigError
 from reportgen.figures import figure_to_picture, new_figure
+from reportgen.params import AnalysisParams, at_least, between, each, layer_ref, rule
 from reportgen.receptive_field import ReceptiveField, ReceptiveFieldError, receptive_fields
 from reportgen.section import Figure, Picture, Section, Table, Text
 
@@ -43,30 +45,19 @@ PAD_LIGHT, PAD_DARK = 190, 150
 
 @dataclass(frozen=True)
 class MaxPatchesParams(AnalysisParams):
-    layers: list[str] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list, metadata=layer_ref())
     """Module names; empty = three conv layers spread from early to late."""
-    channels: list[int] = field(default_factory=list)
+    channels: list[int] = field(
+        default_factory=list,
+        metadata=rule(each(at_least(0), "must be channel numbers ≥ 0")),
+    )
     """Channel numbers shown for every layer; empty = per layer the ``channels_per_layer``
     channels whose peak activation varies most across images."""
-    channels_per_layer: int = 16
-    k: int = 9
+    channels_per_layer: int = field(default=16, metadata=rule(between(1, 256)))
+    k: int = field(default=9, metadata=rule(between(1, 64)))
     """Patches per channel."""
-    patch_size: int = 56
+    patch_size: int = field(default=56, metadata=rule(between(16, 256)))
     """On-screen size of each patch, in pixels."""
-
-    def validate(self, path: str) -> None:
-        self.require(1 <= self.k <= 64, f"{path}.k", "must be between 1 and 64")
-        self.require(
-            1 <= self.channels_per_layer <= 256,
-            f"{path}.channels_per_layer",
-            "must be between 1 and 256",
-        )
-        self.require(
-            16 <= self.patch_size <= 256, f"{path}.patch_size", "must be between 16 and 256"
-        )
-        self.require(
-            all(c >= 0 for c in self.channels), f"{path}.channels", "must be channel numbers ≥ 0"
-        )
 
 
 @dataclass
@@ -277,25 +268,23 @@ def patch_grid(
     return Picture(pic.pixels, kind="photo")
 
 
-class MaxPatchesAnalysis(Analysis):
+class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
     name = "max_patches"
     title = "Maximally activating patches"
     Params = MaxPatchesParams
-    requires_hooks = True
+    needs = Needs(hooks=True)
     order = 50
 
-    def collector(self, setup: SetupContext, params: Any) -> Collector | None:
-        p: MaxPatchesParams = params
+    def collector(self, setup: SetupContext, p: MaxPatchesParams) -> Collector | None:
         model = setup.model.module
         layers = resolve_layers(model, p.layers, default_layers(model))
         if not layers:
             return None
         return TopKCollector(layers, p.k)
 
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: MaxPatchesParams = params
+    def run(self, ctx: AnalysisContext, p: MaxPatchesParams) -> Result:
         section = self.section(HOW_TO_READ)
-        col = ctx.collected.get(self.name)
+        col = ctx.collector
         if not isinstance(col, TopKCollector):
             raise SkipSection(
                 "the model has no conv layers; list layers under analyses.max_patches.layers"
@@ -414,7 +403,7 @@ class MaxPatchesAnalysis(Analysis):
                 rows=channel_rows,
             )
         )
-        return section
+        return Result(section)
 
     @staticmethod
     def _fields(

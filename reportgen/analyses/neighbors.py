@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
+from reportgen.analyses.common import pixel_vectors
+from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, Result, SkipSection
 from reportgen.knn import knn, leave_one_out_agreement
-from reportgen.section import Picture, Section, Table, Text, Thumb
+from reportgen.params import AnalysisParams, between, rule
+from reportgen.section import Picture, Table, Text, Thumb
 
 HOW_TO_READ = (
     "Each row starts with a query image, then its nearest images in the network's penultimate "
@@ -24,33 +25,26 @@ HOW_TO_READ = (
 
 @dataclass(frozen=True)
 class NeighborsParams(AnalysisParams):
-    k: int = 5
+    k: int = field(default=5, metadata=rule(between(1, 50)))
     metric: Literal["euclidean", "cosine"] = "euclidean"
-    thumb_size: int = 72
-
-    def validate(self, path: str) -> None:
-        self.require(1 <= self.k <= 50, f"{path}.k", "must be between 1 and 50")
-        self.require(
-            16 <= self.thumb_size <= 256, f"{path}.thumb_size", "must be between 16 and 256"
-        )
+    thumb_size: int = field(default=72, metadata=rule(between(16, 256)))
 
 
-def pixel_vectors(pixels: torch.Tensor) -> torch.Tensor:
-    """N×C×s×s uint8 -> N×(C·s·s) float in [0, 1]."""
-    return pixels.flatten(1).float() / 255.0
-
-
-class NeighborsAnalysis(Analysis):
+class NeighborsAnalysis(Analysis[NeighborsParams]):
     name = "neighbors"
     title = "Nearest neighbours: feature space vs pixel space"
     Params = NeighborsParams
-    requires_features = True
+    needs = Needs(features=True)
+    metrics = (
+        Metric("knn_agreement_feature", "k-NN agreement, features", headline=True),
+        Metric("knn_agreement_pixel", "k-NN agreement, pixels", headline=True),
+        Metric("knn_k", "k of the k-NN agreement", kind="count"),
+    )
     order = 20
 
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: NeighborsParams = params
+    def run(self, ctx: AnalysisContext, p: NeighborsParams) -> Result:
         section = self.section(HOW_TO_READ)
-        res = ctx.result
+        res = ctx.pass_result
         assert res.features is not None
         n = len(res)
         if n < 2:
@@ -64,9 +58,7 @@ class NeighborsAnalysis(Analysis):
         pd, pi = knn(pix[queries], pix, k, metric=p.metric, exclude=queries)
         agree_f = leave_one_out_agreement(feats, res.labels, k, p.metric)
         agree_p = leave_one_out_agreement(pix, res.labels, k, p.metric)
-        section.metrics["knn_agreement_feature"] = agree_f
-        section.metrics["knn_agreement_pixel"] = agree_p
-        section.metrics["knn_k"] = k
+        metrics = {"knn_agreement_feature": agree_f, "knn_agreement_pixel": agree_p, "knn_k": k}
 
         fi_l, pi_l = fi.cpu().tolist(), pi.cpu().tolist()
         fd_l, pd_l = fd.cpu().tolist(), pd.cpu().tolist()
@@ -104,7 +96,7 @@ class NeighborsAnalysis(Analysis):
             Table(
                 caption=(
                     f"Queries (first column), their {k} nearest neighbours in {res.feature_layer} "
-                    f"feature space, then in pixel space ({ctx.config.preprocess.pixel_size}² "
+                    f"feature space, then in pixel space ({ctx.pixel_size}² "
                     f"downsampled inputs); under each: {kind} and {p.metric} distance"
                     + (" (✓ same label as the query)." if labelled else ".")
                 ),
@@ -142,5 +134,4 @@ class NeighborsAnalysis(Analysis):
                     kind="note",
                 )
             )
-        ctx.shared["neighbors.feature_indices"] = np.asarray(fi_l)
-        return section
+        return Result(section, metrics=metrics)

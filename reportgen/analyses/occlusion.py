@@ -9,18 +9,32 @@ loop per window. No hooks and no gradients: this works on TorchScript and export
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
-from reportgen.dataset_pass import autocast
+from reportgen.contract import (
+    Analysis,
+    AnalysisContext,
+    Metric,
+    Needs,
+    QueryBatch,
+    Result,
+    SkipSection,
+)
 from reportgen.figures import figure_to_picture, new_figure
-from reportgen.loading.models import extract_logits
-from reportgen.query_batch import query_batch, record_query_arrays
+from reportgen.params import (
+    AnalysisParams,
+    at_least,
+    between,
+    either,
+    in_range,
+    literal,
+    rule,
+)
 from reportgen.section import Figure, Picture, Section, Table
 
 HOW_TO_READ = (
@@ -40,34 +54,21 @@ ModelFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class OcclusionParams(AnalysisParams):
-    window: int = 0
+    window: int = field(default=0, metadata=rule(at_least(0, "must be 0 (automatic) or positive")))
     """Side of the square occluder in input pixels; 0 = a quarter of the input's shorter side."""
-    stride: int = 0
+    stride: int = field(default=0, metadata=rule(at_least(0, "must be 0 (automatic) or positive")))
     """Step between occluder positions; 0 = a quarter of the window (about 13×13 positions)."""
-    fill: Literal["mean"] | float = "mean"
+    fill: Literal["mean"] | float = field(
+        default="mean",
+        metadata=rule(
+            either(literal("mean"), in_range(0, 1), text="must be 'mean' or a number in [0, 1]")
+        ),
+    )
     """``mean``: the dataset's mean pixel; a number: that gray value in [0, 1] pixel space."""
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=rule(at_least(1)))
     """Occluded copies per forward pass (bounds memory)."""
-    image_size: int = 160
+    image_size: int = field(default=160, metadata=rule(between(32, 512)))
     """On-screen size of each panel, in pixels."""
-
-    def validate(self, path: str) -> None:
-        self.require(self.window >= 0, f"{path}.window", "must be 0 (automatic) or positive")
-        self.require(self.stride >= 0, f"{path}.stride", "must be 0 (automatic) or positive")
-        self.require(self.batch_size >= 1, f"{path}.batch_size", "must be at least 1")
-        self.require(
-            32 <= self.image_size <= 512, f"{path}.image_size", "must be between 32 and 512"
-        )
-        if isinstance(self.fill, str):
-            self.require(
-                self.fill == "mean", f"{path}.fill", "must be 'mean' or a number in [0, 1]"
-            )
-        else:
-            self.require(
-                0.0 <= float(self.fill) <= 1.0,
-                f"{path}.fill",
-                "must be 'mean' or a number in [0, 1]",
-            )
 
 
 def resolve_geometry(height: int, width: int, window: int, stride: int) -> tuple[int, int]:
@@ -202,7 +203,7 @@ def pixel_probability(
 def resolve_fill(fill: Literal["mean"] | float, ctx: AnalysisContext) -> torch.Tensor:
     """The occluder's C fill values in model input space."""
     if fill == "mean":
-        mean = ctx.result.mean_input
+        mean = ctx.pass_result.mean_input
         if mean is None:
             raise SkipSection("the dataset pass recorded no mean input for the occluder's fill")
         return mean.detach().float().to(ctx.device)
@@ -297,29 +298,25 @@ def _rectangle(x: float, y: float, size: float, **kwargs: Any) -> Any:
     return Rectangle((x, y), size, size, fill=False, **kwargs)
 
 
-class OcclusionAnalysis(Analysis):
+class OcclusionAnalysis(Analysis[OcclusionParams]):
     name = "occlusion"
     title = "Occlusion sensitivity"
     Params = OcclusionParams
+    needs = Needs(queries=True)
+    metrics = (
+        Metric("occlusion_window", "occluder size (px)", kind="count"),
+        Metric("occlusion_stride", "occluder stride (px)", kind="count"),
+        Metric("occlusion_mean_max_drop", "mean largest probability drop under occlusion"),
+    )
     order = 60
 
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: OcclusionParams = params
-        batch = query_batch(ctx)
-        if len(batch) == 0:
-            raise SkipSection("no query images (data.queries is 0)")
+    def run(self, ctx: AnalysisContext, p: OcclusionParams) -> Result:
+        batch = ctx.query_batch()
         _, _, h, w = batch.inputs.shape
         window, stride = resolve_geometry(h, w, p.window, p.stride)
         fill = resolve_fill(p.fill, ctx)
-        module = ctx.model.module
-        cfg = ctx.config
-
-        def model_fn(x: torch.Tensor) -> torch.Tensor:
-            with autocast(ctx.device, cfg.run.precision):
-                return extract_logits(module(x))
-
         maps = occlusion_maps(
-            model_fn,
+            ctx.forward,
             batch.inputs,
             batch.targets,
             window,
@@ -332,30 +329,38 @@ class OcclusionAnalysis(Analysis):
         pixel_prob = pixel_probability(maps.prob, h, w, window, stride)
         drops = maps.base_prob[:, None, None] - pixel_prob
 
-        record_query_arrays(ctx, batch)
-        ctx.arrays["occlusion_prob"] = maps.prob.float().cpu().numpy()
-        ctx.arrays["occlusion_window"] = np.array(window, dtype=np.int64)
-        ctx.arrays["occlusion_stride"] = np.array(stride, dtype=np.int64)
-        ctx.arrays["occlusion_fill"] = fill.float().cpu().numpy()
+        arrays = batch.arrays()
+        arrays["occlusion_prob"] = maps.prob.float().cpu().numpy()
+        arrays["occlusion_window"] = np.array(window, dtype=np.int64)
+        arrays["occlusion_stride"] = np.array(stride, dtype=np.int64)
+        arrays["occlusion_fill"] = fill.float().cpu().numpy()
 
-        return self._section(ctx, p, batch.positions, maps, drops, window, stride, fill)
+        section = self._section(ctx, p, batch, maps, drops, window, stride)
+        base = maps.base_prob.float().cpu().numpy()
+        prob = maps.prob.float().cpu().numpy()
+        metrics = {
+            "occlusion_window": window,
+            "occlusion_stride": stride,
+            "occlusion_mean_max_drop": float(np.mean(base - prob.min(axis=(1, 2)))),
+        }
+        return Result(section, arrays=arrays, metrics=metrics)
 
     def _section(
         self,
         ctx: AnalysisContext,
         p: OcclusionParams,
-        positions: list[int],
+        batch: QueryBatch,
         maps: OcclusionMaps,
         drops: torch.Tensor,
         window: int,
         stride: int,
-        fill: torch.Tensor,
     ) -> Section:
         section = self.section(HOW_TO_READ)
+        positions = batch.positions
         prob = maps.prob.float().cpu().numpy()
         predicted = maps.predicted.cpu().numpy()
         base = maps.base_prob.float().cpu().numpy()
-        targets = ctx.targets(positions).cpu().numpy()
+        targets = batch.targets.cpu().numpy()
         images = ctx.display_images(positions)
         names = [ctx.class_name(int(t)) for t in targets]
         rows, cols = prob.shape[1:]
@@ -422,7 +427,4 @@ class OcclusionAnalysis(Analysis):
                 rows=table_rows,
             )
         )
-        section.metrics["occlusion_window"] = window
-        section.metrics["occlusion_stride"] = stride
-        section.metrics["occlusion_mean_max_drop"] = float(np.mean(base - prob.min(axis=(1, 2))))
         return section

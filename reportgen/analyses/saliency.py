@@ -14,10 +14,30 @@ import numpy as np
 import torch
 
 from reportgen import attribution
-from reportgen.analyses.base import Analysis, AnalysisContext, AnalysisParams, SkipSection
+from reportgen.contract import (
+    Analysis,
+    AnalysisContext,
+    Metric,
+    Needs,
+    QueryBatch,
+    Result,
+    SkipSection,
+)
 from reportgen.figures import figure_to_picture, new_figure
 from reportgen.loading.models import find_layer
-from reportgen.query_batch import QueryBatch, query_batch, record_query_arrays
+from reportgen.params import (
+    AnalysisParams,
+    at_least,
+    between,
+    each,
+    either,
+    in_range,
+    layer_ref,
+    literal,
+    non_empty,
+    one_of,
+    rule,
+)
 from reportgen.section import Figure, Picture, Section, Table, Text
 
 Method = Literal["gradient", "smoothgrad", "guided_backprop", "gradcam", "integrated_gradients"]
@@ -56,48 +76,33 @@ HOW_TO_READ = (
 
 @dataclass(frozen=True)
 class SaliencyParams(AnalysisParams):
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(
+        default_factory=lambda: list(METHODS),
+        metadata=rule(
+            non_empty("needs at least one method"),
+            each(one_of(*METHODS), f"every entry must be one of {', '.join(METHODS)}"),
+        ),
+    )
     """Which methods to run (and columns to draw), from: gradient, smoothgrad, guided_backprop,
     gradcam, integrated_gradients."""
-    smoothgrad_samples: int = 25
-    smoothgrad_noise: float = 0.15
+    smoothgrad_samples: int = field(default=25, metadata=rule(between(1, 1000)))
+    smoothgrad_noise: float = field(default=0.15, metadata=rule(in_range(0, 1, lo_open=True)))
     """Noise σ as a fraction of each image's value range (model input space)."""
-    ig_steps: int = 32
+    ig_steps: int = field(default=32, metadata=rule(between(1, 1000)))
     ig_method: Literal["gausslegendre", "riemann_middle"] = "gausslegendre"
-    ig_baseline: Literal["zeros"] | float = "zeros"
+    ig_baseline: Literal["zeros"] | float = field(
+        default="zeros",
+        metadata=rule(
+            either(literal("zeros"), in_range(0, 1), text="must be 'zeros' or a number in [0, 1]")
+        ),
+    )
     """``zeros``: all-zero input in model space; a number: that gray value in [0, 1] pixel space."""
-    gradcam_layer: str = "auto"
+    gradcam_layer: str = field(default="auto", metadata=layer_ref(auto="auto"))
     """Module name; ``auto`` = the last module whose output is a spatial map (last conv stage)."""
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=rule(at_least(1)))
     """Images (noisy copies, path points) per forward/backward pass."""
-    image_size: int = 150
+    image_size: int = field(default=150, metadata=rule(between(32, 512)))
     """On-screen size of each panel, in pixels."""
-
-    def validate(self, path: str) -> None:
-        for i, m in enumerate(self.methods):
-            self.require(
-                m in METHODS, f"{path}.methods[{i}]", f"{m!r} is not one of {', '.join(METHODS)}"
-            )
-        self.require(bool(self.methods), f"{path}.methods", "needs at least one method")
-        self.require(
-            1 <= self.smoothgrad_samples <= 1000,
-            f"{path}.smoothgrad_samples",
-            "must be between 1 and 1000",
-        )
-        self.require(
-            0.0 < self.smoothgrad_noise <= 1.0, f"{path}.smoothgrad_noise", "must be in (0, 1]"
-        )
-        self.require(1 <= self.ig_steps <= 1000, f"{path}.ig_steps", "must be between 1 and 1000")
-        if not isinstance(self.ig_baseline, str):
-            self.require(
-                0.0 <= self.ig_baseline <= 1.0,
-                f"{path}.ig_baseline",
-                "must be 'zeros' or a number in [0, 1]",
-            )
-        self.require(self.batch_size >= 1, f"{path}.batch_size", "must be at least 1")
-        self.require(
-            32 <= self.image_size <= 512, f"{path}.image_size", "must be between 32 and 512"
-        )
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ def compute_saliency(ctx: AnalysisContext, p: SaliencyParams, batch: QueryBatch)
             raw[method], maps[method] = attribution.saliency_map(g), attribution.saliency_map(g)
         elif method == "smoothgrad":
             g = attribution.smoothgrad(
-                model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.config.run.seed, bs
+                model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.seed, bs
             )
             raw[method], maps[method] = g, attribution.saliency_map(g)
         elif method == "guided_backprop":
@@ -207,42 +212,53 @@ def saliency_figure(
     return figure_to_picture(fig, dpi=100)
 
 
-class SaliencyAnalysis(Analysis):
+ARRAY_NAMES = {
+    "gradient": "saliency_gradient",
+    "smoothgrad": "smoothgrad",
+    "guided_backprop": "guided_backprop",
+    "gradcam": "gradcam",
+    "integrated_gradients": "integrated_gradients",
+}
+"""Method -> its key in arrays.npz."""
+
+
+class SaliencyAnalysis(Analysis[SaliencyParams]):
     name = "saliency"
     title = "Saliency: gradient, SmoothGrad, guided backprop, Grad-CAM, integrated gradients"
     Params = SaliencyParams
-    requires_gradients = True
+    needs = Needs(gradients=True, queries=True)
+    metrics = (
+        Metric("saliency_mean_rank_agreement", "mean rank agreement between saliency methods"),
+        Metric("gradcam_layer", "Grad-CAM layer", kind="text"),
+    )
     order = 70
 
-    def run(self, ctx: AnalysisContext, params: Any) -> Section:
-        p: SaliencyParams = params
-        batch = query_batch(ctx)
-        if len(batch) == 0:
-            raise SkipSection("no query images (data.queries is 0)")
+    def run(self, ctx: AnalysisContext, p: SaliencyParams) -> Result:
+        batch = ctx.query_batch()
         result = compute_saliency(ctx, p, batch)
         if not result.maps:
             raise SkipSection(" ".join(result.notes) or "no saliency method could run")
 
-        record_query_arrays(ctx, batch)
-        names = {
-            "gradient": "saliency_gradient",
-            "smoothgrad": "smoothgrad",
-            "guided_backprop": "guided_backprop",
-            "gradcam": "gradcam",
-            "integrated_gradients": "integrated_gradients",
-        }
+        arrays = batch.arrays()
         for method, tensor in result.raw.items():
-            ctx.arrays[names[method]] = tensor.detach().float().cpu().numpy()
-        return self._section(ctx, p, batch, result)
+            arrays[ARRAY_NAMES[method]] = tensor.detach().float().cpu().numpy()
+        metrics: dict[str, Any] = {}
+        section = self._section(ctx, p, batch, result, metrics)
+        return Result(section, arrays=arrays, metrics=metrics)
 
     def _section(
-        self, ctx: AnalysisContext, p: SaliencyParams, batch: QueryBatch, result: SaliencyResult
+        self,
+        ctx: AnalysisContext,
+        p: SaliencyParams,
+        batch: QueryBatch,
+        result: SaliencyResult,
+        metrics: dict[str, Any],
     ) -> Section:
         section = self.section(HOW_TO_READ)
         maps = {m: v.detach().float().cpu().numpy() for m, v in result.maps.items()}
         methods = list(maps)
         targets = batch.targets.cpu().tolist()
-        logits = ctx.result.logits[batch.positions].float()
+        logits = ctx.pass_result.logits[batch.positions].float()
         probs = logits.softmax(1).gather(1, batch.targets[:, None].to(logits.device))[:, 0]
         preds = logits.argmax(1).cpu().tolist()
         images = ctx.display_images(batch.positions)
@@ -315,11 +331,11 @@ class SaliencyAnalysis(Analysis):
                 )
             )
             pairs = [(a, b) for a in methods for b in methods if a < b]
-            section.metrics["saliency_mean_rank_agreement"] = _nanmean(
+            metrics["saliency_mean_rank_agreement"] = _nanmean(
                 [v for pair in pairs for v in rho_all[pair]]
             )
         if result.gradcam_layer:
-            section.metrics["gradcam_layer"] = result.gradcam_layer
+            metrics["gradcam_layer"] = result.gradcam_layer
         return section
 
 

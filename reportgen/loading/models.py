@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reportgen.config import Config, ModelConfig
+from reportgen.config import ModelConfig
 from reportgen.errors import CheckpointError, ConfigError, LayerError, did_you_mean
 from reportgen.loading.checkpoints import (
     CheckpointKind,
@@ -39,6 +39,12 @@ class LoadedModel:
         """TorchScript modules and exported graphs do not run Python forward hooks on submodules."""
         return self.kind in ("state_dict", "pickled_module")
 
+    @property
+    def supports_gradients(self) -> bool:
+        """Input gradients: every kind loaded here is differentiable (TorchScript and exported
+        programs included); a future inference-only kind would say no here."""
+        return True
+
     def layer(self, name: str) -> nn.Module:
         return find_layer(self.module, name)
 
@@ -55,31 +61,6 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         f"layer '{name}' is not in the model{did_you_mean(name, names)}; "
         "`reportgen list-layers --model ARCH` prints every layer name"
     )
-
-
-_LAYER_FIELDS = ("layer", "layers", "target_layer", "target_layers")
-
-
-def check_layer_names(model: LoadedModel, config: Config) -> None:
-    """Every layer the config names exists (an input error before any work, not a failed section).
-
-    Checks ``model.penultimate`` and the enabled analyses' ``layer``/``layers`` parameters.
-    """
-    if config.model.penultimate != "auto" and model.supports_hooks:
-        model.layer(config.model.penultimate)
-    for name in config.enabled_analyses():
-        params = config.params(name)
-        for field_name in _LAYER_FIELDS:
-            value = getattr(params, field_name, None)
-            names = [value] if isinstance(value, str) else value
-            if not isinstance(names, list | tuple):
-                continue
-            for layer in names:
-                if isinstance(layer, str) and layer != "auto":
-                    try:
-                        model.layer(layer)
-                    except LayerError as exc:
-                        raise LayerError(f"analyses.{name}.{field_name}: {exc}") from None
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:

@@ -15,8 +15,8 @@ from reportgen.analyses.activations import (
     layer_outputs,
     spread_conv_layers,
 )
-from reportgen.analyses.base import AnalysisContext
 from reportgen.config import Config
+from reportgen.contract import AnalysisContext
 from reportgen.errors import LayerError
 from reportgen.hooks import hook_count
 from reportgen.section import Figure, Table
@@ -81,7 +81,8 @@ def test_spread_conv_layers() -> None:
 
 def test_section_renders_and_table_lists_top_channels(tmp_path: Path, tiny_weights: Path) -> None:
     cfg, ctx = _context(tmp_path, tiny_weights, {"analyses.activations.top_channels": 3})
-    section = ActivationsAnalysis().run(ctx, cfg.analyses["activations"])
+    result = ActivationsAnalysis().run(ctx, cfg.analyses["activations"])
+    section = result.section
     assert section.status == "ok"
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     (table,) = [b for b in section.blocks if isinstance(b, Table)]
@@ -102,7 +103,8 @@ def test_configured_layers(tmp_path: Path, tiny_weights: Path) -> None:
         tiny_weights,
         {"analyses.activations.layers": ["pool"], "analyses.activations.max_channels": 4},
     )
-    section = ActivationsAnalysis().run(ctx, cfg.analyses["activations"])
+    result = ActivationsAnalysis().run(ctx, cfg.analyses["activations"])
+    section = result.section
     assert section.status == "ok"
     (fig,) = [b for b in section.blocks if isinstance(b, Figure)]
     assert fig.caption.startswith("pool: 4 of 8 channels (16×16 maps)")

@@ -76,14 +76,15 @@ def test_section_flags_cross_class_duplicate(tmp_path: Path, tiny_weights: Path)
     root = write_image_folder(tmp_path / "images", {"a": 6, "b": 6})
     shutil.copy(root / "a" / "a_000.png", root / "b" / "copy_of_a.png")
     ctx = make_context(make_config(tmp_path, {"model.weights": str(tiny_weights)}))
-    section = AuditAnalysis().run(ctx, AuditParams())
+    result = AuditAnalysis().run(ctx, AuditParams())
+    section = result.section
     assert section.status == "ok"
-    assert section.metrics["near_duplicate_pairs"] == 1
+    assert result.metrics["near_duplicate_pairs"] == 1
     checks = section.blocks[0]
     assert isinstance(checks, Table) and checks.caption == "Checks"
     dup_row = next(r for r in checks.rows if r[0] == "near-duplicate image pairs")
     assert dup_row[1:3] == ["1", "warn"] and dup_row[3] == "1 with different labels"
-    assert 0.0 <= section.metrics["ece"] <= 1.0
+    assert 0.0 <= result.metrics["ece"] <= 1.0
     per_class = next(
         b for b in section.blocks if isinstance(b, Table) and b.caption.startswith("Per class")
     )
@@ -93,8 +94,9 @@ def test_section_flags_cross_class_duplicate(tmp_path: Path, tiny_weights: Path)
 def test_unlabelled_audit_runs_without_label_checks(tmp_path: Path, tiny_weights: Path) -> None:
     write_image_folder(tmp_path / "images", flat=True)
     ctx = make_context(make_config(tmp_path, {"model.weights": str(tiny_weights)}))
-    section = AuditAnalysis().run(ctx, AuditParams())
+    result = AuditAnalysis().run(ctx, AuditParams())
+    section = result.section
     assert section.status == "ok"
-    assert "ece" not in section.metrics
+    assert "ece" not in result.metrics
     names = [r[0] for r in section.blocks[0].rows]  # type: ignore[union-attr]
     assert "calibration (ECE)" not in names and "near-duplicate image pairs" in names

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import make_config, make_context, write_image_folder
 
-from reportgen.analyses.base import SkipSection
 from reportgen.analyses.embedding import (
     EmbeddingAnalysis,
     EmbeddingParams,
@@ -16,6 +15,7 @@ from reportgen.analyses.embedding import (
     pca_project,
     run_tsne,
 )
+from reportgen.contract import SkipSection
 from reportgen.section import Figure, Table
 
 
@@ -74,11 +74,12 @@ def test_grid_with_fewer_points_than_cells() -> None:
 def test_section_records_trustworthiness_and_tsne_array(tmp_path: Path, tiny_weights: Path) -> None:
     write_image_folder(tmp_path / "images", {"a": 8, "b": 8, "c": 8})
     ctx = make_context(make_config(tmp_path, {"model.weights": str(tiny_weights)}))
-    section = EmbeddingAnalysis().run(ctx, EmbeddingParams(perplexity=5))
+    result = EmbeddingAnalysis().run(ctx, EmbeddingParams(perplexity=5))
+    section = result.section
     assert section.status == "ok"
-    trust = section.metrics["tsne_trustworthiness"]
+    trust = result.metrics["tsne_trustworthiness"]
     assert isinstance(trust, float) and 0.5 < trust <= 1.0
-    assert ctx.arrays["tsne"].shape == (24, 2)
+    assert result.arrays["tsne"].shape == (24, 2)
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     assert len(figures) == 2  # scatter + image map
     grid = int(np.ceil(np.sqrt(24)))

@@ -46,7 +46,8 @@ def test_section_mosaic_shows_the_first_conv_weights(tmp_path: Path, tiny_weight
         make_config(tmp_path, {"model.weights": str(tiny_weights)}, analyses=["filters"])
     )
     params = FiltersParams(tile_size=20)
-    section = FiltersAnalysis().run(ctx, params)
+    result = FiltersAnalysis().run(ctx, params)
+    section = result.section
     assert section.status == "ok"
     fig = next(b for b in section.blocks if isinstance(b, Figure))
     weight = ctx.model.module.conv1.weight.detach()
@@ -65,14 +66,15 @@ def test_section_mosaic_shows_the_first_conv_weights(tmp_path: Path, tiny_weight
     table = next(b for b in section.blocks if isinstance(b, Table))
     norms = weight.flatten(1).norm(dim=1)
     assert table.rows[0][4] == pytest.approx(float(norms.mean()))
-    assert section.metrics["first_layer_filters"] == 8
+    assert result.metrics["first_layer_filters"] == 8
 
 
 def test_grayscale_model_and_higher_layer(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "images")
     ctx = make_context(make_config(tmp_path, {"model.arch": TINY_GRAY_ARCH}, analyses=["filters"]))
     assert ctx.model.in_channels == 1
-    section = FiltersAnalysis().run(ctx, FiltersParams(layers=["conv2"], max_channels=4))
+    result = FiltersAnalysis().run(ctx, FiltersParams(layers=["conv2"], max_channels=4))
+    section = result.section
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     assert len(figures) == 2
     assert figures[0].picture.pixels.ndim == 2  # grayscale mosaic

@@ -81,10 +81,10 @@ def test_pipeline_topk_equals_brute_force(tmp_path: Path, tiny_weights: Path) ->
     write_image_folder(tmp_path / "images")
     cfg = make_config(tmp_path, {"model.weights": str(tiny_weights)}, analyses=["max_patches"])
     ctx = make_context(cfg)
-    col = ctx.collected["max_patches"]
+    col = ctx.collector
     assert isinstance(col, TopKCollector) and col.layers == ["conv1", "conv2"]
     model = ctx.model.module
-    n = len(ctx.result)
+    n = len(ctx.pass_result)
     peaks: dict[str, list[np.ndarray]] = {name: [] for name in col.layers}
     with (
         torch.inference_mode(),
@@ -167,7 +167,8 @@ def test_section_renders(tmp_path: Path, tiny_weights: Path) -> None:
         analyses=["max_patches"],
     )
     ctx = make_context(cfg)
-    section = MaxPatchesAnalysis().run(ctx, cfg.analyses["max_patches"])
+    result = MaxPatchesAnalysis().run(ctx, cfg.analyses["max_patches"])
+    section = result.section
     assert section.status == "ok"
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     tables = [b for b in section.blocks if isinstance(b, Table)]
@@ -186,13 +187,14 @@ def test_default_layers_and_channels_by_variance(tmp_path: Path, tiny_weights: P
         analyses=["max_patches"],
     )
     ctx = make_context(cfg)
-    section = MaxPatchesAnalysis().run(ctx, cfg.analyses["max_patches"])
+    result = MaxPatchesAnalysis().run(ctx, cfg.analyses["max_patches"])
+    section = result.section
     assert section.status == "ok"
     rows = [b for b in section.blocks if isinstance(b, Table)][1].rows
     for layer in ("conv1", "conv2"):
         variances = [r[2] for r in rows if r[0] == layer]
         assert len(variances) == 3 and variances == sorted(variances, reverse=True)
-        st = ctx.collected["max_patches"].state[layer]
+        st = ctx.collector.state[layer]
         assert variances[0] == pytest.approx(float(st.variance.max()))
 
 

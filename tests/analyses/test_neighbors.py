@@ -26,15 +26,16 @@ def test_agreement_and_neighbours_match_brute_force(tmp_path: Path, tiny_weights
     ctx = make_context(
         make_config(tmp_path, {"model.weights": str(tiny_weights), "data.queries": 4})
     )
-    section = NeighborsAnalysis().run(ctx, NeighborsParams(k=3))
+    result = NeighborsAnalysis().run(ctx, NeighborsParams(k=3))
+    section = result.section
     assert section.status == "ok"
-    feats = ctx.result.features.numpy().astype(np.float64)
-    pix = pixel_vectors(ctx.result.pixels).numpy().astype(np.float64)
-    labels = ctx.result.labels.numpy()
-    assert section.metrics["knn_agreement_feature"] == pytest.approx(
+    feats = ctx.pass_result.features.numpy().astype(np.float64)
+    pix = pixel_vectors(ctx.pass_result.pixels).numpy().astype(np.float64)
+    labels = ctx.pass_result.labels.numpy()
+    assert result.metrics["knn_agreement_feature"] == pytest.approx(
         _reference_agreement(feats, labels, 3), abs=1e-6
     )
-    assert section.metrics["knn_agreement_pixel"] == pytest.approx(
+    assert result.metrics["knn_agreement_pixel"] == pytest.approx(
         _reference_agreement(pix, labels, 3), abs=1e-6
     )
 
@@ -58,7 +59,8 @@ def test_unlabelled_folder_has_no_agreement(tmp_path: Path, tiny_weights: Path) 
     write_image_folder(tmp_path / "images", flat=True)
     ctx = make_context(make_config(tmp_path, {"model.weights": str(tiny_weights)}))
     assert not ctx.folder.labelled
-    section = NeighborsAnalysis().run(ctx, NeighborsParams(k=3))
-    assert section.metrics["knn_agreement_feature"] is None
-    assert section.metrics["knn_agreement_pixel"] is None
+    result = NeighborsAnalysis().run(ctx, NeighborsParams(k=3))
+    section = result.section
+    assert result.metrics["knn_agreement_feature"] is None
+    assert result.metrics["knn_agreement_pixel"] is None
     assert any(isinstance(b, Text) and "unlabelled" in b.text for b in section.blocks)

@@ -20,6 +20,7 @@ from reportgen.analyses.occlusion import (
     resolve_geometry,
 )
 from reportgen.errors import ConfigError
+from reportgen.params import validate_params
 
 
 def slow_occlusion(
@@ -142,9 +143,9 @@ def test_geometry_defaults_adapt_to_input() -> None:
 
 def test_params_validate() -> None:
     with pytest.raises(ConfigError, match="fill"):
-        OcclusionParams(fill=2.0).validate("analyses.occlusion")
+        validate_params(OcclusionParams(fill=2.0), "analyses.occlusion")
     with pytest.raises(ConfigError, match="batch_size"):
-        OcclusionParams(batch_size=0).validate("analyses.occlusion")
+        validate_params(OcclusionParams(batch_size=0), "analyses.occlusion")
 
 
 def test_section_and_arrays(tmp_path: Path, tiny_weights: Path) -> None:
@@ -158,18 +159,19 @@ def test_section_and_arrays(tmp_path: Path, tiny_weights: Path) -> None:
         analyses=["occlusion"],
     )
     ctx = make_context(cfg)
-    section = OcclusionAnalysis().run(ctx, cfg.analyses["occlusion"])
+    result = OcclusionAnalysis().run(ctx, cfg.analyses["occlusion"])
+    section = result.section
     assert section.status == "ok"
     assert section.blocks and section.how_to_read
-    a = ctx.arrays
+    a = result.arrays
     q = len(ctx.queries)
     assert a["image_ids"].shape == (q,) and a["image_ids"][0] == ctx.relpath(ctx.queries[0])
     assert a["inputs"].shape == (q, 3, 32, 32)
     assert a["targets"].tolist() == ctx.targets(ctx.queries).tolist()
     assert a["occlusion_prob"].shape == (q, 7, 7)
     assert int(a["occlusion_window"]) == 8 and int(a["occlusion_stride"]) == 4
-    assert ctx.result.mean_input is not None
-    np.testing.assert_allclose(a["occlusion_fill"], ctx.result.mean_input.numpy())
+    assert ctx.pass_result.mean_input is not None
+    np.testing.assert_allclose(a["occlusion_fill"], ctx.pass_result.mean_input.numpy())
     assert ((a["occlusion_prob"] >= 0) & (a["occlusion_prob"] <= 1)).all()
 
 
@@ -186,5 +188,6 @@ def test_constant_fill_is_in_pixel_space(tmp_path: Path, tiny_weights: Path) -> 
         analyses=["occlusion"],
     )
     ctx = make_context(cfg)
-    assert OcclusionAnalysis().run(ctx, cfg.analyses["occlusion"]).status == "ok"
-    np.testing.assert_allclose(ctx.arrays["occlusion_fill"], [-2.0, -2.0, -2.0])
+    result = OcclusionAnalysis().run(ctx, cfg.analyses["occlusion"])
+    assert result.section.status == "ok"
+    np.testing.assert_allclose(result.arrays["occlusion_fill"], [-2.0, -2.0, -2.0])

@@ -14,6 +14,7 @@ from reportgen.analyses.occlusion import OcclusionAnalysis
 from reportgen.analyses.saliency import SaliencyAnalysis, SaliencyParams
 from reportgen.errors import ConfigError, LayerError
 from reportgen.hooks import hook_count
+from reportgen.params import validate_params
 from reportgen.section import Figure, Table
 
 FAST = {"smoothgrad_samples": 3, "ig_steps": 4, "batch_size": 8, "image_size": 48}
@@ -30,16 +31,17 @@ def _config(tmp_path: Path, weights: Path | None, extra: dict[str, Any] | None =
 def test_section_renders_with_every_method(tmp_path: Path, tiny_weights: Path) -> None:
     cfg = _config(tmp_path, tiny_weights)
     ctx = make_context(cfg)
-    section = SaliencyAnalysis().run(ctx, cfg.analyses["saliency"])
+    result = SaliencyAnalysis().run(ctx, cfg.analyses["saliency"])
+    section = result.section
     assert section.status == "ok", section.reason
     assert any(isinstance(b, Figure) for b in section.blocks)
     tables = [b for b in section.blocks if isinstance(b, Table)]
     assert len(tables) == 2 and len(tables[0].rows) == len(ctx.queries)
-    assert section.metrics["gradcam_layer"] == "relu2"
+    assert result.metrics["gradcam_layer"] == "relu2"
     assert hook_count(ctx.model.module) == 0
 
     q = len(ctx.queries)
-    a = ctx.arrays
+    a = result.arrays
     assert a["image_ids"].tolist() == [ctx.relpath(p) for p in ctx.queries]
     assert a["inputs"].shape == (q, 3, 32, 32)
     assert a["targets"].shape == (q,)
@@ -63,12 +65,12 @@ def test_shared_query_arrays_are_identical_whichever_analysis_writes(
 ) -> None:
     cfg = _config(tmp_path, tiny_weights)
     ctx_a = make_context(cfg)
-    OcclusionAnalysis().run(ctx_a, cfg.analyses["occlusion"])
+    arrays_a = OcclusionAnalysis().run(ctx_a, cfg.analyses["occlusion"]).arrays
     ctx_b = make_context(cfg)
-    SaliencyAnalysis().run(ctx_b, cfg.analyses["saliency"])
+    arrays_b = SaliencyAnalysis().run(ctx_b, cfg.analyses["saliency"]).arrays
     for key in ("image_ids", "inputs", "targets"):
-        assert ctx_a.arrays[key].dtype == ctx_b.arrays[key].dtype
-        np.testing.assert_array_equal(ctx_a.arrays[key], ctx_b.arrays[key])
+        assert arrays_a[key].dtype == arrays_b[key].dtype
+        np.testing.assert_array_equal(arrays_a[key], arrays_b[key])
 
 
 def test_gray_model_named_layer_and_subset(tmp_path: Path) -> None:
@@ -91,24 +93,26 @@ def test_gray_model_named_layer_and_subset(tmp_path: Path) -> None:
     )
     write_image_folder(tmp_path / "images")
     ctx = make_context(cfg)
-    section = SaliencyAnalysis().run(ctx, cfg.analyses["saliency"])
+    result = SaliencyAnalysis().run(ctx, cfg.analyses["saliency"])
+    section = result.section
     assert section.status == "ok"
-    assert section.metrics["gradcam_layer"] == "conv1"
-    assert ctx.arrays["inputs"].shape[1] == 1
-    assert ctx.arrays["gradcam"].shape[1:] == (32, 32)
-    assert "smoothgrad" not in ctx.arrays and "guided_backprop" not in ctx.arrays
+    assert result.metrics["gradcam_layer"] == "conv1"
+    assert result.arrays["inputs"].shape[1] == 1
+    assert result.arrays["gradcam"].shape[1:] == (32, 32)
+    assert "smoothgrad" not in result.arrays and "guided_backprop" not in result.arrays
 
 
-def test_unknown_layer_is_a_clear_error(tmp_path: Path, tiny_weights: Path) -> None:
+def test_unknown_layer_is_an_input_error_before_the_pass(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
     cfg = _config(tmp_path, tiny_weights, {"gradcam_layer": "conv9", "methods": ["gradcam"]})
-    ctx = make_context(cfg)
-    with pytest.raises(LayerError, match="conv9"):
-        SaliencyAnalysis().run(ctx, cfg.analyses["saliency"])
-    assert hook_count(ctx.model.module) == 0
+    # Declared as a layer reference, so the plan rejects it before the dataset pass runs.
+    with pytest.raises(LayerError, match=r"analyses\.saliency\.gradcam_layer: layer 'conv9'"):
+        make_context(cfg)
 
 
 def test_params_validate() -> None:
     with pytest.raises(ConfigError, match="methods"):
-        SaliencyParams(methods=["lime"]).validate("analyses.saliency")
+        validate_params(SaliencyParams(methods=["lime"]), "analyses.saliency")
     with pytest.raises(ConfigError, match="ig_steps"):
-        SaliencyParams(ig_steps=0).validate("analyses.saliency")
+        validate_params(SaliencyParams(ig_steps=0), "analyses.saliency")

@@ -7,54 +7,22 @@ channel). Nothing else of the activations outlives the batch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.analyses.base import Collector
 from reportgen.config import Config
+from reportgen.contract import Collector, PassResult, autocast
+from reportgen.contract.passes import mean_of_batches, raise_no_images
 from reportgen.errors import ConfigError, LayerError
 from reportgen.hooks import capture_outputs
 from reportgen.loading.images import ImageDataset, Sample, collate_samples
 from reportgen.loading.models import LoadedModel, extract_logits, find_layer, last_linear
 from reportgen.progress import Progress
-
-
-@dataclass
-class PassResult:
-    item_index: list[int]
-    """Position among readable images -> index into ``folder.items``."""
-    features: torch.Tensor | None
-    """N×D penultimate features (float32, on the device); None when the model has no hooks."""
-    feature_layer: str | None
-    logits: torch.Tensor
-    """N×K logits (float32, on the device)."""
-    labels: torch.Tensor
-    """N class indices (-1 where unlabelled), on the CPU."""
-    pixels: torch.Tensor
-    """N×C×s×s uint8 downsampled inputs (de-normalised), for pixel-space distances and thumbnails."""
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(relative path, reason) of images that could not be read."""
-    manifest: list[tuple[str, int, str]] = field(default_factory=list)
-    """(relative path, size, sha256) of every image file considered."""
-    mean_input: torch.Tensor | None = None
-    """Per-channel mean of the preprocessed inputs (model space), e.g. the occluder's fill."""
-    batch_sums: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
-    """(first dataset index, per-channel input sum, pixel count) per batch: lets a sharded run
-    (torchrun) add the batches up in one-process order, so ``mean_input`` is bit-identical."""
-
-    @property
-    def predictions(self) -> torch.Tensor:
-        return self.logits.argmax(dim=1)
-
-    def __len__(self) -> int:
-        return len(self.item_index)
 
 
 def resolve_feature_layer(model: LoadedModel, spec: str) -> tuple[str, nn.Module, bool]:
@@ -77,12 +45,6 @@ def flatten_features(t: torch.Tensor) -> torch.Tensor:
     if t.ndim == 4:
         return t.float().mean(dim=(2, 3))
     return t.float().flatten(1)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def loader_workers(spec: int | str, device: torch.device) -> int:
@@ -218,7 +180,7 @@ def dataset_pass(
             pixels.append((small.clamp(0, 1) * 255 + 0.5).to(torch.uint8))
             order.extend(idx.tolist())
     if not order and not allow_empty:
-        raise_no_images(dataset, skipped)
+        raise_no_images(dataset.folder.root, skipped)
     labels = torch.tensor([items[i].label for i in order], dtype=torch.long)
     return PassResult(
         item_index=order,
@@ -231,25 +193,4 @@ def dataset_pass(
         manifest=manifest,
         mean_input=mean_of_batches(batch_sums) if batch_sums else None,
         batch_sums=batch_sums,
-    )
-
-
-def mean_of_batches(batch_sums: Sequence[tuple[int, torch.Tensor, int]]) -> torch.Tensor:
-    """Per-channel mean over batches, added in dataset order (the same float rounding for any
-    number of ranks)."""
-    total: torch.Tensor | None = None
-    count = 0
-    for _, s, c in sorted(batch_sums, key=lambda b: b[0]):
-        total = s if total is None else s + total
-        count += c
-    assert total is not None
-    return total / count
-
-
-def raise_no_images(dataset: ImageDataset, skipped: list[tuple[str, str]]) -> None:
-    from reportgen.errors import DataError
-
-    reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
-    raise DataError(
-        f"{dataset.folder.root}: none of the {len(skipped)} image(s) could be read ({reasons})"
     )

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from reportgen.contract import PassResult
+from reportgen.contract.passes import mean_of_batches, raise_no_images
 from reportgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from reportgen.dataset_pass import PassResult
     from reportgen.loading.images import ImageDataset
 
 
@@ -182,7 +183,7 @@ def merge_order(item_indices: Sequence[Sequence[int]]) -> tuple[list[int], list[
 
 def can_merge(collector: Any) -> bool:
     """Whether a collector implements the cross-rank step ``merge(shards, positions)`` of
-    :class:`reportgen.analyses.base.MergeableCollector` (a ``merge(other)`` that assumes global
+    :class:`reportgen.contract.MergeableCollector` (a ``merge(other)`` that assumes global
     positions does not qualify: shards only know their local positions)."""
     merge = getattr(collector, "merge", None)
     if not callable(merge):
@@ -237,8 +238,6 @@ def merge_shards(
     device: torch.device,
 ) -> PassResult:
     """The one-process :class:`PassResult` from every rank's payload (``shards[r]`` = rank r)."""
-    from reportgen.dataset_pass import PassResult, mean_of_batches, raise_no_images
-
     world_size = len(shards)
     items = dataset.folder.items
     n_items = len(dataset)
@@ -260,7 +259,7 @@ def merge_shards(
     order = [int(i) for s in shards for i in s["item_index"]]
     order = [order[p] for p in perm_list]
     if not order:
-        raise_no_images(dataset, skipped)
+        raise_no_images(dataset.folder.root, skipped)
     batch_sums = [b for s in shards for b in s["batch_sums"]]
     logits, pixels = merged("logits"), merged("pixels")
     assert logits is not None and pixels is not None

@@ -1,0 +1,62 @@
+"""Helpers that several analyses use (analyses do not import each other)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from reportgen.hooks import capture_outputs
+from reportgen.loading.models import conv_layers, find_layer
+
+
+def pixel_vectors(pixels: torch.Tensor) -> torch.Tensor:
+    """N×C×s×s uint8 -> N×(C·s·s) float in [0, 1]."""
+    return pixels.flatten(1).float() / 255.0
+
+
+def spread_conv_layers(model: nn.Module, count: int, skip_first: bool = False) -> list[str]:
+    """``count`` conv layers evenly spread from early to late (always including the last)."""
+    names = [n for n, _ in conv_layers(model)]
+    if skip_first and len(names) > count:
+        names = names[1:]
+    if len(names) <= count:
+        return names
+    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
+    return [names[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str], default: list[str]) -> list[str]:
+    """Configured layer names checked against the model (a clear error naming the nearest)."""
+    chosen = list(layers) or default
+    for name in chosen:
+        find_layer(model, name)
+    return chosen
+
+
+class LayerNotCalled(RuntimeError):
+    def __init__(self, layer: str) -> None:
+        super().__init__(f"layer {layer} was not called in the model's forward")
+
+
+def layer_outputs(
+    model: nn.Module, layers: Sequence[str], inputs: torch.Tensor, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Each layer's output for ``inputs`` (N×C×H×W), float32 on the inputs' device.
+
+    The hooks capture the tensor each layer returns; an in-place activation right after it
+    (``ReLU(inplace=True)``) is therefore included, as the next layer sees it.
+    """
+    modules = {name: find_layer(model, name) for name in layers}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    with torch.inference_mode(), capture_outputs(modules) as captured:
+        for start in range(0, inputs.shape[0], batch_size):
+            captured.clear()
+            model(inputs[start : start + batch_size])
+            for name in layers:
+                if name not in captured:
+                    raise LayerNotCalled(name)
+                parts[name].append(captured[name].float().clone())
+    return {name: torch.cat(p) for name, p in parts.items()}

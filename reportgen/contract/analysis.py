@@ -1,0 +1,86 @@
+"""The contract every analysis follows.
+
+An analysis is one module with one :class:`Analysis` subclass: a ``name`` (config key and
+``--analyses`` value), a ``title``, a frozen ``Params`` dataclass whose fields carry their rules
+(:mod:`reportgen.params`), what it ``needs`` from the model and the run (:class:`Needs`, read in
+one place by the pipeline's plan, which turns an unmet need into a skipped section with the
+reason), the ``metrics`` it may report (:class:`Metric`; headline ones reach the run summary and
+summary.md), an optional collector that rides along the single dataset pass, and :meth:`run`,
+which turns the context into a :class:`Result`. Register it with one line in
+``reportgen/analyses/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import numpy as np
+
+from reportgen.params import AnalysisParams
+from reportgen.section import Section
+
+if TYPE_CHECKING:
+    from reportgen.contract.collectors import Collector
+    from reportgen.contract.context import AnalysisContext, SetupContext
+
+P = TypeVar("P", bound=AnalysisParams)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an analysis needs; the plan skips it, with the reason, when the run cannot give it."""
+
+    hooks: bool = False
+    """Python forward hooks on submodules (not on TorchScript / exported models)."""
+    features: bool = False
+    """The penultimate features from the dataset pass (taken with a hook)."""
+    gradients: bool = False
+    """Backward passes through the model."""
+    queries: bool = False
+    """Query images (a per-image section; ``data.queries: 0`` leaves it out)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number (or short text) an analysis reports into summary.json's ``metrics``."""
+
+    key: str
+    label: str
+    """How the run summary and summary.md name it."""
+    headline: bool = False
+    """Shown as a card in the run summary and a row in summary.md."""
+    kind: Literal["number", "percent", "count", "text"] = "number"
+
+
+class SkipSection(Exception):
+    """Raised by an analysis that cannot run on this model/data; the message is the reason."""
+
+
+@dataclass
+class Result:
+    """What an analysis returns: its section, raw arrays for arrays.npz, and its metrics."""
+
+    section: Section
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Keys among the analysis' declared ``metrics``; values JSON-safe numbers, text or None."""
+
+
+class Analysis(Generic[P]):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Params: ClassVar[type[AnalysisParams]] = AnalysisParams
+    needs: ClassVar[Needs] = Needs()
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    order: ClassVar[int] = 100
+
+    def collector(self, setup: SetupContext, params: P) -> Collector | None:
+        """A collector for the dataset pass, or None (the default)."""
+        return None
+
+    def run(self, ctx: AnalysisContext, params: P) -> Result:
+        raise NotImplementedError
+
+    def section(self, how_to_read: str = "") -> Section:
+        return Section(name=self.name, title=self.title, how_to_read=how_to_read)

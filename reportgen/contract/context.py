@@ -1,0 +1,177 @@
+"""The contexts an analysis gets: before the pass (to build a collector) and after it.
+
+A context holds what analyses need and nothing of the run's configuration: the model, the data
+folder, the pass result, the query images, the device, the seed, the batch size and precision,
+and a progress helper. Tests can build one from a small hand-made :class:`PassResult` without
+running a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+
+from reportgen.contract.passes import PassResult
+from reportgen.loading.images import DataFolder, ImageDataset, Preprocessor, to_display
+from reportgen.loading.models import LoadedModel, extract_logits
+
+T = TypeVar("T")
+Precision = Literal["fp32", "bf16"]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on CUDA when asked for; otherwise nothing changes."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _no_progress(iterable: Iterable[Any], **_kwargs: Any) -> Iterator[Any]:
+    return iter(iterable)
+
+
+@dataclass
+class SetupContext:
+    """What is known before the dataset pass (for building collectors)."""
+
+    model: LoadedModel
+    folder: DataFolder
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """The query images as one batch of model inputs, shared by the per-image analyses."""
+
+    positions: list[int]
+    """Positions among the readable images (``ctx.queries``)."""
+    image_ids: list[str]
+    """Paths relative to the data root."""
+    inputs: torch.Tensor
+    """Q×C×H×W preprocessed model inputs, on the device: exactly what the model is fed."""
+    targets: torch.Tensor
+    """Q class indices explained (true label when known, else the prediction), on the device."""
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``image_ids``, ``inputs`` and ``targets`` for arrays.npz (the same bytes every time)."""
+        return {
+            "image_ids": np.array(self.image_ids, dtype=np.str_),
+            "inputs": self.inputs.detach().float().cpu().numpy(),
+            "targets": self.targets.detach().cpu().numpy().astype(np.int64),
+        }
+
+
+@dataclass
+class _QueryCache:
+    batch: QueryBatch | None = None
+
+
+@dataclass
+class AnalysisContext:
+    """What an analysis gets after the dataset pass."""
+
+    model: LoadedModel
+    folder: DataFolder
+    dataset: ImageDataset
+    preprocessor: Preprocessor
+    pass_result: PassResult
+    device: torch.device
+    queries: list[int]
+    """Query images, as positions among the readable images (the same for every analysis)."""
+    seed: int = 0
+    batch_size: int = 64
+    """Images per forward pass (the run's batch size)."""
+    precision: Precision = "fp32"
+    pixel_size: int = 32
+    """Side of the downsampled images in ``pass_result.pixels``."""
+    collector: Any = None
+    """This analysis' own collector after the pass (None when it has none)."""
+    progress: Callable[..., Iterator[Any]] = _no_progress
+    _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
+
+    # ------------------------------------------------------------------ images and labels
+
+    def relpath(self, position: int) -> str:
+        return self.folder.items[self.pass_result.item_index[position]].relpath
+
+    def label(self, position: int) -> int:
+        return int(self.pass_result.labels[position])
+
+    def class_name(self, index: int) -> str:
+        names = self.folder.class_names
+        if 0 <= index < len(names):
+            return names[index]
+        return str(index) if index >= 0 else "—"
+
+    def load_inputs(self, positions: Sequence[int]) -> torch.Tensor:
+        """Re-read and preprocess these images (normalised model inputs, on the device)."""
+        xs = [self.dataset.read(self.pass_result.item_index[p])[0] for p in positions]
+        return torch.stack(xs).to(self.device)
+
+    def display_images(self, positions: Sequence[int], size: int | None = None) -> list[np.ndarray]:
+        """The images as the model saw them (after resize/crop), H×W×3 uint8, longer side ``size``."""
+        out = []
+        for p in positions:
+            x, _ = self.dataset.read(self.pass_result.item_index[p])
+            img = self.preprocessor.denormalise(x).clamp(0, 1)
+            if size is not None and max(img.shape[1:]) != size:
+                h, w = img.shape[1:]
+                scale = size / max(h, w)
+                img = torch.nn.functional.interpolate(
+                    img[None],
+                    size=(max(1, round(h * scale)), max(1, round(w * scale))),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=scale < 1,
+                )[0]
+            out.append(to_display(img))
+        return out
+
+    def targets(self, positions: Sequence[int]) -> torch.Tensor:
+        """The class each query is explained for: its true label when known, else the prediction."""
+        res = self.pass_result
+        labels = res.labels[list(positions)].to(res.predictions.device)
+        preds = res.predictions[list(positions)]
+        ok = (labels >= 0) & (labels < res.logits.shape[1])
+        return torch.where(ok, labels, preds)
+
+    def query_batch(self) -> QueryBatch:
+        """The query images and their targets, read once per run and shared by the analyses."""
+        cached = self._queries_cache.batch
+        if cached is not None and cached.positions == list(self.queries):
+            return cached
+        positions = list(self.queries)
+        if positions:
+            inputs = self.load_inputs(positions).float()
+            targets = self.targets(positions).to(self.device)
+        else:
+            inputs = torch.empty(0, device=self.device)
+            targets = torch.empty(0, dtype=torch.long, device=self.device)
+        batch = QueryBatch(positions, [self.relpath(p) for p in positions], inputs, targets)
+        self._queries_cache.batch = batch
+        return batch
+
+    # ------------------------------------------------------------------ the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of model inputs, at the run's precision (forward-only passes)."""
+        with autocast(self.device, self.precision):
+            return extract_logits(self.model.module(x))
+
+    def iterate(
+        self,
+        iterable: Iterable[T],
+        desc: str,
+        total: int | None = None,
+        label: Callable[[T], str] | None = None,
+    ) -> Iterator[T]:
+        """Iterate with a progress bar on a terminal (``label`` names the current item)."""
+        return self.progress(iterable, desc=desc, total=total, label=label)

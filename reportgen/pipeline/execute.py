@@ -1,0 +1,284 @@
+"""Running a report: load, plan, one dataset pass, the analyses, the outputs.
+
+Owns the stage order, the timings, failure capture (one analysis failing is one failed section)
+and torchrun (every rank runs its share of the pass; rank 0 runs the rest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import torch
+
+from reportgen.config import Config
+from reportgen.contract import (
+    Analysis,
+    AnalysisContext,
+    Collector,
+    PassResult,
+    Result,
+    SetupContext,
+    SkipSection,
+)
+from reportgen.errors import ReportgenError
+from reportgen.loading.images import ImageDataset, Preprocessor, scan_folder
+from reportgen.loading.models import load_model
+from reportgen.pipeline import distributed
+from reportgen.pipeline.dataset_pass import dataset_pass
+from reportgen.pipeline.environment import resolve_device, seed_everything
+from reportgen.pipeline.outputs import arrays_npz, write_outputs
+from reportgen.pipeline.plan import Plan, make_plan
+from reportgen.pipeline.queries import select_queries
+from reportgen.pipeline.summary import build_summary
+from reportgen.progress import Progress
+from reportgen.render import Headline, to_json, write_atomic
+from reportgen.section import Section
+
+log = logging.getLogger("reportgen")
+
+EXIT_OK = 0
+EXIT_SECTION_FAILED = 1
+EXIT_INPUT_ERROR = 2
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    sections: list[Section]
+    summary: dict[str, Any]
+    timings: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rank: int = 0
+    """Under torchrun, this process' rank; only rank 0 writes outputs (the others' result is empty)."""
+
+    @property
+    def failed_outputs(self) -> list[str]:
+        """Output formats that could not be rendered (e.g. the PDF), with the error."""
+        return list(self.summary.get("output", {}).get("failed", []))
+
+    @property
+    def exit_code(self) -> int:
+        failed = any(s.status == "failed" for s in self.sections) or self.failed_outputs
+        return EXIT_SECTION_FAILED if failed else EXIT_OK
+
+
+@dataclass
+class Prepared:
+    """Everything after the dataset pass: the shared context, the plan and the collectors."""
+
+    context: AnalysisContext
+    plan: Plan
+    collectors: dict[str, Collector]
+
+    def context_for(self, name: str) -> AnalysisContext:
+        """The context one analysis gets (with its own collector)."""
+        return dataclasses.replace(self.context, collector=self.collectors.get(name))
+
+
+class _NotMainRank(Exception):
+    """Raised inside a torchrun rank other than 0 once its shard of the pass is gathered."""
+
+
+@dataclass
+class Pipeline:
+    config: Config
+    registry: Mapping[str, type[Analysis]]
+    """Analysis name -> class, in report order (handed in by :mod:`reportgen.api`)."""
+    progress: Progress
+    warn: Callable[[str], None]
+    timings: dict[str, Any] = field(default_factory=lambda: {"analyses": {}})
+    dist: distributed.DistContext = distributed.SINGLE
+
+    def prepare(self) -> Prepared:
+        """Load everything, plan, and run the dataset pass: the context every analysis gets."""
+        cfg = self.config
+        seed_everything(cfg.run.seed)
+        # Under torchrun each process takes its own GPU (LOCAL_RANK) and joins the process group.
+        device = resolve_device(
+            distributed.rank_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+        )
+        self.dist = distributed.init_from_env(device)
+        if not self.dist.is_main:
+            self.progress = Progress(quiet=True)
+
+        t = perf_counter()
+        model = load_model(cfg.model)
+        plan = make_plan(cfg, model, self.registry)  # layer names: input errors before any work
+        model.module.to(device)
+        if device.type == "cuda":
+            model.module.to(memory_format=torch.channels_last)
+        folder = scan_folder(cfg.data)
+        pre = Preprocessor.from_config(cfg.preprocess, model.in_channels)
+        dataset = ImageDataset(folder, pre)
+        self.timings["load"] = perf_counter() - t
+
+        collectors = self._collectors(plan, SetupContext(model, folder, device))
+        t = perf_counter()
+        pass_result = self._dataset_pass(model, dataset, device, collectors)
+        self.timings["dataset_pass"] = perf_counter() - t
+
+        queries = select_queries(pass_result, folder, cfg.data.queries, cfg.run.seed)
+        context = AnalysisContext(
+            model=model,
+            folder=folder,
+            dataset=dataset,
+            preprocessor=pre,
+            pass_result=pass_result,
+            device=device,
+            queries=queries,
+            seed=cfg.run.seed,
+            batch_size=cfg.run.batch_size,
+            precision=cfg.run.precision,
+            pixel_size=cfg.preprocess.pixel_size,
+            progress=self.progress,
+        )
+        return Prepared(context, plan, collectors)
+
+    def _collectors(self, plan: Plan, setup: SetupContext) -> dict[str, Collector]:
+        collectors: dict[str, Collector] = {}
+        for name, analysis in plan.runnable:
+            try:
+                col = analysis.collector(setup, self.config.analyses[name])
+            except ReportgenError:
+                raise
+            except Exception as exc:  # one analysis must not end the run
+                plan.decided[name] = self._failed(analysis, exc)
+                continue
+            if col is not None and self.dist.enabled and not distributed.can_merge(col):
+                plan.decided[name] = Section(
+                    name,
+                    analysis.title,
+                    status="skipped",
+                    reason="its collector cannot merge results across torchrun processes; run it in one process",
+                )
+            elif col is not None:
+                collectors[name] = col
+        return collectors
+
+    def _dataset_pass(
+        self,
+        model: Any,
+        dataset: ImageDataset,
+        device: torch.device,
+        collectors: dict[str, Collector],
+    ) -> PassResult:
+        cfg = self.config
+        if not self.dist.enabled:
+            return dataset_pass(cfg, model, dataset, device, collectors, self.progress)
+        shard = distributed.shard_indices(
+            len(dataset), cfg.run.batch_size, self.dist.rank, self.dist.world_size
+        )
+        local = dataset_pass(
+            cfg, model, dataset, device, collectors, self.progress, shard, allow_empty=True
+        )
+        merged = distributed.gather_pass(
+            self.dist, local, collectors, dataset, cfg.run.batch_size, device
+        )
+        if merged is None:  # not rank 0: its share of the work is done
+            raise _NotMainRank
+        return merged
+
+    def run(self) -> RunResult:
+        try:
+            return self._run()
+        except _NotMainRank:
+            return RunResult(
+                Path(self.config.output.dir), [], {}, self.timings, rank=self.dist.rank
+            )
+        finally:
+            distributed.shutdown(self.dist)
+
+    def _run(self) -> RunResult:
+        t_start = perf_counter()
+        cfg = self.config
+        out_dir = Path(cfg.output.dir)
+        prepared = self.prepare()
+        plan = prepared.plan
+        sections = dict(plan.decided)
+        metrics: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        pending = plan.runnable
+        for name, analysis in self.progress(
+            pending, desc="analyses", total=len(pending), label=lambda item: item[0]
+        ):
+            t = perf_counter()
+            sections[name], result = self._run_one(analysis, prepared.context_for(name))
+            if result is not None:
+                metrics.update(result.metrics)
+                arrays.update(result.arrays)
+            self.timings["analyses"][name] = perf_counter() - t
+        ordered = [sections[name] for name, _ in plan.analyses]
+
+        ctx = prepared.context
+        summary = build_summary(
+            cfg,
+            ctx.model,
+            ctx.folder,
+            ctx.pass_result,
+            ordered,
+            metrics,
+            [m.key for cls in self.registry.values() for m in cls.metrics],
+            ctx.device,
+            out_dir,
+            ctx.queries,
+            world_size=self.dist.world_size,
+        )
+        headlines = [
+            Headline(m.key, m.label, m.kind)
+            for _, analysis in plan.analyses
+            for m in analysis.metrics
+            if m.headline
+        ]
+        t = perf_counter()
+        files, warnings = write_outputs(
+            cfg,
+            summary,
+            ordered,
+            headlines,
+            lambda: arrays_npz(ctx.pass_result, ctx.folder, arrays),
+            out_dir,
+            self.warn,
+        )
+        self.timings["render"] = perf_counter() - t
+        self.timings["total"] = perf_counter() - t_start
+        write_atomic(out_dir / "timings.json", to_json(self.timings))
+        files.append(out_dir / "timings.json")
+        return RunResult(out_dir, ordered, summary, self.timings, files, warnings)
+
+    def _run_one(self, analysis: Analysis, ctx: AnalysisContext) -> tuple[Section, Result | None]:
+        try:
+            result = analysis.run(ctx, self.config.analyses[analysis.name])
+            undeclared = set(result.metrics) - {m.key for m in analysis.metrics}
+            if undeclared:
+                raise RuntimeError(
+                    f"reported metrics it does not declare: {', '.join(sorted(undeclared))}"
+                )
+        except SkipSection as exc:
+            return Section(analysis.name, analysis.title, status="skipped", reason=str(exc)), None
+        except ReportgenError as exc:
+            return Section(analysis.name, analysis.title, status="failed", reason=str(exc)), None
+        except Exception as exc:
+            return self._failed(analysis, exc), None
+        return result.section, result
+
+    def _failed(self, analysis: Analysis, exc: BaseException) -> Section:
+        where = traceback.extract_tb(exc.__traceback__)
+        origin = f" (at {Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
+        self.warn(f"analysis {analysis.name} failed: {type(exc).__name__}: {exc}")
+        log.debug("analysis %s failed", analysis.name, exc_info=exc)
+        return Section(
+            analysis.name,
+            analysis.title,
+            status="failed",
+            reason=f"{type(exc).__name__}: {exc}{origin}",
+        )

@@ -1,0 +1,133 @@
+"""Writing one run's outputs: everything rendered in memory first, then written atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from reportgen.config import Config
+from reportgen.contract import PassResult
+from reportgen.loading.images import DataFolder
+from reportgen.render import (
+    Encoding,
+    Headline,
+    ReportContext,
+    overview_rows,
+    render_html,
+    render_html_once,
+    render_markdown,
+    to_json,
+    write_all_atomic,
+)
+from reportgen.section import Section
+
+
+def report_title(cfg: Config, summary: Mapping[str, Any]) -> str:
+    root = summary["data"]["root"]
+    return cfg.output.title or f"{summary['model']['arch']} on {Path(root).name or root}"
+
+
+def write_outputs(
+    cfg: Config,
+    summary: dict[str, Any],
+    sections: list[Section],
+    headlines: list[Headline],
+    arrays: Callable[[], bytes],
+    out_dir: Path,
+    warn: Callable[[str], None],
+) -> tuple[list[Path], list[str]]:
+    """Render every output in memory, then write them all atomically.
+
+    Nothing in ``out_dir`` changes until every output rendered: a failure while rendering (the PDF,
+    say) leaves an existing report.html / summary.json from an earlier run untouched.
+    ``arrays`` builds arrays.npz (called only with ``output.save_arrays``).
+    """
+    warnings: list[str] = []
+    report = ReportContext(
+        title=report_title(cfg, summary),
+        summary=summary,
+        overview_rows=overview_rows(summary, headlines),
+        headlines=headlines,
+        sections=sections,
+        skipped=summary["data"]["skipped"],
+        config_yaml=yaml.safe_dump(
+            summary["provenance"]["config"], sort_keys=False, allow_unicode=True
+        ),
+        versions=summary["provenance"]["versions"],
+    )
+    budget = int(cfg.output.max_html_mb * 1024 * 1024)
+    payloads: dict[Path, bytes | str] = {}
+    encoding = Encoding()
+    output: dict[str, Any] = {"html_budget_bytes": budget}
+    if "html" in cfg.output.formats:
+        html = render_html(report, budget)
+        encoding = html.encoding
+        html_bytes = len(html.html.encode("utf-8"))
+        output.update(
+            html_bytes=html_bytes,
+            html_over_budget=html.over_budget,
+            image_encoding=dataclasses.asdict(encoding),
+        )
+        if encoding != Encoding():
+            msg = (
+                f"report.html was over its {cfg.output.max_html_mb:g} MB budget: images re-encoded "
+                f"(photo quality {encoding.photo_quality}, photo scale {encoding.photo_scale:g}, "
+                f"line-art scale {encoding.line_scale:g}); final size {html_bytes / 1024 / 1024:.2f} MB"
+            )
+            if html.over_budget:
+                msg += " — still over budget at the smallest setting"
+            warn(msg)
+            warnings.append(msg)
+        payloads[out_dir / "report.html"] = html.html
+    if "pdf" in cfg.output.formats:
+        from reportgen.pdf import html_to_pdf
+
+        # Same pictures as the HTML (already shrunk to its budget, if it had to be). A PDF that
+        # cannot be rendered must not cost the user the HTML and summary already computed: it
+        # is reported (exit code 1) and the rest is written. An interruption (KeyboardInterrupt)
+        # still writes nothing, leaving an earlier report intact.
+        try:
+            pdf = html_to_pdf(render_html_once(report, encoding, for_pdf=True))
+        except Exception as exc:
+            msg = f"report.pdf could not be rendered: {type(exc).__name__}: {exc}"
+            warn(msg)
+            warnings.append(msg)
+            output["failed"] = [msg]
+        else:
+            output["pdf_bytes"] = len(pdf)
+            payloads[out_dir / "report.pdf"] = pdf
+    summary["output"] = output
+    payloads[out_dir / "summary.json"] = to_json(summary)
+    payloads[out_dir / "summary.md"] = render_markdown(report)
+    if cfg.output.save_arrays:
+        payloads[out_dir / "arrays.npz"] = arrays()
+    write_all_atomic(payloads)
+    if output.get("failed"):
+        # An older report.pdf would no longer match the report beside it.
+        (out_dir / "report.pdf").unlink(missing_ok=True)
+    return list(payloads), warnings
+
+
+def arrays_npz(
+    pass_result: PassResult, folder: DataFolder, analysis_arrays: Mapping[str, np.ndarray]
+) -> bytes:
+    """arrays.npz: the whole dataset's arrays, then every analysis' own (see the README)."""
+    arrays: dict[str, np.ndarray] = {
+        "dataset_ids": np.array(
+            [folder.items[i].relpath for i in pass_result.item_index], dtype=np.str_
+        ),
+        "logits": pass_result.logits.float().cpu().numpy(),
+        "labels": pass_result.labels.numpy(),
+    }
+    if pass_result.features is not None:
+        arrays["features"] = pass_result.features.float().cpu().numpy()
+    arrays.update(analysis_arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()

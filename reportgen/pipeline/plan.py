@@ -1,0 +1,89 @@
+"""The plan: which analyses run, which are skipped and why, decided before any work.
+
+This is the one place that reads what analyses declare they need (:class:`~reportgen.contract.Needs`)
+and turns an unmet need into a skipped section with the reason, and the one place that checks
+every layer name the configuration gives (``model.penultimate`` and every layer-valued analysis
+parameter, declared with :func:`reportgen.params.layer_ref`) against the model, so that a typo is
+an input error before the dataset pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from reportgen.config import Config
+from reportgen.contract import Analysis, Needs
+from reportgen.errors import LayerError
+from reportgen.loading.models import LoadedModel
+from reportgen.params import layer_fields
+from reportgen.section import Section
+
+
+@dataclass
+class Plan:
+    analyses: list[tuple[str, Analysis]]
+    """Enabled analyses in report order."""
+    decided: dict[str, Section] = field(default_factory=dict)
+    """Sections already decided before the pass (skipped, with the reason)."""
+
+    @property
+    def runnable(self) -> list[tuple[str, Analysis]]:
+        return [(n, a) for n, a in self.analyses if n not in self.decided]
+
+
+def unmet_need(needs: Needs, model: LoadedModel, query_count: int) -> str | None:
+    """Why a run cannot give an analysis what it needs, or None when it can."""
+    if (needs.hooks or needs.features) and not model.supports_hooks:
+        kind = {"torchscript": "a TorchScript", "exported": "an exported (torch.export)"}.get(
+            model.kind, "this"
+        )
+        return (
+            f"needs layer hooks, which {kind} model does not support; "
+            "load a state dict with --model/--weights for this section"
+        )
+    if needs.gradients and not model.supports_gradients:
+        return f"needs gradients, which a {model.kind.replace('_', ' ')} model does not give"
+    if needs.queries and query_count == 0:
+        return "no query images (data.queries is 0)"
+    return None
+
+
+def query_count(config: Config) -> int:
+    """How many query images the configuration asks for (the pass may read fewer)."""
+    spec = config.data.queries
+    return len(spec) if isinstance(spec, list) else int(spec)
+
+
+def check_layers(
+    config: Config, model: LoadedModel, registry: Mapping[str, type[Analysis]]
+) -> None:
+    """Every layer the configuration names exists in the model (LayerError naming the key)."""
+    if config.model.penultimate != "auto" and model.supports_hooks:
+        try:
+            model.layer(config.model.penultimate)
+        except LayerError as exc:
+            raise LayerError(f"model.penultimate: {exc}") from None
+    for name in registry:
+        params = config.analyses[name]
+        if not params.enabled:
+            continue
+        for field_name, layers in layer_fields(params):
+            for layer in layers:
+                try:
+                    model.layer(layer)
+                except LayerError as exc:
+                    raise LayerError(f"analyses.{name}.{field_name}: {exc}") from None
+
+
+def make_plan(config: Config, model: LoadedModel, registry: Mapping[str, type[Analysis]]) -> Plan:
+    """The enabled analyses, the ones skipped for unmet needs, layer names checked."""
+    check_layers(config, model, registry)
+    analyses = [(name, cls()) for name, cls in registry.items() if config.analyses[name].enabled]
+    plan = Plan(analyses)
+    count = query_count(config)
+    for name, analysis in analyses:
+        reason = unmet_need(analysis.needs, model, count)
+        if reason:
+            plan.decided[name] = Section(name, analysis.title, status="skipped", reason=reason)
+    return plan
