@@ -19,12 +19,12 @@ from reportgen.contract import Analysis
 from reportgen.pipeline.execute import Pipeline, RunResult
 from reportgen.progress import Progress
 
-__all__ = ["RunResult", "analyses", "load_config", "run_demo", "run_report"]
+__all__ = ["RunResult", "load_config", "registered_analyses", "run_demo", "run_report"]
 
 
-def analyses() -> Mapping[str, type[Analysis]]:
-    """The registered analyses, name -> class, in report order."""
-    return REGISTRY
+def registered_analyses() -> dict[str, type[Analysis]]:
+    """The registered analyses, name -> class, in report order (their ``order``)."""
+    return dict(sorted(REGISTRY.items(), key=lambda item: item[1].order))
 
 
 def load_config(
@@ -37,7 +37,7 @@ def load_config(
 
     ``analyses`` restricts the run to those analysis names (the ``--analyses`` flag).
     """
-    schemas = {name: cls.Params for name, cls in REGISTRY.items()}
+    schemas = {name: cls.Params for name, cls in registered_analyses().items()}
     return _load_config(path, overrides, schemas=schemas, analyses=analyses)
 
 
@@ -53,7 +53,7 @@ def pipeline(
     log = logging.getLogger("reportgen")
     return Pipeline(
         config,
-        REGISTRY,
+        registered_analyses(),
         progress or Progress(quiet=True),
         warn or (lambda m: log.warning("%s", m)),
     )

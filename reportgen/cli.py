@@ -149,10 +149,10 @@ def demo_command(out_dir: str, device: str, quiet: bool) -> None:
 @cli.command("list-analyses")
 def list_analyses_command() -> None:
     """The analyses, their config keys, defaults and allowed values."""
-    from reportgen.api import analyses
+    from reportgen.api import registered_analyses
     from reportgen.params import describe
 
-    for name, cls in analyses().items():
+    for name, cls in registered_analyses().items():
         click.echo(f"{name}: {cls.title}")
         for info in describe(cls.Params):
             rules = f"  ({info.rules})" if info.rules else ""
