@@ -120,6 +120,8 @@ class CompareResult:
     accuracy_new: float | None
     accuracy_delta_ci95: tuple[float, float] | None
     bootstrap_samples: int
+    seed: int
+    """Seed of the bootstrap."""
     mcnemar_p: float | None
     negative_flips: int
     positive_flips: int | None
@@ -521,6 +523,7 @@ def build_compare(
         accuracy_new=acc_new,
         accuracy_delta_ci95=ci,
         bootstrap_samples=bootstrap_samples,
+        seed=seed,
         mcnemar_p=p_value,
         negative_flips=neg,
         positive_flips=positive,
@@ -578,8 +581,12 @@ def compare_summary(result: CompareResult) -> dict[str, Any]:
         "filter_cosine_mean": result.filter_cosine_mean,
         # Descriptive extras (not gate metrics).
         "flip_meaning": result.flip_meaning,
-        "knn_k": result.knn_k,
-        "bootstrap_samples": result.bootstrap_samples,
+        "parameters": {
+            "knn_k": result.knn_k,
+            "bootstrap_samples": result.bootstrap_samples,
+            "seed": result.seed,
+            "ece_bins": result.bins,
+        },
         "explanation_rank_corr_by_method": (
             {} if result.explanations is None else result.explanations.mean_by_method()
         ),

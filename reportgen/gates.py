@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reportgen.errors import ConfigError, did_you_mean
+from reportgen.errors import ConfigError, did_you_mean, nearest
 
 COMPARE_KEYS: tuple[str, ...] = (
     "accuracy_baseline",
@@ -122,8 +122,15 @@ def parse_gate(expr: str, known: Iterable[str], *, source: str = "gate") -> Gate
         )
     metric = m["metric"]
     if metric not in known_list:
+        if metric.startswith(COMPARE_PREFIX):
+            # Match the key alone: the shared prefix would make every compare name look close.
+            keys = [k[len(COMPARE_PREFIX) :] for k in known_list if k.startswith(COMPARE_PREFIX)]
+            close = [COMPARE_PREFIX + k for k in nearest(metric[len(COMPARE_PREFIX) :], keys)]
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        else:
+            hint = did_you_mean(metric, known_list)
         raise ConfigError(
-            f"{where}: unknown metric {metric!r}{did_you_mean(metric, known_list)}; "
+            f"{where}: unknown metric {metric!r}{hint}; "
             "a key of summary.json's metrics, or compare.<key> for a comparison"
         )
     return Gate(text, metric, m["op"], float(m["number"]))

@@ -52,7 +52,9 @@ def test_logits_give_float64_softmax_argmax_and_scoring() -> None:
     logits = rng.normal(size=(6, 4)).astype(np.float32) * 5
     logits[5] = [1000.0, -1000.0, 0.0, 3.0]  # would overflow a naive exp
     labels = [0, 1, 2, 3, -1, 7]  # 7: a class folder the model has no output for
-    ps = prediction_set([f"{i}.png" for i in range(6)], [sha(i) for i in range(6)], labels, [], logits)
+    ps = prediction_set(
+        [f"{i}.png" for i in range(6)], [sha(i) for i in range(6)], labels, [], logits
+    )
     expected = scipy_softmax(logits.astype(np.float64), axis=1)
     preds = logits.argmax(axis=1)
     np.testing.assert_array_equal(ps.predictions, preds)
@@ -63,13 +65,21 @@ def test_logits_give_float64_softmax_argmax_and_scoring() -> None:
     assert ps.class_name(2) == "2"  # no names known: the index, as in the report
     lines = format_predictions(ps).splitlines()
     p4 = int(preds[4])
-    assert lines[5].split(",")[2:] == ["-1", "", str(p4), str(p4), repr(float(ps.confidence[4])), "", ""]
+    assert lines[5].split(",")[2:] == [
+        "-1",
+        "",
+        str(p4),
+        str(p4),
+        repr(float(ps.confidence[4])),
+        "",
+        "",
+    ]
     # Labelled with a class the model has no output for: not scored, p_label/correct empty.
     assert lines[6].split(",")[2:] == ["7", "7", "0", "0", "1.0", "", ""]
 
 
 def test_quoting_unicode_and_non_utf8_names_survive(tmp_path: Path) -> None:
-    names = ['a,b', 'say "hi"', "two\nlines", "cr\rhere", "naïve ☃", "=cmd", " lead"]
+    names = ["a,b", 'say "hi"', "two\nlines", "cr\rhere", "naïve ☃", "=cmd", " lead"]
     paths = [f"{n}/img{i}.png" for i, n in enumerate(names)] + ["caf\udce9.png", "back\\slash.png"]
     n = len(paths)
     logits = np.random.default_rng(1).normal(size=(n, len(names)))
@@ -101,7 +111,9 @@ def test_round_trip_is_exact_and_pandas_agrees(tmp_path: Path) -> None:
     logits = rng.normal(size=(n, k)).astype(np.float32) * 3
     labels = rng.integers(-1, k, n)
     names = ["alpha", "NA", "null", "3", "e,psilon"]  # names pandas would love to reinterpret
-    ps = prediction_set([f"d/{i}.jpg" for i in range(n)], [sha(i) for i in range(n)], labels, names, logits)
+    ps = prediction_set(
+        [f"d/{i}.jpg" for i in range(n)], [sha(i) for i in range(n)], labels, names, logits
+    )
     text = format_predictions(ps)
     assert text == format_predictions(ps)  # deterministic
     file = tmp_path / "predictions.csv"
@@ -168,7 +180,10 @@ def _good_rows() -> list[str]:
         (f"c.png,{sha(2)},0,cat,0,cat,0.9,0.9,0", "correct is 0 but label 0 vs prediction 0"),
         (f"c.png,{sha(2)},0,cat,0,cat,0.9,,1", "both empty, or a probability and 0/1"),
         (f"c.png,{sha(2)},-1,cat,0,cat,0.9,,", "unlabelled row .label -1. has label_name"),
-        (f"c.png,{sha(2)},0,kitten,0,cat,0.9,0.9,1", "label_name 'kitten' for class 0, which earlier rows call 'cat'"),
+        (
+            f"c.png,{sha(2)},0,kitten,0,cat,0.9,0.9,1",
+            "label_name 'kitten' for class 0, which earlier rows call 'cat'",
+        ),
         (f'c.png,{sha(2)},0,"cat"x,0,cat,0.9,0.9,1', "malformed CSV"),
     ],
 )
