@@ -19,7 +19,7 @@ import numpy as np
 from reportgen.compare_metrics import CompareResult
 from reportgen.figures import figure_to_picture, mosaic, new_figure, normalise01, to_uint8, upscale
 from reportgen.render import markdown_escape
-from reportgen.section import Figure, Picture, Section, Table, Text, Thumb, format_number
+from reportgen.section import Cell, Figure, Picture, Section, Table, Text, Thumb, format_number
 
 SECTION_NAME = "compare"
 TITLE = "Changes against the baseline"
@@ -115,10 +115,10 @@ def _left(result: CompareResult, *parts: str) -> str:
     return "n/a"
 
 
-def headline_rows(result: CompareResult) -> list[list[str]]:
-    """The headline table's rows: measure, baseline, new, change."""
+def headline_rows(result: CompareResult) -> list[list[Cell]]:
+    """The headline table's rows (text): measure, baseline, new, change."""
     r = result
-    rows: list[list[str]] = []
+    rows: list[list[Cell]] = []
     ci = r.accuracy_delta_ci95
     if r.flip_meaning == "label":
         rows.append(
@@ -344,10 +344,12 @@ def _gallery(
     images: Mapping[int, np.ndarray | None],
 ) -> Table:
     """Thumbnails in one row when every image is available, else one text row per image."""
-    if positions and all(images.get(p) is not None for p in positions):
-        row: list[Any] = [
-            Thumb(Picture(images[p], kind="photo"), label=t, alt=paths[p])  # type: ignore[arg-type]
-            for p, t in zip(positions, texts, strict=True)
+    pixels = [images.get(p) for p in positions]
+    if positions and all(px is not None for px in pixels):
+        row: list[Cell] = [
+            Thumb(Picture(px, kind="photo"), label=t, alt=paths[p])
+            for p, t, px in zip(positions, texts, pixels, strict=True)
+            if px is not None
         ]
         return Table(caption, [f"#{i + 1}" for i in range(len(row))], [row])
     return Table(
@@ -393,7 +395,7 @@ def compare_section(
         Table(
             caption=f"Headline: baseline → new on {r.matched_images} matched images",
             columns=["measure", "baseline", "new", "change"],
-            rows=headline_rows(r),  # type: ignore[arg-type]
+            rows=headline_rows(r),
         )
     )
 
@@ -546,7 +548,7 @@ def compare_section(
                 alt="First-layer filters of both models",
             )
         )
-    left = [
+    left: list[list[Cell]] = [
         [PART_TITLES.get(part, part), why]
         for part, why in sorted(r.left_out.items())
         if not (part in ("accuracy", "calibration", "per_class") and r.flip_meaning != "label")
@@ -554,7 +556,7 @@ def compare_section(
     if r.flip_meaning != "label":
         left.insert(0, ["accuracy, calibration, per-class numbers", "the images are unlabelled"])
     if left:
-        section.add(Table("Parts left out of the comparison", ["part", "why"], left))  # type: ignore[arg-type]
+        section.add(Table("Parts left out of the comparison", ["part", "why"], left))
     return section
 
 
