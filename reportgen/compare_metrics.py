@@ -285,19 +285,25 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float | None:
     return num / den
 
 
-def knn_overlap(features_old: np.ndarray, features_new: np.ndarray, k: int) -> np.ndarray:
+def knn_overlap(
+    features_old: np.ndarray,
+    features_new: np.ndarray,
+    k: int,
+    *,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
     """Per image, the Jaccard overlap of its k nearest other images in the two feature spaces.
 
-    Leave-one-out, Euclidean, exact (:func:`reportgen.knn.knn`). 1 = the same neighbours,
-    0 = none in common.
+    Leave-one-out, Euclidean, exact (:func:`reportgen.knn.knn`, chunked, on ``device``).
+    1 = the same neighbours, 0 = none in common.
     """
     n = features_old.shape[0]
     if features_new.shape[0] != n:
         raise ValueError(f"k-NN overlap needs the same images: {n} vs {features_new.shape[0]}")
-    own = torch.arange(n)
-    xo, xn = _t(features_old), _t(features_new)
-    an = knn(xo, xo, k, exclude=own)[1].numpy()
-    bn = knn(xn, xn, k, exclude=own)[1].numpy()
+    own = torch.arange(n, device=device)
+    xo, xn = _t(features_old).to(device), _t(features_new).to(device)
+    an = knn(xo, xo, k, exclude=own)[1].cpu().numpy()
+    bn = knn(xn, xn, k, exclude=own)[1].cpu().numpy()
     inter = (an[:, :, None] == bn[:, None, :]).any(axis=2).sum(axis=1)
     kk = an.shape[1]
     out: np.ndarray = inter / (2 * kk - inter)
@@ -336,30 +342,28 @@ def _flip_order(positions: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     return positions[order]
 
 
-def _per_class(
-    labels: np.ndarray, pred_old: np.ndarray, pred_new: np.ndarray, names: list[str]
-) -> list[PerClass]:
-    present = sorted(set(labels.tolist()) | set(pred_old.tolist()) | set(pred_new.tolist()))
-    rows = []
-    for c in present:
-        truth = labels == c
-        images = int(truth.sum())
+def _per_class(cm_old: np.ndarray, cm_new: np.ndarray, names: list[str]) -> list[PerClass]:
+    """Recall and precision per class from the two confusion matrices (rows true, columns
+    predicted), for every class that is a label or a prediction of either model."""
+    truth = cm_old.sum(axis=1)  # the same labels under both models
+    pred_old, pred_new = cm_old.sum(axis=0), cm_new.sum(axis=0)
+    hit_old, hit_new = np.diag(cm_old), np.diag(cm_new)
 
-        def share(num: np.ndarray, den: np.ndarray) -> float | None:
-            total = int(den.sum())
-            return float((num & den).sum()) / total if total else None
+    def share(num: int, den: int) -> float | None:
+        return num / den if den else None
 
-        rows.append(
-            PerClass(
-                index=c,
-                name=names[c] if c < len(names) else str(c),
-                images=images,
-                recall_old=share(pred_old == c, truth),
-                recall_new=share(pred_new == c, truth),
-                precision_old=share(truth, pred_old == c),
-                precision_new=share(truth, pred_new == c),
-            )
+    rows = [
+        PerClass(
+            index=c,
+            name=names[c] if c < len(names) else str(c),
+            images=int(truth[c]),
+            recall_old=share(int(hit_old[c]), int(truth[c])),
+            recall_new=share(int(hit_new[c]), int(truth[c])),
+            precision_old=share(int(hit_old[c]), int(pred_old[c])),
+            precision_new=share(int(hit_new[c]), int(pred_new[c])),
         )
+        for c in np.flatnonzero(truth + pred_old + pred_new).tolist()
+    ]
     return sorted(rows, key=lambda r: (-r.change, r.index))
 
 
@@ -401,6 +405,7 @@ def build_compare(
     left_out: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
     matching: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> CompareResult:
     """Compare two models' predictions (and optionally features, maps, filters) on the same images.
 
@@ -408,7 +413,8 @@ def build_compare(
     (indices mean the same class in both). ``left_out``: parts the caller already knows are
     missing, with the reason (they take precedence over the generic reasons given here);
     ``notes``: warnings to carry into the report; ``matching``: how the images were matched
-    (from :mod:`reportgen.compare_folders`).
+    (from :mod:`reportgen.compare_folders`); ``device``: where the k-NN search runs (features
+    stay NumPy arrays; the result does not depend on it beyond float rounding of near-ties).
     """
     _check_aligned(old, new)
     n = len(new)
@@ -449,9 +455,10 @@ def build_compare(
         y, po, pn = labels[scored], old.predictions[scored], new.predictions[scored]
         size = max(len(names), int(max(y.max(), po.max(), pn.max())) + 1)
         names += [str(i) for i in range(len(names), size)]
-        per_class = _per_class(y, po, pn, names)
-        cm_old: np.ndarray | None = confusion_counts(y, po, size)
-        cm_new: np.ndarray | None = confusion_counts(y, pn, size)
+        counts_old, counts_new = confusion_counts(y, po, size), confusion_counts(y, pn, size)
+        per_class = _per_class(counts_old, counts_new, names)
+        cm_old: np.ndarray | None = counts_old
+        cm_new: np.ndarray | None = counts_new
         positive: int | None = pos
     else:
         flip_meaning = "prediction_changed"
@@ -482,7 +489,7 @@ def build_compare(
             reasons.setdefault("linear_cka", "one of the feature sets is constant")
         if n >= 2 and k >= 1:
             knn_k = min(k, n - 1)
-            overlap = knn_overlap(features_old, features_new, knn_k)
+            overlap = knn_overlap(features_old, features_new, knn_k, device=device)
         else:
             reasons.setdefault("knn_overlap", "k-NN overlap needs at least two images")
 

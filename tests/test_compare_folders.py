@@ -163,6 +163,7 @@ def _run_pair(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     rng = np.random.default_rng(0)
     n, k, q = 30, 3, 4
     paths = [f"c{i % k}/img{i}.png" for i in range(n)]
+    paths[7] = "c1/caf\udce9.png"  # not valid UTF-8: arrays.npz ids must still line up
     shas = [sha(p) for p in paths]
     labels = np.arange(n) % k
     names = ["c0", "c1", "c2"]
