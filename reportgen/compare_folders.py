@@ -207,10 +207,27 @@ def _subset(ps: PredictionSet, rows: np.ndarray) -> PredictionSet:
 def _class_map(
     old: ReportFolder, new: ReportFolder, notes: list[str]
 ) -> tuple[np.ndarray | None, list[str]]:
-    """Old class index -> index in the shared vocabulary (None: the lists are equal)."""
+    """Old class index -> index in the shared vocabulary (None: the same indices).
+
+    A name that is just its index (``"7"`` at position 7) is a class without a known name (the
+    report's convention), so such a name does not make two lists differ: a 1000-class model's
+    unnamed predictions, or a run without ``data.labels``, still match by index.
+    """
     old_names, new_names = old.predictions.class_names, new.predictions.class_names
     if old_names == new_names:
         return None, list(new_names)
+    pairs = list(enumerate(zip(old_names, new_names, strict=False)))
+    if all(a == b or a == str(i) or b == str(i) for i, (a, b) in pairs):
+        longer = old_names if len(old_names) > len(new_names) else new_names
+        vocab = [b if b != str(i) else a for i, (a, b) in pairs] + longer[len(pairs) :]
+        unnamed = [i for i, (a, b) in pairs if a != b]
+        if unnamed:
+            side = "baseline" if old_names[unnamed[0]] == str(unnamed[0]) else "new"
+            notes.append(
+                f"The {side} report has no names for {len(unnamed)} classes the other one names "
+                f"(e.g. class {unnamed[0]}: {vocab[unnamed[0]]!r}); classes are matched by index."
+            )
+        return None, vocab
     for folder, names in ((old, old_names), (new, new_names)):
         dup = sorted(n for n, c in Counter(names).items() if c > 1)
         if dup:

@@ -147,6 +147,26 @@ def test_class_lists_that_differ_are_matched_by_name(tmp_path: Path) -> None:
     assert (fish.recall_old, fish.recall_new) == (0.0, 1.0)
 
 
+def test_classes_without_names_match_by_index(tmp_path: Path) -> None:
+    paths = ["a", "b", "c"]
+    shas = [sha(p) for p in paths]
+    # The baseline ran without data.labels on a flat folder: classes named by their index.
+    write_report(tmp_path / "old", paths, shas, [-1] * 3, [], onehot([0, 1, 2], 3))
+    write_report(
+        tmp_path / "new", paths, shas, [-1] * 3, ["cat", "dog", "bird"], onehot([0, 1, 1], 3)
+    )
+    r = compare_folders(tmp_path / "old", tmp_path / "new")
+    assert r.class_names == ["cat", "dog", "bird"] and r.changed_predictions == 1
+    assert r.matching["class_lists_differ"] is False
+    assert any("The baseline report has no names for 3 classes" in n for n in r.notes)
+    # A 1000-class model's predictions beyond the named classes are named by index: no note.
+    write_report(tmp_path / "old2", paths, shas, [0, 1, 1], ["p", "q"], onehot([0, 1, 7], 9))
+    write_report(tmp_path / "new2", paths, shas, [0, 1, 1], ["p", "q"], onehot([0, 5, 1], 9))
+    r2 = compare_folders(tmp_path / "old2", tmp_path / "new2")
+    assert r2.notes == [] and r2.class_names[:2] == ["p", "q"]
+    assert (r2.negative_flips, r2.positive_flips) == (1, 1)  # image b broke, c got fixed
+
+
 def test_label_disagreements_are_said(tmp_path: Path) -> None:
     paths = ["a", "b", "c"]
     shas = [sha(p) for p in paths]
@@ -408,6 +428,13 @@ def test_duplicate_class_names_cannot_be_matched(pair: tuple[Path, Path]) -> Non
     summary = json.loads((old / "summary.json").read_text(encoding="utf-8"))
     summary["data"]["class_names"] = ["p", "q", "p"]
     (old / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    compare_folders(old, new)  # the same indices: names need not be unique
+    summary = json.loads((new / "summary.json").read_text(encoding="utf-8"))
+    summary["data"]["class_names"] = ["q", "p"]
+    (new / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    text = (new / "predictions.csv").read_text(encoding="utf-8")
+    swapped = re.sub(r"(?<=,)([pq])(?=,)", lambda m: "q" if m[1] == "p" else "p", text)
+    (new / "predictions.csv").write_text(swapped, encoding="utf-8")
     assert "class name(s) 'p' name several classes" in _error(old, new)
 
 
