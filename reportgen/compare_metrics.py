@@ -418,6 +418,10 @@ def build_compare(
     """
     _check_aligned(old, new)
     n = len(new)
+    if bootstrap_samples < 1:
+        raise ValueError("bootstrap_samples must be at least 1")
+    if maps is not None and any(not 0 <= p < n for p in maps.positions):
+        raise ValueError(f"explanation map positions must index the {n} images")
     reasons: dict[str, str] = dict(left_out or {})
     names = list(new.class_names)
     for i, nm in enumerate(old.class_names):
@@ -507,7 +511,11 @@ def build_compare(
         reasons.setdefault("filters", "first-layer filters of both models were not given")
     else:
         fo, fn = np.asarray(filters[0]), np.asarray(filters[1])
-        if fo.shape != fn.shape:
+        if fo.ndim != 4 or fn.ndim != 4:
+            reasons.setdefault(
+                "filters", "first-layer filters must be F×C×kh×kw convolution weights"
+            )
+        elif fo.shape != fn.shape:
             reasons.setdefault(
                 "filters",
                 f"first-layer filters have different shapes ({'×'.join(map(str, fo.shape))} vs "

@@ -381,3 +381,9 @@ def test_misaligned_sets_are_refused() -> None:
     b = prediction_set(["other", *a.paths[1:]], a.sha256, LABELS, [], np.eye(3)[NEW])
     with pytest.raises(ValueError, match="not aligned"):
         build_compare(a, b)
+    with pytest.raises(ValueError, match="positions must index the 12 images"):
+        build_compare(a, a, maps=ExplanationMaps([12], {}, {}))
+    with pytest.raises(ValueError, match="bootstrap_samples"):
+        build_compare(a, a, bootstrap_samples=0)
+    flat = build_compare(a, a, filters=(np.ones((4, 27)), np.ones((4, 27))))
+    assert flat.filters is None and "F×C×kh×kw" in flat.left_out["filters"]
