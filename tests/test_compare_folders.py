@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reportgen.compare_folders import compare_folders, read_report_folder
-from reportgen.compare_metrics import ExplanationMaps, build_compare, compare_summary
+from reportgen.compare.folders import compare_folders, read_report_folder
+from reportgen.compare.metrics import ExplanationMaps, build_compare, compare_summary
 from reportgen.errors import ReportgenError
 from reportgen.gates import COMPARE_KEYS
 from reportgen.predictions import prediction_set, predictions_csv

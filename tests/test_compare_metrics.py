@@ -12,7 +12,7 @@ import scipy.stats
 from sklearn.metrics import confusion_matrix, precision_score, recall_score
 from sklearn.neighbors import NearestNeighbors
 
-from reportgen.compare_metrics import (
+from reportgen.compare.metrics import (
     ExplanationMaps,
     build_compare,
     compare_summary,
@@ -130,7 +130,7 @@ def test_bootstrap_matches_a_slow_loop_with_the_same_seed() -> None:
     observed = new.mean() - old.mean()
     assert lo < observed < hi
     # Chunking does not change the stream.
-    import reportgen.compare_metrics as cm
+    import reportgen.compare.metrics as cm
 
     saved = cm._BOOTSTRAP_CHUNK
     try:

@@ -11,13 +11,13 @@ import numpy as np
 from PIL import Image
 from test_render import HOSTILE, context
 
-from reportgen.compare_metrics import (
+from reportgen.compare.metrics import (
     CompareResult,
     ExplanationMaps,
     build_compare,
     compare_summary,
 )
-from reportgen.compare_present import (
+from reportgen.compare.present import (
     compare_markdown,
     compare_section,
     confusion_difference_figure,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from reportgen.analyses.common import pixel_vectors
+from reportgen.calibration import Calibration, calibration
 from reportgen.contract import Analysis, AnalysisContext, Metric, Result
 from reportgen.figures import figure_to_picture, new_figure
 from reportgen.knn import knn
@@ -54,36 +55,6 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, n: int) -> np.nd
     """n×n counts, rows = true class, columns = predicted class."""
     idx = labels.cpu().long() * n + preds.cpu().long()
     return torch.bincount(idx, minlength=n * n).reshape(n, n).numpy()
-
-
-@dataclass(frozen=True)
-class Calibration:
-    ece: float
-    bin_edges: np.ndarray
-    bin_accuracy: np.ndarray
-    """NaN for empty bins."""
-    bin_confidence: np.ndarray
-    bin_count: np.ndarray
-
-
-def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins: int) -> Calibration:
-    """Equal-width confidence bins (right-closed, first bin includes 0); ECE = Σ |acc - conf| · n_b / N."""
-    conf = confidence.double().cpu()
-    ok = correct.double().cpu()
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    which = torch.bucketize(conf, edges[1:-1], right=False)  # bin b holds (edges[b], edges[b+1]]
-    count = torch.bincount(which, minlength=bins).double()
-    acc_sum = torch.bincount(which, weights=ok, minlength=bins)
-    conf_sum = torch.bincount(which, weights=conf, minlength=bins)
-    nz = count > 0
-    acc = torch.full((bins,), float("nan"), dtype=torch.float64)
-    mean_conf = torch.full((bins,), float("nan"), dtype=torch.float64)
-    acc[nz] = acc_sum[nz] / count[nz]
-    mean_conf[nz] = conf_sum[nz] / count[nz]
-    ece = float(((acc[nz] - mean_conf[nz]).abs() * count[nz]).sum() / max(1.0, float(count.sum())))
-    return Calibration(
-        ece, edges.numpy(), acc.numpy(), mean_conf.numpy(), count.numpy().astype(int)
-    )
 
 
 def suspect_labels(

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 
-from reportgen.analyses.audit import calibration
 from reportgen.attribution import spearman
+from reportgen.calibration import calibration
 from reportgen.knn import knn
 from reportgen.predictions import PredictionSet
 from reportgen.render import clean_floats
@@ -413,7 +413,7 @@ def build_compare(
     (indices mean the same class in both). ``left_out``: parts the caller already knows are
     missing, with the reason (they take precedence over the generic reasons given here);
     ``notes``: warnings to carry into the report; ``matching``: how the images were matched
-    (from :mod:`reportgen.compare_folders`); ``device``: where the k-NN search runs (features
+    (from :mod:`reportgen.compare.folders`); ``device``: where the k-NN search runs (features
     stay NumPy arrays; the result does not depend on it beyond float rounding of near-ties).
     """
     _check_aligned(old, new)

@@ -1,6 +1,6 @@
 """The "Changes against the baseline" chapter and the PR-sized Markdown of a comparison.
 
-:func:`compare_section` turns a :class:`~reportgen.compare_metrics.CompareResult` into a
+:func:`compare_section` turns a :class:`~reportgen.compare.metrics.CompareResult` into a
 :class:`~reportgen.section.Section` (plain data: tables, figures, thumbnails); thumbnails come
 from an optional callable so that a run can hand over its decoded images and ``reportgen
 compare`` can read them from the data folder (:func:`folder_thumbnails`).
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.compare_metrics import CompareResult
+from reportgen.compare.metrics import CompareResult
 from reportgen.figures import figure_to_picture, mosaic, new_figure, normalise01, to_uint8, upscale
 from reportgen.render import markdown_escape
 from reportgen.section import Cell, Figure, Picture, Section, Table, Text, Thumb, format_number

@@ -6,7 +6,7 @@ run had ``output.save_arrays: true``, ``arrays.npz``. Images are matched by path
 matched by name when the two class lists differ; the truth is the new folder's labels. Which
 parts can be compared follows from what both folders hold (features and explanation maps need
 both ``arrays.npz``), and every part left out is recorded with the reason. Then
-:func:`reportgen.compare_metrics.build_compare` does the same work as a baseline inside a run.
+:func:`reportgen.compare.metrics.build_compare` does the same work as a baseline inside a run.
 
 Every problem with the inputs is one :class:`ReportgenError` naming the folder or file and what
 to do; nothing is loaded with pickle.
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.compare_metrics import CompareResult, ExplanationMaps, build_compare
+from reportgen.compare.metrics import CompareResult, ExplanationMaps, build_compare
 from reportgen.errors import ReportgenError
 from reportgen.predictions import FILE_NAME, PredictionSet, csv_path, read_predictions
 
