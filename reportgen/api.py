@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from reportgen.analyses import REGISTRY
+from reportgen.compare.report import CompareRun, compare_reports
 from reportgen.config import Config
 from reportgen.config import load_config as _load_config
 from reportgen.contract import Analysis
 from reportgen.pipeline.execute import Pipeline, RunResult
+from reportgen.pipeline.plan import config_gates
 from reportgen.progress import Progress
 
-__all__ = ["RunResult", "load_config", "registered_analyses", "run_demo", "run_report"]
+__all__ = [
+    "CompareRun",
+    "RunResult",
+    "compare_reports",
+    "load_config",
+    "registered_analyses",
+    "run_demo",
+    "run_report",
+]
 
 
 def registered_analyses() -> dict[str, type[Analysis]]:
@@ -37,8 +47,11 @@ def load_config(
 
     ``analyses`` restricts the run to those analysis names (the ``--analyses`` flag).
     """
-    schemas = {name: cls.Params for name, cls in registered_analyses().items()}
-    return _load_config(path, overrides, schemas=schemas, analyses=analyses)
+    registry = registered_analyses()
+    schemas = {name: cls.Params for name, cls in registry.items()}
+    config = _load_config(path, overrides, schemas=schemas, analyses=analyses)
+    config_gates(config, registry)  # an unknown metric is an input error before any work
+    return config
 
 
 def pipeline(

@@ -2,7 +2,7 @@
 
 Exit codes: 0 report written, every section ok or skipped; 1 report written but at least one
 section failed, or the PDF could not be rendered; 2 bad input (config, checkpoint, data, layer
-names) - nothing written.
+names, gates) - nothing written; 3 report written but a --fail-on gate failed.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def _finish(result: Any, quiet: bool) -> None:
     for s in result.sections:
         if s.status == "failed":
             click.echo(f"reportgen: section {s.name} failed: {s.reason}", err=True)
+    for gate in getattr(result, "summary", {}).get("gates", []):
+        if not gate["passed"]:
+            value = gate["value"] if gate["value"] is not None else gate.get("reason")
+            click.echo(f"reportgen: gate failed: {gate['expr']} ({value})", err=True)
     if not quiet and result.rank == 0:  # torchrun: only rank 0 writes (and reports) outputs
         names = ", ".join(p.name for p in result.files)
         click.echo(f"report written to {result.out_dir / 'report.html'} ({names})")
@@ -75,6 +79,28 @@ def cli() -> None:
 @click.option("--max-images", type=int, help="Use at most N images, spread evenly over the folder.")
 @click.option("--format", "formats", help="Comma-separated outputs: html,pdf (default both).")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bars or messages.")
+@click.option(
+    "--baseline-weights", help="An older model's state dict to compare against (same pass)."
+)
+@click.option(
+    "--baseline-model", "baseline_arch", help="The baseline's architecture (default: --model)."
+)
+@click.option(
+    "--baseline-checkpoint", help="A whole-model baseline; needs --trust-baseline-checkpoint."
+)
+@click.option(
+    "--trust-baseline-checkpoint",
+    is_flag=True,
+    default=None,
+    help="Allow --baseline-checkpoint files, which run code when loaded.",
+)
+@click.option(
+    "--fail-on",
+    "fail_on",
+    multiple=True,
+    metavar="EXPR",
+    help="A condition that must hold, e.g. 'accuracy>=0.9' (repeatable; exit code 3 if not).",
+)
 def run_command(
     config_path: str | None,
     arch: str | None,
@@ -89,6 +115,11 @@ def run_command(
     max_images: int | None,
     formats: str | None,
     quiet: bool | None,
+    baseline_weights: str | None,
+    baseline_arch: str | None,
+    baseline_checkpoint: str | None,
+    trust_baseline_checkpoint: bool | None,
+    fail_on: tuple[str, ...],
 ) -> None:
     """Write report.html, report.pdf, summary.json for a checkpoint and an image folder."""
     from reportgen.api import load_config, run_report
@@ -106,8 +137,17 @@ def run_command(
         "data.max_images": max_images,
         "output.formats": _split(formats) if formats else None,
         "run.quiet": quiet,
+        "baseline.weights": baseline_weights,
+        "baseline.arch": baseline_arch,
+        "baseline.checkpoint": baseline_checkpoint,
+        "baseline.trust_checkpoint": trust_baseline_checkpoint,
     }
     try:
+        if fail_on:  # added to the config file's gates: every one must hold
+            from reportgen.config import read_yaml
+
+            file_gates = read_yaml(config_path).get("gates", []) if config_path else []
+            overrides["gates"] = [*(file_gates if isinstance(file_gates, list) else []), *fail_on]
         cfg = load_config(config_path, overrides, analyses=_split(analyses) if analyses else None)
         result = run_report(cfg, progress=Progress(quiet=cfg.run.quiet), warn=_warn)
     except ReportgenError as exc:
@@ -140,6 +180,55 @@ def demo_command(out_dir: str, device: str, quiet: bool) -> None:
             progress=Progress(quiet=quiet),
             warn=_warn,
             echo=None if quiet else click.echo,
+        )
+    except ReportgenError as exc:
+        _fail(exc)
+    _finish(result, quiet)
+
+
+@cli.command("compare")
+@click.argument("old_dir", type=click.Path(file_okay=False))
+@click.argument("new_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, help="Output folder for the comparison report.")
+@click.option("--format", "formats", help="Comma-separated outputs: html,pdf (default both).")
+@click.option(
+    "--fail-on",
+    "fail_on",
+    multiple=True,
+    metavar="EXPR",
+    help="A condition that must hold, e.g. 'compare.negative_flip_rate<=0.01' (exit code 3 if not).",
+)
+@click.option(
+    "--allow-version-mismatch",
+    is_flag=True,
+    help="Compare folders written by different reportgen versions (a note says so).",
+)
+@click.option("--quiet", is_flag=True, help="No messages.")
+def compare_command(
+    old_dir: str,
+    new_dir: str,
+    out_dir: str,
+    formats: str | None,
+    fail_on: tuple[str, ...],
+    allow_version_mismatch: bool,
+    quiet: bool,
+) -> None:
+    """Compare two report folders written by `reportgen run` (OLD_DIR is the baseline)."""
+    from reportgen.api import compare_reports
+
+    chosen = _split(formats) if formats else ["html", "pdf"]
+    unknown = [f for f in chosen if f not in ("html", "pdf", "md")]
+    if unknown or not {"html", "pdf"} & set(chosen):
+        _fail(ReportgenError(f"--format: choose html and/or pdf (got {formats!r})"))
+    try:
+        result = compare_reports(
+            old_dir,
+            new_dir,
+            out_dir,
+            formats=chosen,
+            gates=list(fail_on),
+            allow_version_mismatch=allow_version_mismatch,
+            warn=_warn,
         )
     except ReportgenError as exc:
         _fail(exc)

@@ -39,6 +39,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """An older model to compare against, riding the same dataset pass (issue: "what changed?")."""
+
+    arch: str | None = None
+    """Architecture of the baseline; default: ``model.arch``."""
+    weights: str | None = None
+    """The baseline's state dict (never runs code)."""
+    checkpoint: str | None = None
+    """A whole-model baseline (runs code when loaded; needs ``trust_checkpoint``)."""
+    trust_checkpoint: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.weights or self.checkpoint)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     root: str | None = None
     labels: str | list[str] | None = None
@@ -90,6 +107,10 @@ class Config:
     analyses: dict[str, AnalysisParams] = field(default_factory=dict)
     """Analysis name -> that analysis' frozen parameter dataclass (always complete once loaded)."""
     output: OutputConfig = field(default_factory=OutputConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    gates: list[str] = field(default_factory=list)
+    """Conditions that must hold (``accuracy>=0.9``, ``compare.negative_flip_rate<=0.01``);
+    a failed one makes the run exit with code 3."""
     source: str | None = None
     """The config file this came from (for messages only)."""
 
@@ -106,6 +127,11 @@ class Config:
         if for_provenance:
             out["output"].pop("dir")
             out["run"].pop("quiet")
+            # Sections that are off say nothing (so a plain run's provenance stays as it was).
+            if not self.baseline.enabled:
+                out.pop("baseline")
+            if not self.gates:
+                out.pop("gates")
         return out
 
 
@@ -217,8 +243,15 @@ def build_dataclass(cls: Any, data: Any, path: str) -> Any:
 
 # --------------------------------------------------------------------------- loading
 
-_SECTIONS = ("model", "data", "preprocess", "run", "analyses", "output")
-_PATH_KEYS = (("model", "weights"), ("model", "checkpoint"), ("data", "root"), ("output", "dir"))
+_SECTIONS = ("model", "data", "preprocess", "run", "analyses", "output", "baseline", "gates")
+_PATH_KEYS = (
+    ("model", "weights"),
+    ("model", "checkpoint"),
+    ("baseline", "weights"),
+    ("baseline", "checkpoint"),
+    ("data", "root"),
+    ("output", "dir"),
+)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -249,13 +282,14 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
             p = Path(sec[key]).expanduser()
             if not p.is_absolute():
                 sec[key] = str(base / p)
-    model = data.get("model")
-    if isinstance(model, dict) and isinstance(model.get("arch"), str):
-        arch = model["arch"]
-        # ``file.py:factory`` relative to the config file.
-        module, _, factory = arch.rpartition(":")
-        if module.endswith(".py") and not Path(module).is_absolute():
-            model["arch"] = f"{base / module}:{factory}"
+    for section in ("model", "baseline"):
+        model = data.get(section)
+        if isinstance(model, dict) and isinstance(model.get("arch"), str):
+            arch = model["arch"]
+            # ``file.py:factory`` relative to the config file.
+            module, _, factory = arch.rpartition(":")
+            if module.endswith(".py") and not Path(module).is_absolute():
+                model["arch"] = f"{base / module}:{factory}"
     labels = data.get("data", {}).get("labels") if isinstance(data.get("data"), dict) else None
     if isinstance(labels, str) and not Path(labels).is_absolute():
         data["data"]["labels"] = str(base / labels)
@@ -299,11 +333,12 @@ def load_config(
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     # A weights flag replaces the file's checkpoint and vice versa (they are exclusive, and the
     # flag is the later word), so `--checkpoint x` works with a config that names weights.
-    model_data = data.get("model")
-    if isinstance(model_data, dict):
-        for given, replaced in (("weights", "checkpoint"), ("checkpoint", "weights")):
-            if f"model.{given}" in overrides and f"model.{replaced}" not in overrides:
-                model_data.pop(replaced, None)
+    for section in ("model", "baseline"):
+        model_data = data.get(section)
+        if isinstance(model_data, dict):
+            for given, replaced in (("weights", "checkpoint"), ("checkpoint", "weights")):
+                if f"{section}.{given}" in overrides and f"{section}.{replaced}" not in overrides:
+                    model_data.pop(replaced, None)
     for dotted, value in overrides.items():
         _set_dotted(data, dotted, value)
 
@@ -342,6 +377,16 @@ def validate(cfg: Config) -> None:
     m, d, p, r, o = cfg.model, cfg.data, cfg.preprocess, cfg.run, cfg.output
     if m.weights and m.checkpoint:
         raise ConfigError("model.weights and model.checkpoint are exclusive: give one of them")
+    b = cfg.baseline
+    if b.weights and b.checkpoint:
+        raise ConfigError(
+            "baseline.weights and baseline.checkpoint are exclusive: give one of them"
+        )
+    if (b.arch or b.trust_checkpoint) and not b.enabled:
+        raise ConfigError(
+            "baseline: give the baseline's weights (--baseline-weights) or checkpoint "
+            "(--baseline-checkpoint), or remove the baseline section"
+        )
     if not m.checkpoint and not m.arch:
         raise ConfigError("model.arch is missing: name a torchvision model or 'module:factory'")
     if not d.root:

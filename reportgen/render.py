@@ -171,6 +171,8 @@ class ReportContext:
     config_yaml: str
     versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
+    template: str = "report.html.j2"
+    """The page template (``compare.html.j2`` for ``reportgen compare``)."""
 
 
 def make_environment(encoder: Callable[[Picture], tuple[str, int, int]]) -> jinja2.Environment:
@@ -216,7 +218,7 @@ def render_html_once(ctx: ReportContext, enc: Encoding, *, for_pdf: bool = False
     css = (templates_dir() / "report.css").read_text(encoding="utf-8")
     if for_pdf:
         css += "\n" + (templates_dir() / "pdf.css").read_text(encoding="utf-8")
-    return env.get_template("report.html.j2").render(
+    return env.get_template(ctx.template).render(
         r=ctx,
         csp=CSP,
         css=markupsafe.Markup(css),  # our own stylesheet, not user data

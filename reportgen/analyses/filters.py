@@ -149,4 +149,6 @@ class FiltersAnalysis(Analysis[FiltersParams]):
                     alt=f"Per-channel filters of {layer}",
                 )
             )
-        return Result(section, metrics=metrics)
+        # The whole first layer, for auditors and `reportgen compare` (filters old vs new).
+        arrays = {"first_layer_filters": weight.detach().float().cpu().numpy()}
+        return Result(section, arrays=arrays, metrics=metrics)

@@ -32,6 +32,10 @@ class PassResult:
     batch_sums: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
     """(first dataset index, per-channel input sum, pixel count) per batch: lets a sharded run
     (torchrun) add the batches up in one-process order, so ``mean_input`` is bit-identical."""
+    baseline_logits: torch.Tensor | None = None
+    """N×K' logits of the baseline model on the same inputs (None without a baseline)."""
+    baseline_features: torch.Tensor | None = None
+    """N×D' penultimate features of the baseline (None without a baseline or its hooks)."""
 
     @property
     def predictions(self) -> torch.Tensor:

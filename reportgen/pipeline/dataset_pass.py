@@ -112,12 +112,21 @@ def dataset_pass(
     progress: Progress,
     indices: Sequence[int] | None = None,
     allow_empty: bool = False,
+    baseline: LoadedModel | None = None,
 ) -> PassResult:
     """Run the model once over the images (``indices`` selects a shard) and collect.
 
     ``allow_empty``: a shard may hold no readable image (torchrun ranks); otherwise that raises.
+    ``baseline``: a second model fed the same batches (each image is decoded once).
     """
     module = model.module
+    base_inputs_of: dict[str, nn.Module] = {}
+    base_outputs_of: dict[str, nn.Module] = {}
+    if baseline is not None and baseline.supports_hooks:
+        _, base_module, base_use_input = resolve_feature_layer(baseline, "auto")
+        (base_inputs_of if base_use_input else base_outputs_of)["__features__"] = base_module
+    base_logits: list[torch.Tensor] = []
+    base_feats: list[torch.Tensor] = []
     feature_name: str | None = None
     outputs_of: dict[str, nn.Module] = {}
     inputs_of: dict[str, nn.Module] = {}
@@ -146,7 +155,11 @@ def dataset_pass(
     n_batches = (total + cfg.run.batch_size - 1) // cfg.run.batch_size
     position = 0
 
-    with torch.inference_mode(), capture_outputs(outputs_of, inputs_of=inputs_of) as captured:
+    with (
+        torch.inference_mode(),
+        capture_outputs(outputs_of, inputs_of=inputs_of) as captured,
+        capture_outputs(base_outputs_of, inputs_of=base_inputs_of) as base_captured,
+    ):
         for batch, idx, samples in progress(
             iterate_batches(dataset, cfg, device, indices), desc="dataset pass", total=n_batches
         ):
@@ -166,6 +179,12 @@ def dataset_pass(
             logits_all.append(out.float())
             if "__features__" in captured:
                 feats.append(flatten_features(captured["__features__"]))
+            if baseline is not None:
+                base_captured.clear()
+                with autocast(device, cfg.run.precision):
+                    base_logits.append(extract_logits(baseline.module(x)).float())
+                if "__features__" in base_captured:
+                    base_feats.append(flatten_features(base_captured["__features__"]))
             positions = torch.arange(position, position + len(idx), device=device)
             position += len(idx)
             for col in collectors.values():
@@ -193,4 +212,6 @@ def dataset_pass(
         manifest=manifest,
         mean_input=mean_of_batches(batch_sums) if batch_sums else None,
         batch_sums=batch_sums,
+        baseline_logits=torch.cat(base_logits) if base_logits else None,
+        baseline_features=torch.cat(base_feats) if base_feats else None,
     )

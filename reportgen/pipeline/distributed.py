@@ -225,6 +225,8 @@ def shard_payload(result: PassResult, collectors: Mapping[str, Any]) -> dict[str
         "skipped": result.skipped,
         "manifest": result.manifest,
         "batch_sums": result.batch_sums,
+        "baseline_logits": result.baseline_logits,
+        "baseline_features": result.baseline_features,
         "collectors": {name: collector_state(c) for name, c in collectors.items()},
     }
 
@@ -277,4 +279,6 @@ def merge_shards(
         manifest=[m for _, m in sorted(manifest_by_index, key=lambda x: x[0])],
         mean_input=mean_of_batches(batch_sums).to(device),
         batch_sums=batch_sums,
+        baseline_logits=merged("baseline_logits"),
+        baseline_features=merged("baseline_features"),
     )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reportgen.compare.present import SECTION_NAME, TITLE
 from reportgen.config import Config
 from reportgen.contract import (
     Analysis,
@@ -30,17 +31,19 @@ from reportgen.contract import (
     SkipSection,
 )
 from reportgen.errors import ReportgenError
+from reportgen.gates import evaluate_gates, gates_failed
 from reportgen.loading.images import ImageDataset, Preprocessor, scan_folder
-from reportgen.loading.models import load_model
+from reportgen.loading.models import LoadedModel, load_model
 from reportgen.pipeline import distributed
+from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
-from reportgen.pipeline.outputs import arrays_npz, write_outputs
-from reportgen.pipeline.plan import Plan, make_plan
+from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outputs
+from reportgen.pipeline.plan import Plan, config_gates, make_plan
 from reportgen.pipeline.queries import select_queries
 from reportgen.pipeline.summary import build_summary
 from reportgen.progress import Progress
-from reportgen.render import Headline, to_json, write_atomic
+from reportgen.render import Headline, clean_floats, to_json, write_atomic
 from reportgen.section import Section
 
 log = logging.getLogger("reportgen")
@@ -48,6 +51,7 @@ log = logging.getLogger("reportgen")
 EXIT_OK = 0
 EXIT_SECTION_FAILED = 1
 EXIT_INPUT_ERROR = 2
+EXIT_GATE_FAILED = 3
 
 
 @dataclass
@@ -67,7 +71,14 @@ class RunResult:
         return list(self.summary.get("output", {}).get("failed", []))
 
     @property
+    def gates(self) -> list[dict[str, Any]]:
+        return list(self.summary.get("gates", []))
+
+    @property
     def exit_code(self) -> int:
+        """3 when a gate failed (the CI signal wins), else 1 when a section or output failed."""
+        if gates_failed(self.gates):
+            return EXIT_GATE_FAILED
         failed = any(s.status == "failed" for s in self.sections) or self.failed_outputs
         return EXIT_SECTION_FAILED if failed else EXIT_OK
 
@@ -79,6 +90,7 @@ class Prepared:
     context: AnalysisContext
     plan: Plan
     collectors: dict[str, Collector]
+    baseline: LoadedModel | None = None
 
     def context_for(self, name: str) -> AnalysisContext:
         """The context one analysis gets (with its own collector)."""
@@ -114,9 +126,13 @@ class Pipeline:
         t = perf_counter()
         model = load_model(cfg.model)
         plan = make_plan(cfg, model, self.registry)  # layer names: input errors before any work
-        model.module.to(device)
-        if device.type == "cuda":
-            model.module.to(memory_format=torch.channels_last)
+        baseline = load_baseline(cfg)
+        for m in (model, baseline):
+            if m is None:
+                continue
+            m.module.to(device)
+            if device.type == "cuda":
+                m.module.to(memory_format=torch.channels_last)
         folder = scan_folder(cfg.data)
         pre = Preprocessor.from_config(cfg.preprocess, model.in_channels)
         dataset = ImageDataset(folder, pre)
@@ -124,7 +140,7 @@ class Pipeline:
 
         collectors = self._collectors(plan, SetupContext(model, folder, device))
         t = perf_counter()
-        pass_result = self._dataset_pass(model, dataset, device, collectors)
+        pass_result = self._dataset_pass(model, dataset, device, collectors, baseline)
         self.timings["dataset_pass"] = perf_counter() - t
 
         queries = select_queries(pass_result, folder, cfg.data.queries, cfg.run.seed)
@@ -142,7 +158,7 @@ class Pipeline:
             pixel_size=cfg.preprocess.pixel_size,
             progress=self.progress,
         )
-        return Prepared(context, plan, collectors)
+        return Prepared(context, plan, collectors, baseline)
 
     def _collectors(self, plan: Plan, setup: SetupContext) -> dict[str, Collector]:
         collectors: dict[str, Collector] = {}
@@ -171,15 +187,26 @@ class Pipeline:
         dataset: ImageDataset,
         device: torch.device,
         collectors: dict[str, Collector],
+        baseline: LoadedModel | None,
     ) -> PassResult:
         cfg = self.config
         if not self.dist.enabled:
-            return dataset_pass(cfg, model, dataset, device, collectors, self.progress)
+            return dataset_pass(
+                cfg, model, dataset, device, collectors, self.progress, baseline=baseline
+            )
         shard = distributed.shard_indices(
             len(dataset), cfg.run.batch_size, self.dist.rank, self.dist.world_size
         )
         local = dataset_pass(
-            cfg, model, dataset, device, collectors, self.progress, shard, allow_empty=True
+            cfg,
+            model,
+            dataset,
+            device,
+            collectors,
+            self.progress,
+            shard,
+            allow_empty=True,
+            baseline=baseline,
         )
         merged = distributed.gather_pass(
             self.dist, local, collectors, dataset, cfg.run.batch_size, device
@@ -220,6 +247,12 @@ class Pipeline:
         ordered = [sections[name] for name, _ in plan.analyses]
 
         ctx = prepared.context
+        compare: dict[str, Any] | None = None
+        if prepared.baseline is not None:
+            t = perf_counter()
+            compare_section, compare = self._compare(ctx, prepared.baseline)
+            ordered.insert(0, compare_section)  # right after the run summary
+            self.timings["compare"] = perf_counter() - t
         summary = build_summary(
             cfg,
             ctx.model,
@@ -233,6 +266,13 @@ class Pipeline:
             ctx.queries,
             world_size=self.dist.world_size,
         )
+        if compare is not None:
+            summary["compare"] = clean_floats(compare)
+        gates = config_gates(cfg, self.registry)
+        if gates:
+            summary["gates"] = clean_floats(
+                evaluate_gates(gates, summary["metrics"], summary.get("compare"))
+            )
         headlines = [
             Headline(m.key, m.label, m.kind)
             for _, analysis in plan.analyses
@@ -248,12 +288,26 @@ class Pipeline:
             lambda: arrays_npz(ctx.pass_result, ctx.folder, arrays),
             out_dir,
             self.warn,
+            predictions=predictions_text(ctx.pass_result, ctx.folder),
         )
         self.timings["render"] = perf_counter() - t
         self.timings["total"] = perf_counter() - t_start
         write_atomic(out_dir / "timings.json", to_json(self.timings))
         files.append(out_dir / "timings.json")
         return RunResult(out_dir, ordered, summary, self.timings, files, warnings)
+
+    def _compare(
+        self, ctx: AnalysisContext, baseline: LoadedModel
+    ) -> tuple[Section, dict[str, Any] | None]:
+        """The comparison with the baseline; a failure here is one failed section."""
+        try:
+            return compare_with_baseline(ctx, baseline, self.config)
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)
+            origin = f" (at {Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
+            self.warn(f"the comparison with the baseline failed: {type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}{origin}"
+            return Section(SECTION_NAME, TITLE, status="failed", reason=reason), None
 
     def _run_one(self, analysis: Analysis, ctx: AnalysisContext) -> tuple[Section, Result | None]:
         try:

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from reportgen.compare.present import compare_markdown
 from reportgen.config import Config
 from reportgen.contract import PassResult
 from reportgen.loading.images import DataFolder
+from reportgen.predictions import FILE_NAME, predictions_csv
 from reportgen.render import (
     Encoding,
     Headline,
@@ -26,6 +28,13 @@ from reportgen.render import (
     write_all_atomic,
 )
 from reportgen.section import Section
+
+
+def markdown_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What summary.md shows first: the comparison's deltas and the gates."""
+    if "compare" in summary:
+        return {"compare_md": compare_markdown(summary["compare"], summary.get("gates", []))}
+    return {}
 
 
 def report_title(cfg: Config, summary: Mapping[str, Any]) -> str:
@@ -41,12 +50,14 @@ def write_outputs(
     arrays: Callable[[], bytes],
     out_dir: Path,
     warn: Callable[[str], None],
+    predictions: str | None = None,
 ) -> tuple[list[Path], list[str]]:
     """Render every output in memory, then write them all atomically.
 
     Nothing in ``out_dir`` changes until every output rendered: a failure while rendering (the PDF,
     say) leaves an existing report.html / summary.json from an earlier run untouched.
-    ``arrays`` builds arrays.npz (called only with ``output.save_arrays``).
+    ``arrays`` builds arrays.npz (called only with ``output.save_arrays``); ``predictions`` is
+    the text of predictions.csv.
     """
     warnings: list[str] = []
     report = ReportContext(
@@ -60,6 +71,7 @@ def write_outputs(
             summary["provenance"]["config"], sort_keys=False, allow_unicode=True
         ),
         versions=summary["provenance"]["versions"],
+        extra=markdown_extra(summary),
     )
     budget = int(cfg.output.max_html_mb * 1024 * 1024)
     payloads: dict[Path, bytes | str] = {}
@@ -105,6 +117,8 @@ def write_outputs(
     summary["output"] = output
     payloads[out_dir / "summary.json"] = to_json(summary)
     payloads[out_dir / "summary.md"] = render_markdown(report)
+    if predictions is not None:
+        payloads[out_dir / FILE_NAME] = predictions
     if cfg.output.save_arrays:
         payloads[out_dir / "arrays.npz"] = arrays()
     write_all_atomic(payloads)
@@ -131,3 +145,16 @@ def arrays_npz(
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
+
+
+def predictions_text(pass_result: PassResult, folder: DataFolder) -> str:
+    """predictions.csv: one row per readable image in dataset order (see the README)."""
+    items = [folder.items[i] for i in pass_result.item_index]
+    digests = {rel: digest for rel, _, digest in pass_result.manifest}
+    return predictions_csv(
+        [it.relpath for it in items],
+        [digests[it.relpath] for it in items],
+        pass_result.labels.numpy(),
+        folder.class_names,
+        pass_result.logits.float().cpu().numpy(),
+    )

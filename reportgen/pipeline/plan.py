@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from reportgen.config import Config
 from reportgen.contract import Analysis, Needs
-from reportgen.errors import LayerError
+from reportgen.errors import ConfigError, LayerError
+from reportgen.gates import COMPARE_PREFIX, Gate, known_metric_names, parse_gates
 from reportgen.loading.models import LoadedModel
 from reportgen.params import layer_fields
 from reportgen.section import Section
@@ -87,3 +88,28 @@ def make_plan(config: Config, model: LoadedModel, registry: Mapping[str, type[An
         if reason:
             plan.decided[name] = Section(name, analysis.title, status="skipped", reason=reason)
     return plan
+
+
+BASE_METRICS = ("accuracy", "num_labelled")
+"""Metrics every run reports, whatever analyses it runs."""
+
+
+def metric_names(registry: Mapping[str, type[Analysis]]) -> list[str]:
+    """Every name summary.json's ``metrics`` can hold."""
+    return [*BASE_METRICS, *(m.key for cls in registry.values() for m in cls.metrics)]
+
+
+def config_gates(config: Config, registry: Mapping[str, type[Analysis]]) -> list[Gate]:
+    """The run's gates, parsed and checked against the metrics it can report (ConfigError,
+    with the nearest names, before any work). ``compare.<key>`` needs a baseline."""
+    if not config.gates:
+        return []
+    for expr in config.gates:
+        if expr.strip().startswith(COMPARE_PREFIX) and not config.baseline.enabled:
+            raise ConfigError(
+                f"gates: {expr.strip()!r} checks the comparison with a baseline, but the run has "
+                "none; add --baseline-weights OLD (or baseline.weights), or use "
+                "`reportgen compare OLD_DIR NEW_DIR --fail-on ...`"
+            )
+    known = known_metric_names(metric_names(registry), compare=config.baseline.enabled)
+    return parse_gates(config.gates, known, source="gates")

@@ -40,6 +40,8 @@ def _relative_paths(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     for section, key in (
         ("model", "weights"),
         ("model", "checkpoint"),
+        ("baseline", "weights"),
+        ("baseline", "checkpoint"),
         ("data", "root"),
         ("data", "labels"),
     ):

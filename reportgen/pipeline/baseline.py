@@ -1,0 +1,153 @@
+"""A baseline model inside a run: loaded with the same safety rules, fed the same dataset pass,
+compared with the new model through the same :func:`~reportgen.compare.metrics.build_compare`
+that ``reportgen compare`` uses on two archived report folders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from reportgen import attribution
+from reportgen.compare.metrics import ExplanationMaps, build_compare, compare_summary
+from reportgen.compare.present import compare_section
+from reportgen.config import Config, ModelConfig
+from reportgen.contract import AnalysisContext
+from reportgen.errors import ConfigError, ReportgenError
+from reportgen.loading.models import LoadedModel, find_layer, first_weight_4d, load_model
+from reportgen.predictions import prediction_set
+from reportgen.section import Section
+
+THUMB_SIZE = 72
+
+
+def load_baseline(cfg: Config) -> LoadedModel | None:
+    """The baseline model, or None when the run has none. Errors name the baseline's keys."""
+    b = cfg.baseline
+    if not b.enabled:
+        return None
+    arch = b.arch or cfg.model.arch
+    if b.weights and not arch:
+        raise ConfigError(
+            "baseline.arch: the new model is a whole checkpoint, so the baseline's architecture "
+            "cannot default to it; name it with --baseline-model"
+        )
+    spec = ModelConfig(
+        arch=arch,
+        weights=b.weights,
+        checkpoint=b.checkpoint,
+        trust_checkpoint=b.trust_checkpoint,
+    )
+    try:
+        return load_model(spec)
+    except ReportgenError as exc:
+        message = str(exc).replace("--trust-checkpoint", "--trust-baseline-checkpoint")
+        raise type(exc)(f"baseline: {message}") from None
+
+
+def _maps(
+    model: LoadedModel, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Gradient and Grad-CAM maps (Q×H×W) of one model for the query images."""
+    maps: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    module = model.module
+    grads = attribution.input_gradients(module, inputs, targets, batch_size)
+    maps["gradient"] = attribution.saliency_map(grads).detach().float().cpu().numpy()
+    if model.supports_hooks:
+        try:
+            layer = attribution.default_gradcam_layer(module, inputs[:1])
+            cam = attribution.grad_cam(
+                module, inputs, targets, find_layer(module, layer), batch_size
+            )
+            up = attribution.upsample_maps(cam, tuple(inputs.shape[2:]))  # type: ignore[arg-type]
+            maps["gradcam"] = up.detach().float().cpu().numpy()
+        except (RuntimeError, ValueError, ReportgenError) as exc:
+            notes.append(f"Grad-CAM of the {model.arch} model unavailable: {exc}")
+    return maps, notes
+
+
+def compare_with_baseline(
+    ctx: AnalysisContext, baseline: LoadedModel, cfg: Config
+) -> tuple[Section, dict[str, Any]]:
+    """The "Changes against the baseline" section and summary.json's ``compare`` object."""
+    res = ctx.pass_result
+    if res.baseline_logits is None:
+        raise ReportgenError("the dataset pass produced no baseline predictions")
+    paths = [ctx.relpath(i) for i in range(len(res))]
+    digests = {rel: digest for rel, _, digest in res.manifest}
+    sha = [digests[p] for p in paths]
+    names = ctx.folder.class_names
+    labels = res.labels.numpy()
+    new = prediction_set(
+        paths, sha, labels, names, res.logits.float().cpu().numpy(), source="this model"
+    )
+    old = prediction_set(
+        paths,
+        sha,
+        labels,
+        names,
+        res.baseline_logits.float().cpu().numpy(),
+        source="the baseline",
+    )
+    notes: list[str] = []
+    left_out: dict[str, str] = {}
+    maps = None
+    if ctx.queries:
+        batch = ctx.query_batch()
+        old_maps, old_notes = _maps(baseline, batch.inputs, batch.targets, ctx.batch_size)
+        new_maps, new_notes = _maps(ctx.model, batch.inputs, batch.targets, ctx.batch_size)
+        common = [m for m in new_maps if m in old_maps]
+        maps = ExplanationMaps(
+            list(ctx.queries), {m: old_maps[m] for m in common}, {m: new_maps[m] for m in common}
+        )
+        notes += old_notes + new_notes
+    else:
+        left_out["explanations"] = "no query images (data.queries is 0)"
+    filters = None
+    ours, theirs = first_weight_4d(ctx.model.module), first_weight_4d(baseline.module)
+    if ours is not None and theirs is not None and ours[1].shape == theirs[1].shape:
+        filters = (
+            theirs[1].detach().float().cpu().numpy(),
+            ours[1].detach().float().cpu().numpy(),
+        )
+    elif ours is not None and theirs is not None:
+        left_out["filters"] = (
+            f"the first convolutions differ in shape ({tuple(theirs[1].shape)} in the baseline, "
+            f"{tuple(ours[1].shape)} now)"
+        )
+
+    def features(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.float().cpu().numpy()
+
+    result = build_compare(
+        old,
+        new,
+        features_old=features(res.baseline_features),
+        features_new=features(res.features),
+        maps=maps,
+        filters=filters,
+        seed=cfg.run.seed,
+        left_out=left_out,
+        notes=notes,
+        device=ctx.device,
+    )
+    position = {p: i for i, p in enumerate(paths)}
+
+    def thumbnails(wanted: Sequence[str]) -> list[np.ndarray | None]:
+        known = [position[p] for p in wanted if p in position]
+        images = iter(ctx.display_images(known, THUMB_SIZE))
+        return [next(images) if p in position else None for p in wanted]
+
+    section = compare_section(result, thumbnails=thumbnails)
+    summary = compare_summary(result)
+    summary["baseline"] = {
+        "arch": baseline.arch,
+        "sha256": baseline.sha256,
+        "checkpoint_file": baseline.source,
+        "checkpoint_kind": baseline.kind,
+        "num_classes": baseline.num_classes,
+    }
+    return section, summary
