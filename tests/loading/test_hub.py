@@ -71,7 +71,8 @@ def save_layout(state: dict[str, torch.Tensor], path: Path, layout: str) -> Path
         nested = {"model": state, "optimizer": {"lr": 0.1}}
     else:
         raise ValueError(layout)
-    path = path.with_suffix(".pth")
+    # timm's train.py names its checkpoints checkpoint-N.pth.tar (a torch.save zip all the same).
+    path = path.with_suffix(".pth.tar" if layout == "state_dict_ema" else ".pth")
     torch.save(nested, path)
     return path
 
@@ -107,7 +108,7 @@ def test_timm_name_through_load_model_reads_classes_channels_and_preprocessing(
     path = save_layout(model.state_dict(), tmp_path / "ckpt", "state_dict_ema")
     loaded = load_model(ModelConfig(arch="timm:test_vit", weights=str(path)))
     assert (loaded.family, loaded.num_classes, loaded.in_channels) == ("timm", 3, 1)
-    assert loaded.source == "ckpt.pth" and loaded.sha256 is not None
+    assert loaded.source == "ckpt.pth.tar" and loaded.sha256 is not None
     x = batch(160, 1, channels=1)
     with torch.no_grad():
         assert torch.equal(loaded.module(x), model(x))
