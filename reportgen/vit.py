@@ -65,6 +65,8 @@ class TokenLayout:
     """Patch grid (rows, columns) for ``input_size``."""
     num_prefix_tokens: int
     """Tokens before the patch tokens (class, register, distillation), dropped on reshape."""
+    has_class_token: bool
+    """The first token is a class token (rollout reads its row)."""
     prefix_description: str
     grids: tuple[Grid, ...]
     """Every token grid the blocks produce, the patch grid first (one per Swin stage)."""
@@ -117,7 +119,8 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
 
 
 def _is_attention(module: nn.Module) -> bool:
-    return isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__
+    name = type(module).__name__
+    return isinstance(module, nn.MultiheadAttention) or "Attention" in name or "Attn" in name
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -147,8 +150,8 @@ def _inner_model(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, HFClassifier) else model
 
 
-def _prefix_description(model: nn.Module, count: int) -> str:
-    """'1 class token', '1 class + 4 register tokens' ... from the model's token parameters."""
+def _prefix_tokens(model: nn.Module) -> list[tuple[str, int]]:
+    """(kind, count) of the model's prefix-token parameters: class, register, distillation."""
     kinds: list[tuple[str, int]] = []
     for name, p in model.named_parameters():
         leaf = name.rpartition(".")[2]
@@ -159,6 +162,11 @@ def _prefix_description(model: nn.Module, count: int) -> str:
             kinds.append(("register", n))
         elif leaf in ("dist_token", "distillation_token"):
             kinds.append(("distillation", n))
+    return kinds
+
+
+def _prefix_description(kinds: list[tuple[str, int]], count: int) -> str:
+    """'1 class token', '1 class + 4 register tokens' ..."""
     if count == 0:
         return "no prefix tokens"
     if kinds and sum(n for _, n in kinds) == count:
@@ -266,6 +274,8 @@ def describe_vit(model: nn.Module, input_size: Grid, batch: int = 2) -> TokenLay
                     continue
                 prefix = n - grid[0] * grid[1]
             g = next((c for c in candidates if c[0] * c[1] == n - prefix), None)
+            if g is None:  # blocks before the class token joins (CaiT's self-attention stage)
+                g = next((c for c in candidates if c[0] * c[1] == n), None)
         elif len(shape) == 4 and (shape[1], shape[2]) in candidates:
             channels_last = True
             g = (shape[1], shape[2])
@@ -289,6 +299,7 @@ def describe_vit(model: nn.Module, input_size: Grid, batch: int = 2) -> TokenLay
         inside = [n for n in order if n.startswith(block + ".") and _is_norm(modules[n])]
         norms.append(inside[0] if inside else None)
     global_attention = all(in_batch.get(a, batch) == batch for a in block_attention)
+    kinds = _prefix_tokens(inner)
     return TokenLayout(
         model_type=type(inner).__name__,
         patch_conv=conv_name,
@@ -298,7 +309,9 @@ def describe_vit(model: nn.Module, input_size: Grid, batch: int = 2) -> TokenLay
         input_size=(int(input_size[0]), int(input_size[1])),
         grid=grid,
         num_prefix_tokens=prefix,
-        prefix_description=_prefix_description(inner, prefix),
+        # timm and transformers put the class token first, then registers/distillation.
+        has_class_token=prefix > 0 and bool(kinds) and kinds[0][0] == "class",
+        prefix_description=_prefix_description(kinds, prefix),
         grids=tuple(seen_grids),
         channels_last=channels_last,
         blocks=tuple(blocks),
@@ -562,6 +575,13 @@ def attention_maps(
                 f"attention weights of layer {i} have shape {tuple(att.shape)}, not "
                 f"images×heads×{n}×{n} over all tokens"
             )
+        # What was captured must be probabilities (softmax rows), not scores or values.
+        rows = att.float().sum(dim=-1)
+        if bool((att < 0).any()) or not torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
+            return Unavailable(
+                f"the tensor captured as layer {i}'s attention is not a softmax over tokens "
+                "(rows do not sum to 1)"
+            )
     return found
 
 
@@ -578,10 +598,10 @@ def attention_rollout(
             f"{layout.model_type} attends within local windows, so there is no attention "
             "between all tokens to roll out"
         )
-    if layout.num_prefix_tokens == 0:
+    if not layout.has_class_token:
         return Unavailable(
-            f"{layout.model_type} has no class token (it pools the patch tokens); rollout "
-            "reads the class token's row"
+            f"{layout.model_type} has no class token ({layout.prefix_description}; it pools "
+            "the tokens); rollout reads the class token's row"
         )
     maps = []
     for start in range(0, inputs.shape[0], batch_size):

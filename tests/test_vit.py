@@ -58,6 +58,7 @@ def test_layouts_of_timm_and_hf_transformers() -> None:
     plain = layout_of(vit())
     assert (plain.patch_conv, plain.patch_size, plain.grid) == ("patch_embed.proj", (8, 8), (4, 4))
     assert plain.num_prefix_tokens == 1 and plain.prefix_description == "1 class token"
+    assert plain.has_class_token
     assert plain.blocks == ("blocks.0", "blocks.1")
     assert plain.attention == ("blocks.0.attn", "blocks.1.attn")
     assert plain.block_norms == ("blocks.0.norm1", "blocks.1.norm1")
@@ -406,6 +407,41 @@ class TorchViT(nn.Module):
         return self.head(self.block(t)[:, 0])
 
 
+class ScoresAttention(nn.Module):
+    """Has timm's switch and attn_drop, but passes the raw scores (not probabilities) through it."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fused_attn = True
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_drop = nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = self.attn_drop((q @ k.transpose(-2, -1))[:, None])[:, 0]
+        return scores.softmax(dim=-1) @ v
+
+
+class ScoresBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = ScoresAttention(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm(x))
+
+
+def test_rollout_refuses_captured_tensors_that_are_not_probabilities() -> None:
+    model = TorchViT()
+    model.block = ScoresBlock(16)  # type: ignore[assignment]
+    model.eval()
+    layout = layout_of(model)
+    result = attention_rollout(model, images(1), layout)
+    assert isinstance(result, Unavailable) and "not a softmax" in result.reason
+    assert model.block.attn.fused_attn is True
+
+
 def test_rollout_unavailable_with_the_reason() -> None:
     swin = small_timm("swin_tiny_patch4_window7_224")
     result = attention_rollout(swin, images(1), layout_of(swin))
@@ -415,6 +451,13 @@ def test_rollout_unavailable_with_the_reason() -> None:
     pooled = vit(class_token=False, global_pool="avg")
     result = attention_rollout(pooled, images(1), layout_of(pooled))
     assert isinstance(result, Unavailable) and "no class token" in result.reason
+
+    # Register tokens are prefix tokens too, but their row is not what a class token's is.
+    registers_only = vit(class_token=False, reg_tokens=2, global_pool="avg")
+    layout = layout_of(registers_only)
+    assert layout.num_prefix_tokens == 2 and not layout.has_class_token
+    result = attention_rollout(registers_only, images(1), layout)
+    assert isinstance(result, Unavailable) and "no class token (2 register tokens" in result.reason
 
     torch_vit = TorchViT().eval()
     layout = layout_of(torch_vit)
