@@ -26,7 +26,7 @@ from torch import nn
 
 from reportgen.errors import CheckpointError, ConfigError, did_you_mean
 from reportgen.loading.checkpoints import apply_state_dict, load_state_dict
-from reportgen.loading.metadata import HubFiles
+from reportgen.loading.metadata import HubFiles, timm_pretrained_section
 
 TIMM_PREFIX = "timm:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -331,12 +331,12 @@ def _timm_classes(module: nn.Module) -> int:
     )
 
 
-def load_timm_folder(
-    folder: Path, weights: Path | None = None, num_classes: int | None = None
-) -> HubModel:
-    """A timm hub folder: config.json (``architecture``, ``num_classes``, ``model_args``,
-    ``pretrained_cfg``, ``label_names``) with model.safetensors / pytorch_model.bin beside it
-    (or ``weights`` elsewhere)."""
+def build_timm_folder(
+    folder: Path, num_classes: int | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The architecture a timm hub folder's config.json describes (random weights), and the
+    config: ``architecture`` built with its ``model_args``, ``num_classes`` and
+    ``pretrained_cfg`` (timm derives img_size and global_pool from it, as when it loads one)."""
     config_path = folder / "config.json"
     config = read_json(config_path)
     arch = config.get("architecture")
@@ -347,17 +347,27 @@ def load_timm_folder(
     if not isinstance(raw_args, Mapping):
         raise ConfigError(f"{config_path}: model_args must be an object")
     args = _clean_model_args(raw_args, str(config_path))
-    pretrained_cfg = config.get("pretrained_cfg")
-    cfg = dict(pretrained_cfg) if isinstance(pretrained_cfg, Mapping) else {}
-    declared = config.get("num_classes")
+    cfg = dict(timm_pretrained_section(config))
+    declared = config.get("num_classes", cfg.get("num_classes"))
     if num_classes is None and isinstance(declared, int) and not isinstance(declared, bool):
         num_classes = declared
     args.pop("num_classes", None)
-    path = weights if weights is not None else folder_weights(folder)
     module = build_timm(arch, num_classes, args.pop("in_chans", None), args, cfg)
+    return module, config
+
+
+def load_timm_folder(
+    folder: Path, weights: Path | None = None, num_classes: int | None = None
+) -> HubModel:
+    """A timm hub folder: config.json (``architecture``, ``num_classes``, ``model_args``,
+    ``pretrained_cfg``, ``label_names``) with model.safetensors / pytorch_model.bin beside it
+    (or ``weights`` elsewhere)."""
+    module, config = build_timm_folder(folder, num_classes)
+    path = weights if weights is not None else folder_weights(folder)
     _load_into(module, path)
-    files = HubFiles(config=config, config_source=_shown(config_path))
-    return HubModel(module, f"timm:{arch}", "timm", _timm_classes(module), path, files)
+    files = HubFiles(config=config, config_source=_shown(folder / "config.json"))
+    arch = f"timm:{config['architecture']}"
+    return HubModel(module, arch, "timm", _timm_classes(module), path, files)
 
 
 # --------------------------------------------------------------------------- Hugging Face
@@ -545,24 +555,8 @@ def build_hub_architecture(arch: str, kind: HubKind, num_classes: int | None) ->
     if kind == "timm-name":
         return build_timm(arch[len(TIMM_PREFIX) :], num_classes)
     folder = Path(arch).expanduser()
-    config = read_json(folder / "config.json")
     if kind == "timm-folder":
-        args = _clean_model_args(config.get("model_args") or {}, str(folder / "config.json"))
-        args.pop("num_classes", None)
-        declared = config.get("num_classes")
-        n = num_classes if num_classes is not None else declared
-        cfg = (
-            config.get("pretrained_cfg")
-            if isinstance(config.get("pretrained_cfg"), Mapping)
-            else None
-        )
-        return build_timm(
-            str(config["architecture"]),
-            n if isinstance(n, int) else None,
-            args.pop("in_chans", None),
-            args,
-            cfg,
-        )
+        return build_timm_folder(folder, num_classes)[0]
     return build_hf(read_hf_config(folder), str(folder / "config.json"))
 
 

@@ -378,22 +378,34 @@ def _with_preprocessing(
     )
 
 
+def timm_pretrained_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pretrained_cfg of a timm hub config.json. Older exports had a single flat object
+    (architecture, input_size, mean ... and ``labels`` at the top level); timm reads that whole
+    object as the pretrained_cfg, and so does this."""
+    section = config.get("pretrained_cfg")
+    if isinstance(section, Mapping):
+        return section
+    if "pretrained_cfg" in config:
+        return {}
+    return {k: v for k, v in config.items() if k not in ("architecture", "num_features")}
+
+
 def timm_metadata(files: HubFiles, num_classes: int) -> ModelMetadata:
     """Names from ``label_names`` (else ImageNet for 1000 outputs), preprocessing from
     ``pretrained_cfg``. A timm hub folder's config.json keeps labels at its top level; older
     ones inside pretrained_cfg."""
     config = files.config
     source = files.config_source or "timm config"
-    pretrained_cfg = config.get("pretrained_cfg")
-    cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else {}
-    label_names = config.get("label_names", cfg.get("label_names"))
+    cfg = timm_pretrained_section(config)
+    where = f"{source} pretrained_cfg" if "pretrained_cfg" in config else source
+    label_names = config.get("label_names", cfg.get("label_names", cfg.get("labels")))
     label_descriptions = config.get("label_descriptions", cfg.get("label_descriptions"))
     names = timm_class_names(label_names, num_classes) if label_names else None
     names_source: str | None = f"timm label_names ({source})" if names else None
     if names is None and num_classes == 1000:
         # timm's ImageNet-1k heads use the same class order as torchvision's list.
         names, names_source = imagenet_class_names(), IMAGENET_SOURCE + " for 1000 outputs"
-    pre = timm_preprocessing(cfg, f"{source} pretrained_cfg") if cfg else None
+    pre = timm_preprocessing(cfg, where) if cfg else None
     return _with_preprocessing(
         names, names_source, _descriptions(label_descriptions, names if label_names else None), pre
     )

@@ -188,6 +188,41 @@ def test_timm_hub_folder(tmp_path: Path, safetensors: bool) -> None:
     assert meta.preprocess_sources()["mean"] == "my-vit/config.json pretrained_cfg mean"
 
 
+def test_legacy_flat_timm_hub_config(tmp_path: Path) -> None:
+    # Early timm exports wrote one flat object: the pretrained_cfg keys and "labels" at the top.
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3).eval()
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    config = {
+        "architecture": "test_resnet",
+        "num_classes": 3,
+        "num_features": 256,
+        "input_size": [3, 64, 64],
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": [0.1, 0.2, 0.3],
+        "std": [0.4, 0.5, 0.6],
+        "labels": ["x", "y", "z"],
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_model(ModelConfig(arch=str(folder)))
+    x = batch(64)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), model(x))
+    meta = loaded.metadata
+    assert meta.class_names == ["x", "y", "z"]
+    assert meta.preprocess_values() == {
+        "resize": 73,  # floor(64 / 0.875)
+        "crop": 64,
+        "mean": [0.1, 0.2, 0.3],
+        "std": [0.4, 0.5, 0.6],
+        "interpolation": "bilinear",
+    }
+    assert meta.mean is not None and meta.mean.source == "legacy/config.json mean"
+
+
 def test_timm_hub_folder_refuses_loading_arguments(tmp_path: Path) -> None:
     folder = save_timm_hub_folder(small_timm("resnet18"), tmp_path / "r")
     config = json.loads((folder / "config.json").read_text())
