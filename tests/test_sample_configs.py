@@ -32,11 +32,13 @@ def test_every_sample_config_is_exercised() -> None:
     assert sorted(p.name for p in SAMPLES.glob("*.yaml")) == [
         "custom.yaml",
         "demo.yaml",
+        "hf.yaml",
         "resnet50.yaml",
+        "timm.yaml",
     ]
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "resnet50.yaml", "custom.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "resnet50.yaml", "custom.yaml", "timm.yaml"])
 def test_sample_loads_with_paths_relative_to_its_folder(name: str) -> None:
     cfg = load_config(SAMPLES / name)
     assert cfg.source == str(SAMPLES / name)
@@ -126,3 +128,59 @@ def test_custom_yaml_with_a_small_vgg_state_dict(tmp_path: Path) -> None:
     assert summary["model"]["num_classes"] == 5  # the factory was called with num_classes=5
     assert summary["model"]["feature_layer"] == "head" and summary["model"]["feature_dim"] == 128
     assert "body.4" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_timm_yaml_with_a_random_vit_tiny_training_checkpoint(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    # As timm's train.py saves it: the EMA weights beside the raw ones, args and epoch.
+    torch.save(
+        {"epoch": 2, "state_dict": model.state_dict(), "state_dict_ema": model.state_dict()},
+        tmp_path / "vit_tiny.pth",
+    )
+    del model
+    write_image_folder(tmp_path / "images", {"ant": 2, "bee": 2, "cat": 2}, size=40)
+    cfg = load_config(
+        SAMPLES / "timm.yaml",
+        fast(tmp_path, **{"model.weights": str(tmp_path / "vit_tiny.pth"), "data.queries": 3}),
+        analyses=["filters", "neighbors"],
+    )
+    assert cfg.model.arch == "timm:vit_tiny_patch16_224"
+    result = run_report(cfg)
+    assert result.exit_code == 0, [(s.name, s.reason) for s in result.sections]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"]["arch"] == "timm:vit_tiny_patch16_224"
+    assert summary["model"]["num_classes"] == 3  # read from the head in the weights
+    assert summary["model"]["feature_layer"] == "head" and summary["model"]["feature_dim"] == 192
+    assert "patch_embed.proj" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_hf_yaml_with_a_tiny_save_pretrained_folder(tmp_path: Path) -> None:
+    from hub_models import tiny_hf_vit_folder
+
+    folder = tiny_hf_vit_folder(tmp_path / "vit-finetuned")
+    write_image_folder(tmp_path / "images", {"cat": 2, "dog": 2, "fox": 2}, size=40)
+    cfg = load_config(
+        SAMPLES / "hf.yaml",
+        fast(
+            tmp_path,
+            **{
+                "model.arch": str(folder),
+                # The tiny model takes 32-px inputs (its preprocessor_config.json says so).
+                "preprocess.resize": 32,
+                "preprocess.crop": 32,
+                "data.queries": 3,
+            },
+        ),
+        analyses=["filters", "neighbors"],
+    )
+    result = run_report(cfg)
+    assert result.exit_code == 0, [(s.name, s.reason) for s in result.sections]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"]["arch"] == "ViTForImageClassification"
+    assert summary["model"]["num_classes"] == 3
+    assert summary["model"]["feature_layer"] == "model.classifier"
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "model.vit.embeddings.patch_embeddings.projection" in html

@@ -1,4 +1,9 @@
-"""Building the model: torchvision names or a user's factory, weights applied, layers resolved."""
+"""Building the model: torchvision names, a user's factory, timm or Hugging Face models.
+
+``model.arch`` forms: a torchvision name (``resnet50``), ``package.module:factory`` or
+``file.py:factory``, ``timm:NAME`` (any ``timm.list_models()`` name), or a folder: a timm hub
+folder or a Hugging Face ``save_pretrained`` folder (see :mod:`reportgen.loading.hub`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,8 @@ from reportgen.loading.checkpoints import (
     load_trusted_checkpoint,
     sha256_file,
 )
+from reportgen.loading.hub import build_hub_architecture, hub_kind, load_hub_model
+from reportgen.loading.metadata import Family, HubFiles, ModelMetadata, model_metadata
 
 
 @dataclass
@@ -33,6 +40,11 @@ class LoadedModel:
     source: str | None
     num_classes: int
     in_channels: int
+    family: Family = "torchvision"
+    hub: HubFiles | None = None
+    """The metadata files a timm/Hugging Face model came with (None for other families)."""
+    metadata: ModelMetadata = field(default_factory=ModelMetadata)
+    """Class names and preprocessing from the model's metadata, with their sources."""
 
     @property
     def supports_hooks(self) -> bool:
@@ -128,10 +140,20 @@ def _accepts(factory: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def _looks_like_path(arch: str) -> bool:
+    return ":" not in arch and ("/" in arch or "\\" in arch or arch.startswith((".", "~")))
+
+
 def build_architecture(arch: str, num_classes: int | None) -> nn.Module:
-    """A fresh model: a torchvision name or ``module:factory`` (``file.py:factory``)."""
+    """A fresh model: a torchvision name, ``module:factory`` (``file.py:factory``),
+    ``timm:NAME``, or a timm/Hugging Face model folder (built from its config.json)."""
     import torchvision
 
+    kind = hub_kind(arch)
+    if kind is not None:
+        return build_hub_architecture(arch, kind, num_classes)
+    if _looks_like_path(arch):
+        raise ConfigError(f"model.arch: model folder {arch} not found")
     if ":" in arch:
         factory = _import_factory(arch)
         factory_kwargs = (
@@ -235,15 +257,36 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         trusted = load_trusted_checkpoint(path, cfg.trust_checkpoint)
         module = trusted.module
         arch = cfg.arch or type(module).__name__
-        sha = sha256_file(path)
+        sha: str | None = sha256_file(path)
         source: str | None = path.name
         kind: CheckpointKind = trusted.kind
         num_classes = _num_classes(module, cfg.num_classes)
         in_ch = _in_channels(module, cfg.in_channels)
+        family: Family = "checkpoint"
+        hub: HubFiles | None = None
     else:
         assert cfg.arch is not None
         arch = cfg.arch
-        if cfg.weights:
+        family = "factory" if ":" in arch else "torchvision"
+        hub = None
+        hub_classes: int | None = None
+        spec = hub_kind(arch)
+        if spec is not None:
+            weights = Path(cfg.weights) if cfg.weights else None
+            loaded_hub = load_hub_model(arch, spec, weights, cfg.num_classes, cfg.in_channels)
+            module, arch, family, hub = (
+                loaded_hub.module,
+                loaded_hub.arch,
+                loaded_hub.family,
+                loaded_hub.files,
+            )
+            weights_path = loaded_hub.weights
+            sha = sha256_file(weights_path) if weights_path is not None else None
+            source = _weights_source(weights_path, spec)
+            hub_classes = loaded_hub.num_classes
+        elif _looks_like_path(arch):
+            raise ConfigError(f"model.arch: model folder {arch} not found")
+        elif cfg.weights:
             path = Path(cfg.weights)
             state, _meta = load_state_dict(path)
             n = cfg.num_classes or infer_num_classes(arch, state)
@@ -255,7 +298,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             module = build_architecture(arch, cfg.num_classes)
             sha, source = None, None
         kind = "state_dict"
-        num_classes = _num_classes(module, cfg.num_classes)
+        # timm and transformers record the class count; the last nn.Linear may be another head
+        # (a distilled DeiT's) or absent (a conv classifier).
+        num_classes = cfg.num_classes or hub_classes or _num_classes(module, None)
         in_ch = _in_channels(module, cfg.in_channels)
     # Exported programs are switched to inference when loaded (ExportedModule); eval() is then
     # a no-op on them but keeps every kind on the same path.
@@ -264,7 +309,16 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         p.requires_grad_(False)
     if in_ch not in (1, 3):
         raise CheckpointError(f"the model takes {in_ch} input channels; reportgen supports 1 or 3")
-    return LoadedModel(module, arch, kind, sha, source, num_classes, in_ch)
+    loaded = LoadedModel(module, arch, kind, sha, source, num_classes, in_ch, family, hub)
+    loaded.metadata = model_metadata(cfg.arch, loaded)
+    return loaded
+
+
+def _weights_source(path: Path | None, kind: str) -> str | None:
+    """The weights' name as reported: ``folder/model.safetensors`` for a file in a hub folder."""
+    if path is None:
+        return None
+    return f"{path.parent.name}/{path.name}" if kind != "timm-name" else path.name
 
 
 def extract_logits(output: Any) -> torch.Tensor:
