@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["report", "occlusion", "tsne", "knn", "memory"]
+BENCHMARKS = ["report", "occlusion", "tsne", "knn", "memory", "baseline"]
 
 
 def machine(device: str) -> str:
@@ -52,7 +52,9 @@ def main() -> None:
             continue
         print(f"[bench] {name} ...", flush=True)
         try:
-            kwargs: dict[str, Any] = {"workdir": work} if name in ("report", "memory") else {}
+            kwargs: dict[str, Any] = (
+                {"workdir": work} if name in ("report", "memory", "baseline") else {}
+            )
             result = mod.run(args.device, args.quick, **kwargs)
             results[name] = result
             md = (
