@@ -73,6 +73,8 @@ class PreprocessConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     pixel_size: int = 32
     """Side of the downsampled images used for pixel-space distances."""
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    """How the shorter side is resized (timm and Hugging Face models name theirs)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class Config:
     gates: list[str] = field(default_factory=list)
     """Conditions that must hold (``accuracy>=0.9``, ``compare.negative_flip_rate<=0.01``);
     a failed one makes the run exit with code 3."""
+    explicit: frozenset[str] = frozenset()
+    """Dotted keys the user set (file or flags): model metadata never overrides these."""
     source: str | None = None
     """The config file this came from (for messages only)."""
 
@@ -124,6 +128,7 @@ class Config:
         """Plain data. ``for_provenance`` drops what must not change the report's bytes."""
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out.pop("source")
+        out.pop("explicit")
         if for_provenance:
             out["output"].pop("dir")
             out["run"].pop("quiet")
@@ -228,7 +233,9 @@ def build_dataclass(cls: Any, data: Any, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "source"]
+    names = [
+        f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("source", "explicit")
+    ]
     kwargs = {}
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
@@ -367,7 +374,15 @@ def load_config(
 
     sections = {k: v for k, v in data.items() if k != "analyses"}
     cfg = build_dataclass(Config, sections, "")
-    cfg = dataclasses.replace(cfg, analyses=params, source=str(path) if path else None)
+    explicit = frozenset(
+        f"{section}.{key}"
+        for section, values in data.items()
+        if isinstance(values, dict)
+        for key in values
+    )
+    cfg = dataclasses.replace(
+        cfg, analyses=params, explicit=explicit, source=str(path) if path else None
+    )
     validate(cfg)
     return cfg
 

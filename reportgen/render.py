@@ -137,6 +137,7 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
             else "unavailable",
         ),
         ("data", d["root"]),
+        ("class names", d.get("class_names_source") or "class folder names"),
         (
             "images",
             f"{d['num_images']} read, {d['num_skipped']} skipped"
@@ -150,12 +151,30 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
         ),
     ]
     rows += [(h.label, format_metric(met.get(h.key), h.kind)) for h in headlines]
+    pre = summary.get("preprocessing") or {}
+    if pre:
+        rows.append(
+            (
+                "preprocessing",
+                "; ".join(f"{k} {_short(v['value'])} ({v['source']})" for k, v in pre.items()),
+            )
+        )
     rows += [
         ("device", summary["run"]["device"]),
         ("seed", str(summary["run"]["seed"])),
         ("sections", ", ".join(f"{s['name']} ({s['status']})" for s in summary["sections"])),
     ]
     return rows
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return (
+            "["
+            + ", ".join(format_number(v) if isinstance(v, float) else str(v) for v in value)
+            + "]"
+        )
+    return str(value)
 
 
 @dataclass

@@ -188,7 +188,10 @@ def test_every_key_is_shown_in_the_reference_sample_config() -> None:
         (Path(__file__).parent.parent / "sample_configs" / "resnet50.yaml").read_text()
     )
     for f in dataclasses.fields(Config):
-        if f.name in ("source", "analyses"):
+        if f.name in ("source", "analyses", "explicit"):
+            continue
+        if f.name == "gates":
+            assert sample["gates"] == []
             continue
         section_cls = f.default_factory  # type: ignore[misc]
         keys = {g.name for g in dataclasses.fields(section_cls())}

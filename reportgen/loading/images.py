@@ -259,6 +259,7 @@ class Preprocessor:
     crop: int | None
     mean: torch.Tensor
     std: torch.Tensor
+    interpolation: str = "bilinear"
 
     @classmethod
     def from_config(cls, cfg: PreprocessConfig, channels: int) -> Preprocessor:
@@ -282,6 +283,7 @@ class Preprocessor:
             cfg.crop,
             per_channel(cfg.mean, "mean"),
             per_channel(cfg.std, "std"),
+            cfg.interpolation,
         )
 
     def geometry(self, array: np.ndarray) -> torch.Tensor:
@@ -292,9 +294,16 @@ class Preprocessor:
             scale = self.resize / min(h, w)
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             if size != (h, w):
-                t = F.interpolate(
-                    t[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1
-                )[0].clamp_(0.0, 1.0)
+                if self.interpolation == "nearest":
+                    t = F.interpolate(t[None], size=size, mode="nearest-exact")[0]
+                else:
+                    t = F.interpolate(
+                        t[None],
+                        size=size,
+                        mode=self.interpolation,
+                        align_corners=False,
+                        antialias=scale < 1,
+                    )[0].clamp_(0.0, 1.0)
         if self.crop is not None:
             t = center_crop(t, self.crop)
         return t.contiguous()

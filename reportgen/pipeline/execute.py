@@ -38,6 +38,7 @@ from reportgen.pipeline import distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
+from reportgen.pipeline.metadata import Resolved, apply_metadata
 from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outputs
 from reportgen.pipeline.plan import Plan, config_gates, make_plan
 from reportgen.pipeline.queries import select_queries
@@ -110,6 +111,15 @@ class Pipeline:
     warn: Callable[[str], None]
     timings: dict[str, Any] = field(default_factory=lambda: {"analyses": {}})
     dist: distributed.DistContext = distributed.SINGLE
+    warnings: list[str] = field(default_factory=list)
+    """Things the reader must know (wrong-looking inputs, approximations): stderr, the top of the
+    report and summary.json's ``warnings``."""
+    resolved: Resolved | None = None
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            self.warn(message)
 
     def prepare(self) -> Prepared:
         """Load everything, plan, and run the dataset pass: the context every analysis gets."""
@@ -126,6 +136,10 @@ class Pipeline:
         t = perf_counter()
         model = load_model(cfg.model)
         plan = make_plan(cfg, model, self.registry)  # layer names: input errors before any work
+        self.resolved = apply_metadata(cfg, model)
+        for message in self.resolved.warnings:
+            self._warn(message)
+        effective = self.resolved.config
         baseline = load_baseline(cfg)
         for m in (model, baseline):
             if m is None:
@@ -133,8 +147,8 @@ class Pipeline:
             m.module.to(device)
             if device.type == "cuda":
                 m.module.to(memory_format=torch.channels_last)
-        folder = scan_folder(cfg.data)
-        pre = Preprocessor.from_config(cfg.preprocess, model.in_channels)
+        folder = scan_folder(effective.data)
+        pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
         dataset = ImageDataset(folder, pre)
         self.timings["load"] = perf_counter() - t
 
@@ -265,6 +279,8 @@ class Pipeline:
             out_dir,
             ctx.queries,
             world_size=self.dist.world_size,
+            resolved=self.resolved,
+            warnings=self.warnings,
         )
         if compare is not None:
             summary["compare"] = clean_floats(compare)

@@ -15,6 +15,7 @@ from reportgen.contract import PassResult
 from reportgen.loading.images import DataFolder
 from reportgen.loading.models import LoadedModel
 from reportgen.pipeline.environment import device_description, library_versions
+from reportgen.pipeline.metadata import Resolved
 from reportgen.render import clean_floats
 from reportgen.section import Section
 
@@ -75,6 +76,8 @@ def build_summary(
     out_dir: Path,
     queries: list[int],
     world_size: int = 1,
+    resolved: Resolved | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """The summary: ``metrics`` holds accuracy and every declared metric (None when not computed)."""
     labels = pass_result.labels
@@ -83,6 +86,15 @@ def build_summary(
     all_metrics.update(accuracy_metrics(pass_result))
     all_metrics.update(metrics)
     manifest = manifest_sha256(pass_result.manifest)
+    config = cfg.to_dict(for_provenance=True)
+    preprocessing: dict[str, Any] = {}
+    if resolved is not None:
+        # The preprocessing actually used (the model's metadata fills what the config leaves).
+        config["preprocess"] = resolved.config.to_dict(for_provenance=True)["preprocess"]
+        preprocessing = {
+            key: {"value": config["preprocess"][key], "source": source}
+            for key, source in resolved.preprocess_sources.items()
+        }
     summary = {
         "reportgen_version": __version__,
         "model": {
@@ -103,6 +115,7 @@ def build_summary(
             "num_images": len(pass_result),
             "num_classes": len(set(labels[labels >= 0].tolist())) if folder.labelled else None,
             "class_names": folder.class_names,
+            "class_names_source": resolved.class_names_source if resolved else None,
             "num_skipped": len(pass_result.skipped),
             "skipped": [{"path": p, "reason": r} for p, r in pass_result.skipped],
             "ignored": [{"path": p, "reason": r} for p, r in folder.ignored],
@@ -110,6 +123,8 @@ def build_summary(
             "queries": [folder.items[pass_result.item_index[q]].relpath for q in queries],
         },
         "metrics": all_metrics,
+        "warnings": list(warnings or []),
+        "preprocessing": preprocessing,
         "sections": [
             {"name": s.name, "title": s.title, "status": s.status, "reason": s.reason}
             for s in sections
@@ -121,7 +136,7 @@ def build_summary(
             "precision": cfg.run.precision,
         },
         "provenance": {
-            "config": _relative_paths(cfg.to_dict(for_provenance=True), out_dir),
+            "config": _relative_paths(config, out_dir),
             "seed": cfg.run.seed,
             "device": device_description(device),
             "versions": library_versions(),
