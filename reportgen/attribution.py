@@ -8,7 +8,7 @@ summed target logits of a batch gives every image's own gradient in one backward
 Guided backprop changes ReLU's backward pass without touching the model: a
 :class:`~torch.overrides.TorchFunctionMode` routes every ReLU call made during the forward pass
 (``nn.ReLU`` modules — however often one is reused — and functional ``F.relu``/``torch.relu``/
-``Tensor.relu``, in place or not) through :class:`GuidedReLU`. Module-hook approaches miss the
+``Tensor.relu``, in place or not, and ReLU6 / LeakyReLU) through :class:`GuidedGate`. Module-hook approaches miss the
 functional calls (torchvision's DenseNet ends with ``F.relu(features, inplace=True)``) and trip
 over in-place ReLUs; a function mode sees them all and leaves no hook or modified module behind.
 Grad-CAM uses one forward hook, removed in ``finally``.
@@ -156,28 +156,48 @@ def integrated_gradients(
 # --------------------------------------------------------------------------- guided backprop
 
 
-class GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward passes only positive gradients where the input was positive."""
+class GuidedGate(torch.autograd.Function):
+    """A ReLU-family gate whose backward pass is guided (Springenberg et al.).
+
+    Forward: ``clamp(x, lo, hi)`` (ReLU: lo=0, hi=inf; ReLU6 and hard-tanh used as ReLU6: lo=0,
+    hi=6) or, with ``slope`` set, LeakyReLU. Backward: only positive gradients pass, times the
+    gate's own derivative at the input (1 where it lets the input through, 0 where it clamps,
+    ``slope`` on LeakyReLU's negative side). For ReLU this is exactly guided backprop's rule.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = x.clamp(min=0)
-        # Save the output, not the input: an in-place caller overwrites the input afterwards.
-        ctx.save_for_backward(out)
+    def forward(
+        ctx: Any, x: torch.Tensor, lo: float, hi: float, slope: float | None
+    ) -> torch.Tensor:
+        if slope is None:
+            out = x.clamp(min=lo, max=hi)
+            deriv = ((x > lo) & (x < hi)).to(x.dtype)
+        else:
+            out = F.leaky_relu(x, slope)
+            deriv = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
+        # Save the derivative, not the input: an in-place caller overwrites the input afterwards.
+        ctx.save_for_backward(deriv)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (out > 0).to(grad.dtype)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (deriv,) = ctx.saved_tensors
+        return grad.clamp(min=0) * deriv, None, None, None
 
 
 _RELU_OUT_OF_PLACE: set[Callable[..., Any]] = {torch.relu, torch.Tensor.relu}
 _RELU_IN_PLACE: set[Callable[..., Any]] = {torch.relu_, torch.Tensor.relu_, F.relu_}
+_INF = float("inf")
+
+
+def _arg(args: Sequence[Any], kwargs: dict[str, Any], i: int, name: str, default: Any) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
 
 
 class GuidedReLUMode(TorchFunctionMode):
-    """While active, every ReLU call runs :class:`GuidedReLU` (in-place calls stay in place)."""
+    """While active, every ReLU-family call (ReLU, ReLU6, hard-tanh with a floor of 0, i.e. ReLU6
+    written as ``Hardtanh(0, 6)``, LeakyReLU; in place or not, module or functional) runs
+    :class:`GuidedGate`. Other activations are left alone and counted as not guided."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -192,23 +212,55 @@ class GuidedReLUMode(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         if func is F.relu:
-            inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-            return self._guided(args[0], inplace)
+            return self._guided(args[0], bool(_arg(args, kwargs, 1, "inplace", False)), 0.0, _INF)
         if func in _RELU_OUT_OF_PLACE:
-            return self._guided(args[0], False)
+            return self._guided(args[0], False, 0.0, _INF)
         if func in _RELU_IN_PLACE:
-            return self._guided(args[0], True)
+            return self._guided(args[0], True, 0.0, _INF)
+        if func is F.relu6:
+            return self._guided(args[0], bool(_arg(args, kwargs, 1, "inplace", False)), 0.0, 6.0)
+        if func in (F.hardtanh, F.hardtanh_):
+            lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
+            hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
+            inplace = func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
+            if lo == 0.0:  # a ReLU with a ceiling (nn.ReLU6 is Hardtanh(0, 6))
+                return self._guided(args[0], inplace, lo, hi)
+        if func in (F.leaky_relu, F.leaky_relu_):
+            slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+            inplace = func is F.leaky_relu_ or bool(_arg(args, kwargs, 2, "inplace", False))
+            return self._guided(args[0], inplace, 0.0, _INF, slope)
         return func(*args, **kwargs)
 
-    def _guided(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    def _guided(
+        self, x: torch.Tensor, inplace: bool, lo: float, hi: float, slope: float | None = None
+    ) -> torch.Tensor:
         self.calls += 1
-        out = GuidedReLU.apply(x)
+        out = GuidedGate.apply(x, lo, hi, slope)
         if not inplace:
             return out
         # Keep in-place semantics (callers may rely on ``x`` itself changing): copy the guided
-        # result into x, so autograd routes x's gradient through GuidedReLU.
+        # result into x, so autograd routes x's gradient through the guided gate.
         x.copy_(out)
         return x
+
+
+SMOOTH_ACTIVATIONS = (
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+)
+
+
+def smooth_activations(model: nn.Module) -> list[str]:
+    """Names of the smooth activation types a model uses (guided backprop does not apply to them)."""
+    return sorted({type(m).__name__ for m in model.modules() if isinstance(m, SMOOTH_ACTIVATIONS)})
 
 
 def guided_backprop(
@@ -216,15 +268,26 @@ def guided_backprop(
 ) -> torch.Tensor:
     """Guided backprop (Springenberg et al.), Q×C×H×W.
 
-    Raises RuntimeError when the forward pass made no ReLU call the mode could see (e.g. a
-    TorchScript model, or a model without ReLUs): the result would silently be the plain gradient.
+    Raises :class:`NotApplicable` when the forward pass made no ReLU-family call the mode could
+    see (a TorchScript model, or a model with only smooth activations such as GELU or SiLU): the
+    result would silently be the plain gradient.
     """
     mode = GuidedReLUMode()
     with mode:
         grads = _batched_input_gradients(model, inputs, targets, batch_size)
     if mode.calls == 0:
-        raise RuntimeError("guided backprop found no ReLU calls in the model's forward pass")
+        smooth = smooth_activations(model)
+        if smooth:
+            raise NotApplicable(
+                f"not applicable: the model's activations ({', '.join(smooth)}) are smooth; "
+                "guided backprop is defined for ReLU-family gates only"
+            )
+        raise NotApplicable("not applicable: the forward pass made no ReLU-family call")
     return grads
+
+
+class NotApplicable(RuntimeError):
+    """An attribution method that is not defined for this model (the message says why)."""
 
 
 # --------------------------------------------------------------------------- Grad-CAM

@@ -10,9 +10,10 @@ import torch
 
 from reportgen.analyses.common import (
     LayerNotCalled,
+    as_map,
+    default_layers,
     layer_outputs,
     resolve_layers,
-    spread_conv_layers,
 )
 from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, Result, SkipSection
 from reportgen.figures import figure_to_picture, mosaic, new_figure, to_uint8, upscale
@@ -87,7 +88,7 @@ class ActivationsAnalysis(Analysis[ActivationsParams]):
     def run(self, ctx: AnalysisContext, p: ActivationsParams) -> Result:
         section = self.section(HOW_TO_READ)
         model = ctx.model.module
-        layers = resolve_layers(model, p.layers, spread_conv_layers(model, 3))
+        layers = resolve_layers(model, p.layers, default_layers(model, ctx.token_layout))
         if not layers:
             raise SkipSection(
                 "the model has no conv layers; list layers under analyses.activations.layers"
@@ -100,9 +101,13 @@ class ActivationsAnalysis(Analysis[ActivationsParams]):
             raise SkipSection(str(exc)) from None
         images = ctx.display_images(queries)
         rows: list[list[Any]] = []
+        if ctx.token_layout is not None:
+            section.add(Text(ctx.token_layout.describe(), kind="note"))
         for layer in layers:
-            maps = outputs[layer]
-            if maps.ndim != 4:
+            raw = outputs[layer]
+            maps = as_map(layer, raw, ctx.token_layout, len(queries))
+            if maps is None:
+                maps = raw
                 section.add(
                     Text(
                         f"{layer} outputs {tuple(maps.shape[1:])}, not a spatial map; not drawn.",

@@ -10,6 +10,7 @@ from torch import nn
 
 from reportgen.hooks import capture_outputs
 from reportgen.loading.models import conv_layers, find_layer
+from reportgen.vit import TokenLayout, token_layers, token_output_to_map
 
 
 def pixel_vectors(pixels: torch.Tensor) -> torch.Tensor:
@@ -60,3 +61,27 @@ def layer_outputs(
                     raise LayerNotCalled(name)
                 parts[name].append(captured[name].float().clone())
     return {name: torch.cat(p) for name, p in parts.items()}
+
+
+def default_layers(
+    model: nn.Module, layout: TokenLayout | None, count: int = 3, skip_first: bool = False
+) -> list[str]:
+    """Layers drawn by default: conv layers spread from early to late, or on a vision
+    transformer ``count`` of its blocks spread from first to last (their tokens on the grid)."""
+    if layout is None:
+        return spread_conv_layers(model, count, skip_first=skip_first)
+    blocks = token_layers(layout)
+    if len(blocks) <= count:
+        return blocks
+    picks = np.linspace(0, len(blocks) - 1, count).round().astype(int)
+    return [blocks[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def as_map(
+    name: str, output: torch.Tensor, layout: TokenLayout | None, batch: int
+) -> torch.Tensor | None:
+    """A layer's output as B×C×h×w: spatial maps as they are; on a vision transformer, token
+    sequences reshaped to their patch grid (class/register tokens dropped); otherwise None."""
+    if layout is None:
+        return output if output.ndim == 4 else None
+    return token_output_to_map(name, output, layout, batch=batch)

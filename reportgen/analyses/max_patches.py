@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from reportgen.analyses.common import resolve_layers, spread_conv_layers
+from reportgen.analyses.common import as_map, default_layers, resolve_layers
 from reportgen.contract import (
     Analysis,
     AnalysisContext,
@@ -27,6 +27,7 @@ from reportgen.figures import figure_to_picture, new_figure
 from reportgen.params import AnalysisParams, at_least, between, each, layer_ref, rule
 from reportgen.receptive_field import ReceptiveField, ReceptiveFieldError, receptive_fields
 from reportgen.section import Figure, Picture, Section, Table, Text
+from reportgen.vit import TokenLayout, token_cell_field
 
 HOW_TO_READ = (
     "Each row is one channel (unit) of a layer; across the row are the image patches of the whole "
@@ -90,15 +91,17 @@ class TopKCollector:
     so ties keep the earlier image, as a plain loop over the dataset would.
     """
 
-    def __init__(self, layers: Sequence[str], k: int) -> None:
+    def __init__(self, layers: Sequence[str], k: int, layout: TokenLayout | None = None) -> None:
         self.layers: Sequence[str] = list(layers)
         self.k = k
+        self.layout = layout
+        """A vision transformer's token layout: token outputs are read on their patch grid."""
         self.state: dict[str, LayerTopK] = {}
 
     def update(self, indices: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
         for name in self.layers:
-            out = outputs[name]
-            if out.ndim != 4:
+            out = as_map(name, outputs[name], self.layout, int(indices.numel()))
+            if out is None:
                 continue
             self._update(name, indices, out)
 
@@ -188,11 +191,6 @@ class TopKCollector:
             mine.count = n_a + n_b
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    # The first layer's tiny fields repeat the filters section; start later when there is room.
-    return spread_conv_layers(model, 3, skip_first=True)
-
-
 def choose_channels(st: LayerTopK, listed: list[int] | None, count: int) -> list[int]:
     """Listed channels, or the ``count`` whose per-image peak varies most (ties: lower index)."""
     if listed is not None:
@@ -277,10 +275,12 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
 
     def collector(self, setup: SetupContext, p: MaxPatchesParams) -> Collector | None:
         model = setup.model.module
-        layers = resolve_layers(model, p.layers, default_layers(model))
+        # The first layer's tiny fields repeat the filters section; start later when there is room.
+        default = default_layers(model, setup.token_layout, skip_first=True)
+        layers = resolve_layers(model, p.layers, default)
         if not layers:
             return None
-        return TopKCollector(layers, p.k)
+        return TopKCollector(layers, p.k, setup.token_layout)
 
     def run(self, ctx: AnalysisContext, p: MaxPatchesParams) -> Result:
         section = self.section(HOW_TO_READ)
@@ -297,7 +297,21 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                 section.add(Text(f"{name} has no spatial output map; left out.", kind="note"))
         if not layers:
             raise SkipSection("none of the layers has a spatial output map")
-        fields = self._fields(model, layers, ctx, section)
+        layout = ctx.token_layout
+        if layout is not None:
+            # After the first attention every token sees the whole image: the crop is the patch
+            # (or merged patch) each token was made from, not a receptive field.
+            section.add(
+                Text(
+                    layout.describe() + " Each crop is the image cell its token was made from.",
+                    kind="note",
+                )
+            )
+            fields = {
+                name: token_cell_field(name, layout, col.state[name].map_size) for name in layers
+            }
+        else:
+            fields = self._fields(model, layers, ctx, section)
         chosen: dict[str, list[int]] = {}
         for name in layers:
             if name not in fields:

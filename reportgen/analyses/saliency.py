@@ -7,13 +7,14 @@ per method) and agreement tables.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from reportgen import attribution
+from reportgen import attribution, vit
 from reportgen.contract import (
     Analysis,
     AnalysisContext,
@@ -23,6 +24,7 @@ from reportgen.contract import (
     Result,
     SkipSection,
 )
+from reportgen.errors import ReportgenError
 from reportgen.figures import figure_to_picture, new_figure
 from reportgen.loading.models import find_layer
 from reportgen.params import (
@@ -40,20 +42,31 @@ from reportgen.params import (
 )
 from reportgen.section import Figure, Picture, Section, Table, Text
 
-Method = Literal["gradient", "smoothgrad", "guided_backprop", "gradcam", "integrated_gradients"]
+Method = Literal[
+    "gradient",
+    "smoothgrad",
+    "guided_backprop",
+    "gradcam",
+    "integrated_gradients",
+    "attention_rollout",
+]
 METHODS: tuple[Method, ...] = (
     "gradient",
     "smoothgrad",
     "guided_backprop",
     "gradcam",
     "integrated_gradients",
+    "attention_rollout",
 )
+DEFAULT_METHODS: tuple[Method, ...] = METHODS[:5]
+"""Attention rollout is added automatically for vision transformers (see ``methods``)."""
 LABELS: dict[str, str] = {
     "gradient": "gradient",
     "smoothgrad": "SmoothGrad",
     "guided_backprop": "guided backprop",
     "gradcam": "Grad-CAM",
     "integrated_gradients": "integrated gradients",
+    "attention_rollout": "attention rollout",
 }
 NEEDS_HOOKS = ("guided_backprop", "gradcam")
 """Methods that need to see inside the Python forward pass (not TorchScript / exported graphs)."""
@@ -68,7 +81,12 @@ HOW_TO_READ = (
     "convolutional stage's feature maps by their gradients: coarse blobs at that stage's "
     "resolution, but class-specific. Integrated gradients sums gradients along a straight path "
     "from a baseline (black in model space) to the image; its values add up to the score "
-    "difference. Every column has one colour scale shared by all rows, so rows can be compared. "
+    "difference. Attention rollout (vision transformers only) multiplies the attention matrices "
+    "of all blocks, each averaged over heads and mixed with the identity, and shows how much the "
+    "class token attends to each patch — it says where the model looks, not which class the "
+    "evidence supports. A method that is not defined for a model (guided backprop on GELU "
+    "networks, rollout on a CNN) is listed as unavailable with the reason. "
+    "Every column has one colour scale shared by all rows, so rows can be compared. "
     "Trust a region when several methods agree on it; the tables give the rank correlation "
     "between methods (1 = same ordering of pixels, 0 = unrelated)."
 )
@@ -77,14 +95,15 @@ HOW_TO_READ = (
 @dataclass(frozen=True)
 class SaliencyParams(AnalysisParams):
     methods: list[str] = field(
-        default_factory=lambda: list(METHODS),
+        default_factory=lambda: list(DEFAULT_METHODS),
         metadata=rule(
             non_empty("needs at least one method"),
             each(one_of(*METHODS), f"every entry must be one of {', '.join(METHODS)}"),
         ),
     )
     """Which methods to run (and columns to draw), from: gradient, smoothgrad, guided_backprop,
-    gradcam, integrated_gradients."""
+    gradcam, integrated_gradients, attention_rollout (vision transformers; added to the default
+    list automatically when the model is one)."""
     smoothgrad_samples: int = field(default=25, metadata=rule(between(1, 1000)))
     smoothgrad_noise: float = field(default=0.15, metadata=rule(in_range(0, 1, lo_open=True)))
     """Noise σ as a fraction of each image's value range (model input space)."""
@@ -114,59 +133,100 @@ class SaliencyResult:
     """Method -> Q×H×W non-negative map at input resolution."""
     gradcam_layer: str | None
     notes: list[str]
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Method -> why it is not shown."""
+
+
+def _method_maps(
+    method: str, ctx: AnalysisContext, p: SaliencyParams, x: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """(raw attribution, 2-D map, Grad-CAM layer or None) of one method; raises NotApplicable
+    when the method is not defined for this model."""
+    model = ctx.model.module
+    h, w = x.shape[2:]
+    bs = p.batch_size
+    layout = ctx.token_layout
+    if method == "gradient":
+        g = attribution.input_gradients(model, x, t, bs)
+        return attribution.saliency_map(g), attribution.saliency_map(g), None
+    if method == "smoothgrad":
+        g = attribution.smoothgrad(
+            model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.seed, bs
+        )
+        return g, attribution.saliency_map(g), None
+    if method == "guided_backprop":
+        g = attribution.guided_backprop(model, x, t, bs)
+        return g, attribution.saliency_map(g), None
+    if method == "gradcam":
+        if layout is not None and p.gradcam_layer == "auto":
+            # Tokens reshaped to their patch grid (class/register tokens dropped) at the last block.
+            layer = vit.default_vit_gradcam_layer(layout)
+            cam = vit.vit_grad_cam(model, x, t, layer, layout, bs)
+        else:
+            try:
+                layer = (
+                    attribution.default_gradcam_layer(model, x[:1])
+                    if p.gradcam_layer == "auto"
+                    else p.gradcam_layer
+                )
+            except ValueError as exc:
+                raise attribution.NotApplicable(f"not applicable: {exc}") from None
+            cam = attribution.grad_cam(model, x, t, find_layer(model, layer), bs)
+        up = attribution.upsample_maps(cam, (h, w))
+        return up, up, layer
+    if method == "attention_rollout":
+        if layout is None:
+            raise attribution.NotApplicable(
+                "not applicable: the model has no attention layers (not a vision transformer)"
+            )
+        rolled = vit.attention_rollout(model, x, layout, bs)
+        if isinstance(rolled, vit.Unavailable):
+            raise attribution.NotApplicable(str(rolled))
+        up = attribution.upsample_maps(rolled, (h, w))
+        return up, up, None
+    baseline = None
+    if not isinstance(p.ig_baseline, str):
+        gray = torch.full((x.shape[1], 1, 1), float(p.ig_baseline))
+        baseline = ctx.preprocessor.normalise(gray).to(x.device)[None]
+    ig = attribution.integrated_gradients(model, x, t, baseline, p.ig_steps, p.ig_method, bs)
+    # Sum over channels (signed contributions add), then magnitude, as IG is usually drawn.
+    return ig, ig.sum(dim=1).abs(), None
 
 
 def compute_saliency(ctx: AnalysisContext, p: SaliencyParams, batch: QueryBatch) -> SaliencyResult:
-    """Run the configured methods on the query batch (everything stays on the device)."""
-    model = ctx.model.module
+    """Run the configured methods on the query batch (everything stays on the device).
+
+    One method failing is one method failing: a method that is not defined for this model, or
+    that errs, is listed as unavailable with the reason and the others still run.
+    """
     x, t = batch.inputs, batch.targets
-    h, w = x.shape[2:]
     wanted = [m for m in METHODS if m in p.methods]
     notes: list[str] = []
+    unavailable: dict[str, str] = {}
     if not ctx.model.supports_hooks:
-        dropped = [m for m in wanted if m in NEEDS_HOOKS]
-        wanted = [m for m in wanted if m not in NEEDS_HOOKS]
-        if dropped:
-            notes.append(
-                f"{' and '.join(LABELS[m] for m in dropped)} need the model's Python forward pass, "
-                f"which a {ctx.model.kind.replace('_', ' ')} model does not expose; not shown."
+        for m in [m for m in wanted if m in NEEDS_HOOKS]:
+            unavailable[m] = (
+                f"needs the model's Python forward pass, which a "
+                f"{ctx.model.kind.replace('_', ' ')} model does not expose"
             )
     raw: dict[str, torch.Tensor] = {}
     maps: dict[str, torch.Tensor] = {}
     layer_name: str | None = None
-    bs = p.batch_size
-    for method in ctx.iterate(wanted, desc="saliency", total=len(wanted), label=str):
-        if method == "gradient":
-            g = attribution.input_gradients(model, x, t, bs)
-            raw[method], maps[method] = attribution.saliency_map(g), attribution.saliency_map(g)
-        elif method == "smoothgrad":
-            g = attribution.smoothgrad(
-                model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.seed, bs
-            )
-            raw[method], maps[method] = g, attribution.saliency_map(g)
-        elif method == "guided_backprop":
-            g = attribution.guided_backprop(model, x, t, bs)
-            raw[method], maps[method] = g, attribution.saliency_map(g)
-        elif method == "gradcam":
-            layer_name = (
-                attribution.default_gradcam_layer(model, x[:1])
-                if p.gradcam_layer == "auto"
-                else p.gradcam_layer
-            )
-            cam = attribution.grad_cam(model, x, t, find_layer(model, layer_name), bs)
-            up = attribution.upsample_maps(cam, (h, w))
-            raw[method], maps[method] = up, up
-        elif method == "integrated_gradients":
-            baseline = None
-            if not isinstance(p.ig_baseline, str):
-                gray = torch.full((x.shape[1], 1, 1), float(p.ig_baseline))
-                baseline = ctx.preprocessor.normalise(gray).to(x.device)[None]
-            ig = attribution.integrated_gradients(
-                model, x, t, baseline, p.ig_steps, p.ig_method, bs
-            )
-            # Sum over channels (signed contributions add), then magnitude, as IG is usually drawn.
-            raw[method], maps[method] = ig, ig.sum(dim=1).abs()
-    return SaliencyResult(raw, maps, layer_name, notes)
+    runnable = [m for m in wanted if m not in unavailable]
+    for method in ctx.iterate(runnable, desc="saliency", total=len(runnable), label=str):
+        try:
+            raw[method], maps[method], layer = _method_maps(method, ctx, p, x, t)
+        except attribution.NotApplicable as exc:
+            unavailable[method] = str(exc)
+            continue
+        except (RuntimeError, ValueError, ReportgenError) as exc:
+            unavailable[method] = f"failed: {type(exc).__name__}: {exc}"
+            continue
+        layer_name = layer or layer_name
+    for method in wanted:
+        if method in unavailable:
+            notes.append(f"{LABELS[method]}: unavailable — {unavailable[method]}.")
+    return SaliencyResult(raw, maps, layer_name, notes, unavailable)
 
 
 # --------------------------------------------------------------------------- presentation
@@ -213,6 +273,7 @@ def saliency_figure(
 
 
 ARRAY_NAMES = {
+    "attention_rollout": "attention_rollout",
     "gradient": "saliency_gradient",
     "smoothgrad": "smoothgrad",
     "guided_backprop": "guided_backprop",
@@ -235,6 +296,8 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
 
     def run(self, ctx: AnalysisContext, p: SaliencyParams) -> Result:
         batch = ctx.query_batch()
+        if ctx.token_layout is not None and list(p.methods) == list(DEFAULT_METHODS):
+            p = dataclasses.replace(p, methods=[*p.methods, "attention_rollout"])
         result = compute_saliency(ctx, p, batch)
         if not result.maps:
             raise SkipSection(" ".join(result.notes) or "no saliency method could run")
@@ -255,6 +318,8 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
         metrics: dict[str, Any],
     ) -> Section:
         section = self.section(HOW_TO_READ)
+        # The heading names the methods actually shown.
+        section.title = "Saliency: " + ", ".join(LABELS[m] for m in result.maps)
         maps = {m: v.detach().float().cpu().numpy() for m, v in result.maps.items()}
         methods = list(maps)
         targets = batch.targets.cpu().tolist()

@@ -19,6 +19,7 @@ import torch
 from reportgen.contract.passes import PassResult
 from reportgen.loading.images import DataFolder, ImageDataset, Preprocessor, to_display
 from reportgen.loading.models import LoadedModel, extract_logits
+from reportgen.vit import TokenLayout
 
 T = TypeVar("T")
 Precision = Literal["fp32", "bf16"]
@@ -42,6 +43,8 @@ class SetupContext:
     model: LoadedModel
     folder: DataFolder
     device: torch.device
+    token_layout: TokenLayout | None = None
+    """How a vision transformer's tokens map to its patch grid (None for a CNN)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class AnalysisContext:
     """Side of the downsampled images in ``pass_result.pixels``."""
     collector: Any = None
     """This analysis' own collector after the pass (None when it has none)."""
+    token_layout: TokenLayout | None = None
+    """How a vision transformer's tokens map to its patch grid (None for a CNN)."""
     progress: Callable[..., Iterator[Any]] = _no_progress
     _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
 

@@ -46,6 +46,7 @@ from reportgen.pipeline.summary import build_summary
 from reportgen.progress import Progress
 from reportgen.render import Headline, clean_floats, to_json, write_atomic
 from reportgen.section import Section
+from reportgen.vit import TokenLayout, describe_vit
 
 log = logging.getLogger("reportgen")
 
@@ -96,6 +97,17 @@ class Prepared:
     def context_for(self, name: str) -> AnalysisContext:
         """The context one analysis gets (with its own collector)."""
         return dataclasses.replace(self.context, collector=self.collectors.get(name))
+
+
+def token_layout(model: LoadedModel, pre: Preprocessor) -> TokenLayout | None:
+    """A vision transformer's token layout (one probe forward pass), or None for other models."""
+    size = pre.crop or pre.resize
+    if not model.supports_hooks or size is None:
+        return None
+    try:
+        return describe_vit(model.module, (size, size))
+    except (RuntimeError, ValueError, StopIteration):
+        return None
 
 
 class _NotMainRank(Exception):
@@ -152,7 +164,8 @@ class Pipeline:
         dataset = ImageDataset(folder, pre)
         self.timings["load"] = perf_counter() - t
 
-        collectors = self._collectors(plan, SetupContext(model, folder, device))
+        layout = token_layout(model, pre)
+        collectors = self._collectors(plan, SetupContext(model, folder, device, layout))
         t = perf_counter()
         pass_result = self._dataset_pass(model, dataset, device, collectors, baseline)
         self.timings["dataset_pass"] = perf_counter() - t
@@ -171,6 +184,7 @@ class Pipeline:
             precision=cfg.run.precision,
             pixel_size=cfg.preprocess.pixel_size,
             progress=self.progress,
+            token_layout=layout,
         )
         return Prepared(context, plan, collectors, baseline)
 
