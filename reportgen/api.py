@@ -93,7 +93,9 @@ def run_demo(
 ) -> RunResult:
     """Train the demo CNN on scikit-learn's digits (no downloads) and report on it."""
     from reportgen.demo import prepare_demo
+    from reportgen.pipeline.environment import resolve_device
 
+    resolve_device(device)  # --device cuda without a GPU: an input error before anything is written
     config_path, trained = prepare_demo(
         out_dir, per_class=per_class, epochs=epochs, progress=progress
     )

@@ -75,8 +75,12 @@ def cli() -> None:
     "--analyses", help="Comma-separated analyses to run (default: all; see list-analyses)."
 )
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, help="Random seed (default 0).")
-@click.option("--max-images", type=int, help="Use at most N images, spread evenly over the folder.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), help="Random seed (default 0).")
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    help="Use at most N images, spread evenly over the folder.",
+)
 @click.option("--format", "formats", help="Comma-separated outputs: html,pdf (default both).")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bars or messages.")
 @click.option(
@@ -148,7 +152,9 @@ def run_command(
 
             file_gates = read_yaml(config_path).get("gates", []) if config_path else []
             overrides["gates"] = [*(file_gates if isinstance(file_gates, list) else []), *fail_on]
-        cfg = load_config(config_path, overrides, analyses=_split(analyses) if analyses else None)
+        cfg = load_config(
+            config_path, overrides, analyses=_split(analyses) if analyses is not None else None
+        )
         result = run_report(cfg, progress=Progress(quiet=cfg.run.quiet), warn=_warn)
     except ReportgenError as exc:
         _fail(exc)
@@ -252,7 +258,7 @@ def list_analyses_command() -> None:
 @click.option(
     "--model", "arch", required=True, help="torchvision model name or package.module:factory."
 )
-@click.option("--num-classes", type=int, default=None)
+@click.option("--num-classes", type=click.IntRange(min=1), default=None)
 def list_layers_command(arch: str, num_classes: int | None) -> None:
     """Every layer name of an architecture (for model.penultimate and analyses' layer lists)."""
     import torch
@@ -270,4 +276,16 @@ def list_layers_command(arch: str, num_classes: int | None) -> None:
 
 
 def main() -> None:
-    cli(prog_name="reportgen")
+    try:
+        cli.main(prog_name="reportgen", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("reportgen: interrupted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        # A bad flag or value: the promised one line naming it, exit code 2 (not click's three).
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        click.echo(f"reportgen: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)
+    except click.ClickException as exc:
+        click.echo(f"reportgen: error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(EXIT_INPUT_ERROR)

@@ -8,6 +8,7 @@ resolved against the file's folder; paths given on the command line against the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -141,6 +142,8 @@ class Config:
 
 
 FORMATS = ("html", "pdf", "md")
+MAX_SIDE = 4096
+"""Largest resize/crop side: a 30000-px side would need gigabytes per image."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -214,6 +217,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -261,14 +266,41 @@ _PATH_KEYS = (
 )
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently, dropping the whole first block)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} appears twice (first on line {seen[key] + 1}); keep one of them",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: the config file is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -349,9 +381,14 @@ def load_config(
     for dotted, value in overrides.items():
         _set_dotted(data, dotted, value)
 
-    analyses_data = data.get("analyses") or {}
+    analyses_data = data.get("analyses", {})
+    if analyses_data is None:
+        analyses_data = {}
     if not isinstance(analyses_data, dict):
-        raise ConfigError("analyses: expected a mapping of analysis name -> parameters")
+        raise ConfigError(
+            "analyses: expected a mapping of analysis name -> parameters (an empty selection "
+            "is an error: name at least one analysis, or omit the key for all of them)"
+        )
     for name in analyses_data:
         if name not in schemas:
             raise ConfigError(
@@ -359,6 +396,11 @@ def load_config(
                 f"available: {', '.join(schemas)}"
             )
     if analyses is not None:
+        if not analyses:
+            raise ConfigError(
+                "--analyses: name at least one analysis (see `reportgen list-analyses`), or "
+                "leave the flag out for all of them"
+            )
         for name in analyses:
             if name not in schemas:
                 raise ConfigError(
@@ -414,20 +456,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.queries must be 0 or more")
     for key in ("resize", "crop"):
         v = getattr(p, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"preprocess.{key} must be a positive number of pixels or null")
+        if v is not None and not 1 <= v <= MAX_SIDE:
+            raise ConfigError(
+                f"preprocess.{key} must be between 1 and {MAX_SIDE} pixels or null (got {v})"
+            )
     if len(p.mean) != len(p.std) or not p.mean:
         raise ConfigError("preprocess.mean and preprocess.std must be lists of the same length")
     if any(s <= 0 for s in p.std):
         raise ConfigError("preprocess.std values must be positive")
-    if p.pixel_size < 1:
-        raise ConfigError("preprocess.pixel_size must be at least 1")
+    if not 1 <= p.pixel_size <= 256:
+        raise ConfigError(f"preprocess.pixel_size must be between 1 and 256 (got {p.pixel_size})")
+    if not 0 <= r.seed < 2**64:
+        raise ConfigError(f"run.seed must be a whole number from 0 to 2**64 - 1 (got {r.seed})")
     if not _DEVICE_RE.match(r.device):
         raise ConfigError(f"run.device: {r.device!r} is not auto, cpu, cuda or cuda:N")
-    if r.batch_size < 1:
-        raise ConfigError("run.batch_size must be at least 1")
-    if r.workers != "auto" and r.workers < 0:
-        raise ConfigError("run.workers must be 0 or more")
+    if not 1 <= r.batch_size <= 65536:
+        raise ConfigError(f"run.batch_size must be between 1 and 65536 (got {r.batch_size})")
+    if r.workers != "auto" and not 0 <= r.workers <= 256:
+        raise ConfigError(f"run.workers must be between 0 and 256, or auto (got {r.workers})")
     for fmt in o.formats:
         if fmt not in FORMATS:
             raise ConfigError(
@@ -436,7 +482,9 @@ def validate(cfg: Config) -> None:
             )
     if "html" not in o.formats and "pdf" not in o.formats:
         raise ConfigError("output.formats must include html or pdf")
-    if o.max_html_mb <= 0:
-        raise ConfigError("output.max_html_mb must be positive")
+    if not 0 < o.max_html_mb <= 10_000:
+        raise ConfigError(
+            f"output.max_html_mb must be positive (and at most 10000); got {o.max_html_mb}"
+        )
     for name, params in cfg.analyses.items():
         validate_params(params, f"analyses.{name}")
