@@ -17,6 +17,7 @@ other lone surrogate (one that did not come from a file name, e.g. from a config
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
 
 _ESCAPED_BYTES = range(0xDC80, 0xDD00)  # surrogateescape maps byte 0xNN (>= 0x80) to U+DCNN
 
@@ -59,3 +60,22 @@ def display_name(relpath: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def safe_data(obj: Any) -> Any:
+    """``obj`` with :func:`safe_text` applied to every string in it, keys included.
+
+    For plain data (dicts, lists, tuples, strings, numbers) about to be serialised, e.g.
+    ``to_json(safe_data(summary))``: a lone surrogate becomes ``\\xNN``/``\\uXXXX`` text, which
+    JSON then escapes properly, instead of failing to encode (or, with ``ensure_ascii``, being
+    written as an unpaired ``\\udcff`` escape that strict JSON parsers reject).
+    """
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, dict):
+        return {safe_data(k): safe_data(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [safe_data(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(safe_data(v) for v in obj)
+    return obj

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from reportgen.figures import figure_to_picture, new_figure
-from reportgen.text import display_name, safe_text
+from reportgen.text import display_name, safe_data, safe_text
 
 
 def test_undecodable_bytes_are_shown_as_hex_escapes() -> None:
@@ -47,3 +47,19 @@ def test_safe_text_always_encodes_and_renders(text: str) -> None:
     fig.suptitle(shown)
     picture = figure_to_picture(fig)  # matplotlib renders it
     assert picture.pixels.ndim == 3
+
+
+def test_safe_data_makes_a_summary_serialisable_as_strict_json() -> None:
+    name = os.fsdecode(b"im\xff.png")
+    summary = {"data": {"skipped": [{"path": name, "reason": "x"}], name: (1, "\ud800")}, "n": 3}
+    with pytest.raises(UnicodeEncodeError):
+        json.dumps(summary, ensure_ascii=False).encode("utf-8")
+    text = json.dumps(safe_data(summary), ensure_ascii=False)
+    text.encode("utf-8")
+    assert json.loads(text) == {
+        "data": {
+            "skipped": [{"path": "im\\xff.png", "reason": "x"}],
+            "im\\xff.png": [1, "\\ud800"],
+        },
+        "n": 3,
+    }
