@@ -139,7 +139,16 @@ def _create(path: Path) -> list[Path]:
         try:
             os.mkdir(folder)
         except FileExistsError:
-            continue
+            if os.path.isdir(folder):  # created meanwhile (another process): fine
+                continue
+            for done in reversed(created):
+                done.rmdir()
+            raise _fail(
+                path,
+                f"cannot be created: {display_name(str(folder))} exists and is not a folder "
+                "(a broken symbolic link?)",
+                "choose a folder path for the report",
+            ) from None
         except OSError as exc:
             for done in reversed(created):
                 try:

@@ -153,3 +153,12 @@ def test_a_folder_named_like_an_output_is_never_removed(tmp_path: Path) -> None:
     (tmp_path / "report.pdf").mkdir()
     assert remove_stale_outputs(tmp_path, ["report.html"]) == []
     assert (tmp_path / "report.pdf").is_dir()
+
+
+def test_a_broken_link_in_the_way(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(
+        ConfigError, match=r"exists and is not a folder \(a broken symbolic link\?\)"
+    ):
+        prepare_output_dir(tmp_path / "out" / "report")
+    assert sorted(os.listdir(tmp_path)) == ["out"]
