@@ -1,6 +1,11 @@
 """Exact k-nearest neighbours with chunked matrix products and top-k on the device.
 
 Memory is O(chunk × N), never N×N, so 50k × 2048 features fit on a GPU or in RAM.
+
+Distances between points with NaN or Inf coordinates are meaningless (``topk`` orders NaNs
+arbitrarily), so :func:`knn` refuses them with :class:`DegenerateInput` instead of returning
+silently wrong neighbours; :func:`point_set_problem` says in words what is wrong with a point set
+before any native code (t-SNE, PCA) sees it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,47 @@ from typing import Literal
 import torch
 
 Metric = Literal["euclidean", "cosine"]
+
+# Points whose spread around their mean is below this fraction of their largest coordinate are
+# equal up to float rounding (float32 carries ~7 significant digits; the same image run in two
+# batch positions differs by a few ulps): their distances carry no information.
+EQUAL_RTOL = 1e-6
+
+
+class DegenerateInput(ValueError):
+    """A point set on which distances mean nothing (non-finite values, all points equal)."""
+
+
+def point_set_problem(x: torch.Tensor, *, min_points: int = 2, what: str = "points") -> str | None:
+    """Why distances between the rows of ``x`` carry no information, or None when they do.
+
+    In order: fewer than ``min_points`` rows; rows with NaN or Inf; every row equal (exactly, or
+    up to float rounding: largest difference from the first row at most :data:`EQUAL_RTOL` of the largest
+    absolute value). ``what`` names the rows in the message (e.g. ``images``).
+    """
+    n = int(x.shape[0])
+    if n < min_points:
+        return f"needs at least {min_points} {what}, got {n}"
+    finite = torch.isfinite(x.reshape(n, -1)).all(dim=1)
+    bad = n - int(finite.sum())
+    if bad:
+        return f"{bad} of {n} {what} have non-finite values (NaN or Inf)"
+    xd = x.reshape(n, -1).double()
+    spread = float((xd - xd[:1]).abs().max())  # against one row: exactly equal rows give 0
+    scale = float(xd.abs().max())
+    if spread <= EQUAL_RTOL * scale or spread == 0.0:
+        how = "exactly" if spread == 0.0 else "up to float rounding"
+        return f"all {n} {what} are equal ({how}), so distances between them carry no information"
+    return None
+
+
+def _require_finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        rows = int((~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)).sum())
+        raise DegenerateInput(
+            f"k-NN: {rows} of {x.shape[0]} {name} have non-finite values (NaN or Inf), so their "
+            "neighbours would be arbitrary"
+        )
 
 
 def _prepare(x: torch.Tensor, metric: Metric) -> torch.Tensor:
@@ -46,6 +92,9 @@ def knn(
     k = min(k, base.shape[0] - (1 if exclude is not None else 0))
     if k < 1:
         raise ValueError("k-NN needs at least two points")
+    _require_finite(base, "points")
+    if queries is not base:
+        _require_finite(queries, "queries")
     base_p = _prepare(base, metric)
     base_sq = (base_p * base_p).sum(1) if metric == "euclidean" else None
     out_d, out_i = [], []

@@ -24,6 +24,7 @@ import markupsafe
 import numpy as np
 from PIL import Image
 
+from reportgen.interrupts import deferred_interrupts, raise_if_interrupted
 from reportgen.section import Figure, Picture, Section, Table, Text, Thumb, format_number
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -334,9 +335,12 @@ def write_all_atomic(files: dict[Path, bytes | str]) -> None:
 
     Every payload goes to a temporary file next to its target first (flushed to disk); only when
     all of them are written are they renamed over the targets, one ``os.replace`` each. A failure
-    while writing (disk full, Ctrl-C) removes the temporary files and leaves every target as it
-    was, so an existing report is never swapped for part of a new one.
+    while writing (disk full, Ctrl-C, SIGTERM: any ``BaseException``) removes the temporary files
+    and leaves every target as it was, so an existing report is never swapped for part of a new
+    one. Nothing is replaced once an interrupt was recorded (:mod:`reportgen.interrupts`), even
+    one Python swallowed earlier; during the renames a signal is deferred until they are done.
     """
+    raise_if_interrupted()
     staged: list[tuple[str, Path]] = []
     try:
         for path, data in files.items():
@@ -350,10 +354,12 @@ def write_all_atomic(files: dict[Path, bytes | str]) -> None:
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
-        while staged:
-            tmp, path = staged[0]
-            os.replace(tmp, path)
-            staged.pop(0)
+        with deferred_interrupts():
+            raise_if_interrupted()  # recorded (perhaps swallowed) while staging: replace nothing
+            while staged:
+                tmp, path = staged[0]
+                os.replace(tmp, path)
+                staged.pop(0)
     except BaseException:
         for tmp, _ in staged:
             with suppress(FileNotFoundError):

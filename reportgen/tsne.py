@@ -6,15 +6,53 @@ O(N²) work per iteration but only O(chunk × N) memory: on a GPU that is a few 
 on a CPU far slower than openTSNE's FFT approximation, so :func:`reportgen.analyses.embedding`
 picks it only on CUDA. Every reduction has a fixed order (no atomics), so a seed gives the same
 map on the same device every run.
+
+Degenerate input crashes native t-SNE code (scikit-learn's Barnes-Hut and openTSNE segfault when
+every point is equal: their PCA initialisation divides by a zero standard deviation) or gives
+NaN maps here. :func:`tsne_input_problem` names the problem before any t-SNE runs, and
+:func:`scale_for_tsne` brings any feature scale to unit RMS (float32 distances of features at
+1e-30 underflow to all-equal, at 1e30 overflow to Inf — both crash the native code); the map does
+not change, as t-SNE's affinities are calibrated per point by the perplexity and the
+initialisation is rescaled anyway.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from reportgen.knn import knn
+from reportgen.knn import DegenerateInput, knn, point_set_problem
+
+MIN_TSNE_POINTS = 5
+"""Below this, t-SNE has no neighbourhoods to keep (perplexity would be under 1.4)."""
+
+
+def tsne_input_problem(x: torch.Tensor | np.ndarray, what: str = "points") -> str | None:
+    """Why t-SNE cannot run on the rows of ``x`` (too few, non-finite, all equal), or None.
+
+    Call it before scikit-learn, openTSNE or :func:`torch_tsne` sees the data: those crash the
+    process (segfault) or return NaN maps on such input.
+    """
+    t = torch.as_tensor(x)
+    return point_set_problem(t, min_points=MIN_TSNE_POINTS, what=what)
+
+
+def scale_for_tsne(x: np.ndarray) -> np.ndarray:
+    """``x`` centred and divided by its RMS distance to the mean (float64), for any feature scale.
+
+    t-SNE's result does not depend on a global scale (each point's Gaussian bandwidth is
+    calibrated to the perplexity, and the initialisation is rescaled), but float32 distances do:
+    features around 1e-30 underflow to zero distances and around 1e30 overflow to Inf. Raises
+    :class:`~reportgen.knn.DegenerateInput` when the points have no spread at all.
+    """
+    xd = np.asarray(x, dtype=np.float64)
+    centred = xd - xd.mean(axis=0)
+    rms = float(np.sqrt((centred * centred).sum(axis=1).mean()))
+    if not np.isfinite(rms) or rms == 0.0:
+        raise DegenerateInput("t-SNE input has no spread (all points equal) or is not finite")
+    return centred / rms
 
 
 def perplexity_affinities(
@@ -96,6 +134,9 @@ def torch_tsne(
     (the factor 4 of the gradient folded in), at least 50.
     """
     n = x.shape[0]
+    problem = tsne_input_problem(x)
+    if problem:
+        raise DegenerateInput(f"t-SNE {problem}")
     x = x.float()
     idx, p_cond = perplexity_affinities(x, perplexity)
     rows, cols, w, degree = symmetric_affinities(idx, p_cond)

@@ -184,7 +184,15 @@ def test_adapt_keys_keeps_unrelated_state_visible() -> None:
 def test_not_a_weights_file(tmp_path: Path) -> None:
     path = tmp_path / "notes.pt"
     path.write_text("hello")
-    with pytest.raises(CheckpointError, match=r"notes\.pt: not a readable PyTorch weights file"):
+    with pytest.raises(
+        CheckpointError, match=r"notes\.pt is a text file \(it starts with 'hello'\)"
+    ):
+        load_state_dict(path)
+    path.write_bytes(b"\x07\x00\x01garbage")  # binary, but nothing torch can read
+    with pytest.raises(
+        CheckpointError,
+        match=r"notes\.pt: not a PyTorch weights file \(it starts with the bytes 07 00 01 67\)",
+    ):
         load_state_dict(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_state_dict(tmp_path / "missing.pt")

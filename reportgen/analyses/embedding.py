@@ -15,6 +15,7 @@ from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, Result,
 from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
 from reportgen.params import AnalysisParams, at_least, between, positive, rule
 from reportgen.section import Figure, Picture, Table
+from reportgen.tsne import tsne_input_problem
 
 HOW_TO_READ = (
     "Both maps place every image by its penultimate feature vector. PCA is a linear projection "
@@ -77,7 +78,32 @@ BACKEND_NAMES = {
 def run_tsne(
     x: np.ndarray, p: EmbeddingParams, seed: int, device: torch.device | None = None
 ) -> tuple[np.ndarray, str]:
-    """2-D t-SNE of ``x`` (already PCA-reduced), seeded, PCA-initialised."""
+    """2-D t-SNE of ``x`` (already PCA-reduced), seeded, PCA-initialised.
+
+    Raises :class:`SkipSection` with the reason, before any native code runs, when ``x`` is
+    degenerate (too few points, NaN/Inf, all points equal), since scikit-learn and openTSNE
+    segfault on such input; and when a backend returns a map that is not finite. ``x`` is brought
+    to unit RMS first (:func:`reportgen.tsne.scale_for_tsne`), so no feature scale under- or
+    overflows in float32.
+    """
+    from reportgen.tsne import scale_for_tsne
+
+    problem = tsne_input_problem(x)
+    if problem:
+        raise SkipSection(f"t-SNE: {problem}")
+    x = scale_for_tsne(x).astype(np.float32)
+    problem = tsne_input_problem(x)  # all equal once in float32 (a spread below its resolution)
+    if problem:
+        raise SkipSection(f"t-SNE: {problem}")
+    emb, name = _run_tsne_backend(x, p, seed, device)
+    if not np.isfinite(emb).all():
+        raise SkipSection(f"t-SNE ({name}) gave positions that are not finite")
+    return emb, name
+
+
+def _run_tsne_backend(
+    x: np.ndarray, p: EmbeddingParams, seed: int, device: torch.device | None
+) -> tuple[np.ndarray, str]:
     n = x.shape[0]
     perplexity = float(min(p.perplexity, max(1.0, (n - 1) / 3.0)))
     backend = tsne_backend(n, p, device)
@@ -231,6 +257,12 @@ class EmbeddingAnalysis(Analysis[EmbeddingParams]):
         n = len(res)
         if n < 5:
             raise SkipSection(f"needs at least 5 readable images, got {n}")
+        # Degenerate features (all equal: 12 copies of one image, an all-zero model, an infinite
+        # preprocess.std; NaN/Inf from broken weights) make PCA meaningless and crash native t-SNE
+        # code: skip with the reason before any of it runs.
+        problem = tsne_input_problem(res.features, "images")
+        if problem:
+            raise SkipSection(f"the penultimate features ({res.feature_layer}): {problem}")
         seed = ctx.seed
         feats = res.features.float().cpu().numpy().astype(np.float64)
         reduced = pca_project(feats, p.pca_dims, seed)

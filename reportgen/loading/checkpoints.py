@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import pickle
 import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,6 +30,132 @@ from reportgen.errors import CheckpointError
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net")
 CheckpointKind = Literal["state_dict", "pickled_module", "torchscript", "exported"]
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pt2")
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_weights_file(path: str | Path, key: str = "model.weights") -> Path:
+    """The path of a file that can hold saved weights, or a CheckpointError saying what it is.
+
+    Runs before anything opens the file: the type comes from ``stat`` (a FIFO given as weights
+    never blocks the run), then the first bytes are looked at. Refused, each with what to do: a
+    missing path, a folder (naming the weight files inside it), a FIFO/socket/device, an empty
+    file, a Git LFS pointer, an HTML page (a failed download) and any other text file. ``key`` is
+    the config key named in the message (``model.weights`` or ``model.checkpoint``).
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        noun = "checkpoint file" if key == "model.checkpoint" else "weights file"
+        raise CheckpointError(f"{key}: {p}: {noun} not found; check the path") from None
+    except OSError as exc:
+        raise CheckpointError(f"{key}: cannot open {p} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            inside = sorted(
+                e.name for e in os.scandir(p) if e.name.endswith(WEIGHT_SUFFIXES) and e.is_file()
+            )
+        except OSError:
+            inside = []
+        hint = (
+            f" (it holds {', '.join(inside[:3])}{' ...' if len(inside) > 3 else ''})"
+            if inside
+            else ""
+        )
+        raise CheckpointError(
+            f"{key}: {p} is a folder, not a weights file{hint}; pass the weights file itself"
+        )
+    for test, kind in _SPECIAL:
+        if test(st.st_mode):
+            raise CheckpointError(
+                f"{key}: {p} is {kind}, not a regular file; save the weights to a file and pass that"
+            )
+    if st.st_size == 0:
+        raise CheckpointError(
+            f"{key}: {p} is empty (0 bytes), so the save or download did not finish; save the "
+            "weights again (torch.save(model.state_dict(), path))"
+        )
+    try:
+        with p.open("rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{key}: cannot read {p} ({exc.strerror or exc})") from None
+    text = _as_text(head)
+    if text is not None:
+        stripped = text.lstrip()
+        if stripped.startswith("version https://git-lfs"):
+            raise CheckpointError(
+                f"{key}: {p} is a Git LFS pointer, not the weights; fetch the real file with "
+                "`git lfs pull` (or download it again)"
+            )
+        if stripped[:15].lower().startswith(("<!doctype html", "<html")):
+            raise CheckpointError(
+                f"{key}: {p} is an HTML page (a failed download?), not saved weights; download "
+                "the weights file again"
+            )
+        first = _one_line(stripped, 40) or "whitespace"
+        raise CheckpointError(
+            f"{key}: {p} is a text file (it starts with {first!r}), not saved weights; pass the "
+            "file written by torch.save(model.state_dict(), path) or a .safetensors file"
+        )
+    return p
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` decoded when it looks like the start of a text file (UTF-8, no NUL, no binary
+    control bytes), else None. Every weights format starts with binary bytes (a pickle opcode, a
+    zip header, safetensors' 8-byte length)."""
+    if not head or b"\x00" in head:
+        return None
+    for cut in range(4):  # the 512-byte window may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    if any(ord(ch) < 32 and ch not in "\t\n\r\f" for ch in text):
+        return None
+    return text
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\x89HDF", "an HDF5 file, e.g. Keras .h5 weights"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x1f\x8b", "a gzip file; decompress it first"),
+    (b"GGUF", "a GGUF file"),
+)
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header."""
+    return len(head) >= 10 and head[8:10] == b'{"'
+
+
+def _looks_like(head: bytes) -> str:
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return f"it is {kind}"
+    return f"it starts with the bytes {head[:4].hex(' ')}"
 
 
 def sha256_file(path: Path) -> str:
@@ -91,10 +219,9 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     Accepts plain state dicts and the nested layouts of Lightning, timm and training scripts.
     Never executes code from the file.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: weights file not found")
-    if p.suffix == ".safetensors":
+    p = check_weights_file(path, "model.weights")
+    head = _head(p)
+    if p.suffix == ".safetensors" or _is_safetensors(head):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -107,6 +234,13 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(
             f"{p}: this is a {kind} archive, which runs code when loaded, so it is not read as "
             "--weights; pass it as --checkpoint with --trust-checkpoint if you trust its source"
+        )
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        # torch.save writes a zip archive (or, in the legacy format, a pickle: protocol >= 2
+        # starts with 0x80); anything else is another kind of file, not weights.
+        raise CheckpointError(
+            f"{p}: not a PyTorch weights file ({_looks_like(head)}); pass the file written by "
+            "torch.save(model.state_dict(), path) or a .safetensors file"
         )
     try:
         # torch warns about pickle protocols it did not write; the message means nothing to users.
@@ -245,9 +379,7 @@ class TrustedModel:
 
 def load_trusted_checkpoint(path: str | Path, trust: bool) -> TrustedModel:
     """Load a code-carrying checkpoint. Refused unless ``trust`` (the --trust-checkpoint flag)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
+    p = check_weights_file(path, "model.checkpoint")
     if not trust:
         raise CheckpointError(
             f"{p}: refused: --checkpoint files (pickled models, TorchScript, .pt2) run code when "

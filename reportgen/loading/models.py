@@ -123,11 +123,21 @@ def _import_factory(spec: str) -> Any:
             module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"model.arch: cannot import {module_name!r} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
+    if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ConfigError(
-            f"model.arch: {module_name} has no callable {attr!r}{did_you_mean(attr, names)}"
+            f"model.arch: {module_name} has no callable {attr!r}{did_you_mean(attr, names)}; name a "
+            "function or class in it that returns the nn.Module"
+        )
+    factory = getattr(module, attr)
+    if not callable(factory):
+        callables = [
+            n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))
+        ]
+        raise ConfigError(
+            f"model.arch: {module_name}:{attr} is not a function or class (it is of type "
+            f"{type(factory).__name__}){did_you_mean(attr, callables)}; name a function or class "
+            "that returns the nn.Module"
         )
     return factory
 

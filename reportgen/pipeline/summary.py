@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,19 +11,12 @@ import torch
 from reportgen import __version__
 from reportgen.config import Config
 from reportgen.contract import PassResult
-from reportgen.loading.images import DataFolder
+from reportgen.loading.images import DataFolder, manifest_sha256
 from reportgen.loading.models import LoadedModel
 from reportgen.pipeline.environment import device_description, library_versions
 from reportgen.pipeline.metadata import Resolved
 from reportgen.render import clean_floats
 from reportgen.section import Section
-
-
-def manifest_sha256(manifest: list[tuple[str, int, str]]) -> str:
-    h = hashlib.sha256()
-    for rel, size, digest in sorted(manifest):
-        h.update(f"{rel}\t{size}\t{digest}\n".encode())
-    return h.hexdigest()
 
 
 def display_root(root: Path, out_dir: Path) -> str:
