@@ -362,11 +362,12 @@ def _reinit_module(module: nn.Module) -> None:
     own = list(module.named_parameters(recurse=False)) + [
         (n, b) for n, b in module.named_buffers(recurse=False) if b is not None
     ]
-    below = [
-        (p, p.detach().clone())
-        for sub in list(module.modules())[1:]
-        for p in list(sub.parameters(recurse=False)) + [b for b in sub.buffers(recurse=False)]
-    ]
+    own_names = {n for n, _ in own}
+    below = {
+        n: t.detach().clone()
+        for n, t in [*module.named_parameters(), *module.named_buffers()]
+        if n not in own_names
+    }
     reset = getattr(module, "reset_parameters", None)
     with torch.no_grad():
         if callable(reset):
@@ -376,10 +377,17 @@ def _reinit_module(module: nn.Module) -> None:
             try:
                 reset()
             finally:
-                for n, t in own:
-                    t.data = t.data.to(devices[n])
-            for p, saved in below:
-                p.copy_(saved)
+                # Look the tensors up again: a reset may have replaced them.
+                for n, dev in devices.items():
+                    cur = module._parameters.get(n, module._buffers.get(n))
+                    if cur is not None:
+                        cur.data = cur.data.to(dev)
+            for n, saved in below.items():
+                path, _, leaf = n.rpartition(".")
+                owner = module.get_submodule(path)
+                current = owner._parameters.get(leaf, owner._buffers.get(leaf))
+                if current is not None:
+                    current.copy_(saved)
         else:
             for _, p in module.named_parameters(recurse=False):
                 mean = float(p.float().mean())
@@ -919,7 +927,9 @@ def run_attribution_checks(
     """
     q, c, h, w = inputs.shape
     device = inputs.device
-    targets = targets.to(device)
+    # Plain copies: tensors made under inference_mode (a query batch) cannot enter autograd.
+    inputs = inputs.detach().clone()
+    targets = targets.detach().to(device).clone()
     r = q if randomization_images is None else max(0, min(q, randomization_images))
     g = max(0, min(r, grid_images))
     notes: list[str] = []

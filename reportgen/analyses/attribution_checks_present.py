@@ -302,7 +302,7 @@ def similarity_curves(result: ChecksResult) -> Picture:
             )
         ax.set_title(f"{what}: cascading randomisation", fontsize=9)
         ax.set_xticks(x, [_wrap(s, 14) for s in labels], rotation=45, ha="right", fontsize=7)
-        ax.set_ylim(-0.3, 1.05)
+        ax.set_ylim(_lower_limit(result, getter, False), 1.05)
         ax.axhline(0.0, color="0.8", linewidth=0.8)
         ax.grid(True, axis="y", color="0.9")
         if col == 0:
@@ -332,7 +332,7 @@ def similarity_curves(result: ChecksResult) -> Picture:
             ax2.set_xticks(
                 xi, [_wrap(s.name, 14) for s in result.stages], rotation=45, ha="right", fontsize=7
             )
-            ax2.set_ylim(-0.3, 1.05)
+            ax2.set_ylim(_lower_limit(result, getter, True), 1.05)
             ax2.axhline(0.0, color="0.8", linewidth=0.8)
             ax2.grid(True, axis="y", color="0.9")
             if col == 0:
@@ -340,6 +340,12 @@ def similarity_curves(result: ChecksResult) -> Picture:
     handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=min(6, len(names)), fontsize=7)
     return figure_to_picture(fig, dpi=100)
+
+
+def _lower_limit(result: ChecksResult, getter: Any, independent: bool) -> float:
+    """-0.3, or lower when a curve goes below it (anti-correlated maps), down to -1.05."""
+    values = [v for m in result.methods for v in getter(m, independent) if not math.isnan(v)]
+    return max(-1.05, min([-0.3, *(v - 0.05 for v in values)]))
 
 
 def faithfulness_curves(result: ChecksResult) -> Picture:
