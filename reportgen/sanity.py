@@ -402,7 +402,8 @@ def randomize_stage(model: nn.Module, stage: Stage, seed: int) -> None:
 
     The caller's global random state is restored afterwards. Every stage starts from the same seed
     (as Quantus' MPRT does), so a stage gets the same random weights in the cascading and the
-    independent variant.
+    independent variant. An untrained model built right after ``torch.manual_seed(seed)`` would
+    get its own initial weights back at its first stage: test models need another seed.
     """
     modules = dict(model.named_modules())
     with torch.random.fork_rng(devices=[]):
