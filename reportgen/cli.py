@@ -16,6 +16,7 @@ import click
 
 from reportgen import __version__
 from reportgen.errors import ReportgenError
+from reportgen.interrupts import interrupt_handlers
 
 EXIT_INPUT_ERROR = 2
 
@@ -126,8 +127,6 @@ def run_command(
     fail_on: tuple[str, ...],
 ) -> None:
     """Write report.html, report.pdf, summary.json for a checkpoint and an image folder."""
-    from reportgen.api import load_config, run_report
-    from reportgen.progress import Progress
 
     overrides = {
         "model.arch": arch,
@@ -146,6 +145,19 @@ def run_command(
         "baseline.checkpoint": baseline_checkpoint,
         "baseline.trust_checkpoint": trust_baseline_checkpoint,
     }
+    with interrupt_handlers(notify=_warn):
+        _run(config_path, overrides, analyses, fail_on)
+
+
+def _run(
+    config_path: str | None,
+    overrides: dict[str, Any],
+    analyses: str | None,
+    fail_on: tuple[str, ...],
+) -> None:
+    from reportgen.api import load_config, run_report
+    from reportgen.progress import Progress
+
     try:
         if fail_on:  # added to the config file's gates: every one must hold
             from reportgen.config import read_yaml
@@ -179,17 +191,18 @@ def demo_command(out_dir: str, device: str, quiet: bool) -> None:
     from reportgen.api import run_demo
     from reportgen.progress import Progress
 
-    try:
-        result = run_demo(
-            Path(out_dir),
-            device=device,
-            progress=Progress(quiet=quiet),
-            warn=_warn,
-            echo=None if quiet else click.echo,
-        )
-    except ReportgenError as exc:
-        _fail(exc)
-    _finish(result, quiet)
+    with interrupt_handlers(notify=_warn):
+        try:
+            result = run_demo(
+                Path(out_dir),
+                device=device,
+                progress=Progress(quiet=quiet),
+                warn=_warn,
+                echo=None if quiet else click.echo,
+            )
+        except ReportgenError as exc:
+            _fail(exc)
+        _finish(result, quiet)
 
 
 @cli.command("compare")
@@ -220,12 +233,26 @@ def compare_command(
     quiet: bool,
 ) -> None:
     """Compare two report folders written by `reportgen run` (OLD_DIR is the baseline)."""
-    from reportgen.api import compare_reports
 
     chosen = _split(formats) if formats else ["html", "pdf"]
     unknown = [f for f in chosen if f not in ("html", "pdf", "md")]
     if unknown or not {"html", "pdf"} & set(chosen):
         _fail(ReportgenError(f"--format: choose html and/or pdf (got {formats!r})"))
+    with interrupt_handlers(notify=_warn):
+        _compare(old_dir, new_dir, out_dir, chosen, fail_on, allow_version_mismatch, quiet)
+
+
+def _compare(
+    old_dir: str,
+    new_dir: str,
+    out_dir: str,
+    chosen: list[str],
+    fail_on: tuple[str, ...],
+    allow_version_mismatch: bool,
+    quiet: bool,
+) -> None:
+    from reportgen.api import compare_reports
+
     try:
         result = compare_reports(
             old_dir,

@@ -98,13 +98,16 @@ def rule(*rules: Rule) -> dict[str, Any]:
     return {"rules": rules}
 
 
-def layer_ref(*, auto: str | None = None, also: Sequence[Rule] = ()) -> dict[str, Any]:
+def layer_ref(
+    *, auto: str | None = None, spatial: bool = False, also: Sequence[Rule] = ()
+) -> dict[str, Any]:
     """Field metadata: the field names model layers (a name, or a list of names).
 
-    ``auto``: a value that means "chosen automatically" and is not a layer name. The plan checks
-    every such name against the model before the dataset pass.
+    ``auto``: a value that means "chosen automatically" and is not a layer name. ``spatial``:
+    the layers must output N×C×H×W maps. The plan checks every such name against the model
+    (and, for ``spatial``, with one probe forward pass) before the dataset pass.
     """
-    return {"rules": tuple(also), "layer": True, "auto": auto}
+    return {"rules": tuple(also), "layer": True, "auto": auto, "spatial": spatial}
 
 
 def field_rules(f: dataclasses.Field[Any]) -> tuple[Rule, ...]:
@@ -120,10 +123,13 @@ def validate_params(params: AnalysisParams, path: str) -> None:
                 raise ConfigError(f"{path}.{f.name}: {r.text} (got {value!r})")
 
 
-def layer_fields(params: AnalysisParams) -> Iterator[tuple[str, list[str]]]:
-    """(field name, layer names) for every layer-valued field, automatic values left out."""
+def layer_fields(
+    params: AnalysisParams, *, spatial_only: bool = False
+) -> Iterator[tuple[str, list[str]]]:
+    """(field name, layer names) for every layer-valued field, automatic values left out;
+    ``spatial_only``: only the fields whose layers must output spatial maps."""
     for f in dataclasses.fields(params):
-        if not f.metadata.get("layer"):
+        if not f.metadata.get("layer") or (spatial_only and not f.metadata.get("spatial")):
             continue
         value = getattr(params, f.name)
         names = [value] if isinstance(value, str) else list(value or [])

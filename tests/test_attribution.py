@@ -250,9 +250,80 @@ def test_no_hooks_or_mode_left_after_an_exception() -> None:
 
 
 def test_guided_backprop_refuses_models_without_visible_relus() -> None:
-    model = frozen(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Tanh()))
-    with pytest.raises(RuntimeError, match="no ReLU"):
-        attribution.guided_backprop(model, torch.randn(1, 3, 5, 5), torch.tensor([0]))
+    smooth = frozen(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Tanh()))
+    with pytest.raises(attribution.NotApplicable, match=r"\(Tanh\) are smooth"):
+        attribution.guided_backprop(smooth, torch.randn(1, 3, 5, 5), torch.tensor([0]))
+    linear = frozen(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()))
+    with pytest.raises(attribution.NotApplicable, match="no ReLU-family call"):
+        attribution.guided_backprop(linear, torch.randn(1, 3, 5, 5), torch.tensor([0]))
+
+
+class _GateNet(nn.Module):
+    """conv -> gate -> conv -> gate -> pool -> linear, with one gate module reused."""
+
+    def __init__(self, gate: nn.Module) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.gate = gate
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gate(self.c2(self.gate(self.c1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _hand_guided(model: _GateNet, x: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
+    """Guided backprop written out by hand: forward by layers, backward by the chain rule with
+    each gate's guided rule (positive gradients only, times the gate's derivative)."""
+    z1 = model.c1(x)
+    a1 = _gate(z1, kind)
+    z2 = model.c2(a1)
+    a2 = _gate(z2, kind)
+    hw = a2.shape[2] * a2.shape[3]
+    g_a2 = model.fc.weight[t][:, :, None, None].expand_as(a2) / hw
+    g_z2 = g_a2.clamp(min=0) * _deriv(z2, kind)
+    a1r = a1.detach().requires_grad_(True)
+    (g_a1,) = torch.autograd.grad(model.c2(a1r), a1r, g_z2)
+    g_z1 = g_a1.clamp(min=0) * _deriv(z1, kind)
+    xr = x.detach().requires_grad_(True)
+    (g_x,) = torch.autograd.grad(model.c1(xr), xr, g_z1)
+    return g_x
+
+
+def _gate(z: torch.Tensor, kind: str) -> torch.Tensor:
+    return {
+        "relu6": z.clamp(0, 6),
+        "hardtanh06": z.clamp(0, 6),
+        "leaky": torch.where(z > 0, z, 0.1 * z),
+    }[kind]
+
+
+def _deriv(z: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "leaky":
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, 0.1))
+    return ((z > 0) & (z < 6)).float()
+
+
+@pytest.mark.parametrize(
+    ("kind", "gate"),
+    [
+        ("relu6", nn.ReLU6(inplace=True)),
+        ("hardtanh06", nn.Hardtanh(0.0, 6.0)),
+        ("leaky", nn.LeakyReLU(0.1)),
+    ],
+)
+def test_guided_backprop_on_the_relu_family_matches_a_hand_reference(
+    kind: str, gate: nn.Module
+) -> None:
+    model = frozen(_GateNet(gate))
+    # Large inputs so that some units pass 6 and are clamped by ReLU6.
+    x = 4 * torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([1, 3])
+    got = attribution.guided_backprop(model, x, t)
+    expected = _hand_guided(model, x, t, kind)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, attribution.input_gradients(model, x, t))
 
 
 def test_spearman_matches_scipy() -> None:

@@ -67,7 +67,7 @@ def test_run_writes_the_report_and_exits_0(project: Path) -> None:
 
 
 def test_flags_override_the_yaml(project: Path, tmp_path: Path) -> None:
-    other = write_image_folder(tmp_path / "other", {"x": 3, "y": 3}, size=32)
+    other = write_image_folder(tmp_path / "other", {"x": 2, "y": 2, "z": 2}, size=32)
     result = invoke(
         "run", "--config", str(project / "config.yaml"), "--data", str(other),
         "--out", str(tmp_path / "elsewhere"), "--seed", "5", "--max-images", "4",

@@ -71,7 +71,7 @@ def test_unknown_section_and_analysis_keys(tmp_path: Path) -> None:
         ("run.precision", "fp16", "run.precision: 'fp16' is not one of 'fp32', 'bf16'"),
         ("run.device", "gpu", "run.device: 'gpu' is not auto, cpu, cuda or cuda:N"),
         ("output.formats", ["htm"], "output.formats: unknown format 'htm' (did you mean 'html'?)"),
-        ("run.batch_size", 0, "run.batch_size must be at least 1"),
+        ("run.batch_size", 0, "run.batch_size must be between 1 and 65536"),
         ("preprocess.std", [0.1, 0.0, 0.1], "preprocess.std values must be positive"),
         ("analyses.neighbors.k", "5", "analyses.neighbors.k: expected a whole number"),
         ("model", "resnet18", "model: expected a mapping"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reportgen.analyses.activations import ActivationsAnalysis
+from reportgen.analyses.attribution_checks import AttributionChecksAnalysis
 from reportgen.analyses.audit import AuditAnalysis
 from reportgen.analyses.embedding import EmbeddingAnalysis
 from reportgen.analyses.filters import FiltersAnalysis
@@ -20,6 +21,7 @@ _ALL: list[type[Analysis]] = [
     MaxPatchesAnalysis,
     OcclusionAnalysis,
     SaliencyAnalysis,
+    AttributionChecksAnalysis,
     AuditAnalysis,
 ]
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from reportgen.figures import class_colors, figure_to_picture, new_figure
-from reportgen.sanity import METHODS, RANDOM, ChecksResult, headline_metrics
+from reportgen.sanity import METHODS, RANDOM, ChecksResult
 from reportgen.section import Figure, Picture, Section, Table, Text
 
 NAME = "attribution_checks"
@@ -32,53 +31,6 @@ LABELS: dict[str, str] = {
     "occlusion": "occlusion",
     RANDOM: "random map (control)",
 }
-
-
-@dataclass(frozen=True)
-class AttributionChecksParams:
-    """``analyses.attribution_checks``. The maps' own settings (SmoothGrad samples, IG steps,
-    Grad-CAM layer, occlusion window and fill) are the saliency and occlusion sections', so the
-    checks judge exactly the maps the report shows."""
-
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """Maps to check, from: gradient, smoothgrad, guided_backprop, gradcam, integrated_gradients,
-    occlusion."""
-    stages: Literal["auto"] | list[str] = "auto"
-    """Randomisation stages: ``auto`` (blocks found from the model's call order, logits first: e.g.
-    fc, layer4, …, conv1+bn1 on a ResNet) or a list of module names (one stage each, ordered by
-    call order, re-initialised from the output end)."""
-    max_images: int = 8
-    """Query images in the deletion/insertion curves (the first ones)."""
-    randomization_images: int = 4
-    """Query images re-explained after each randomisation stage (the first ones)."""
-    grid_images: int = 2
-    """Queries shown in the randomisation grid (rows: methods; columns: original → randomised)."""
-    steps: int = 16
-    """Points on each deletion/insertion curve after the start (equal fractions of the pixels)."""
-    threshold: float = 0.5
-    """A method fails randomisation when its mean Spearman rank correlation with the original
-    (absolute maps) is still at least this after the whole network is re-initialised."""
-    insertion_blur_sigma: float = 0.0
-    """Gaussian blur σ in input pixels of the image insertion starts from; 0 = 1/8 of the
-    shorter side."""
-    deletion_fill: Literal["mean"] | float = "mean"
-    """What deleted pixels become: ``mean`` (the dataset's mean pixel) or a gray value in [0, 1]
-    pixel space."""
-    imputation: Literal["constant", "road"] = "constant"
-    """``constant``: deleted pixels take the fill, not-yet-inserted ones the blurred image;
-    ``road``: both are imputed from their neighbours with noisy linear imputation (ROAD, Rong et
-    al. 2022), which avoids rewarding maps for the shape of the hole."""
-    road_noise: float = 0.01
-    """σ of the noise ROAD adds to imputed pixels (model input units)."""
-    independent: bool = False
-    """Also re-initialise each stage alone (Adebayo's independent test): one more pass per
-    stage."""
-    batch_size: int = 64
-    """Perturbed images per forward pass in the curves."""
-    seed: int | None = None
-    """Seed of the re-initialisation and of the random-map control; None = ``run.seed``."""
-    image_size: int = 64
-    """On-screen size of each panel in the randomisation grid, in pixels."""
 
 
 def how_to_read(result: ChecksResult, fill_text: str) -> str:
@@ -403,7 +355,6 @@ def attribution_checks_section(
     ``fill_text``: how deletion's fill is described ("the dataset's mean pixel", "gray 0.5").
     """
     section = Section(name=NAME, title=TITLE, how_to_read=how_to_read(result, fill_text))
-    section.metrics.update(headline_metrics(result))
     if not result.methods:
         reasons = "; ".join(f"{LABELS.get(m, m)}: {r}" for m, r in result.unavailable.items())
         section.add(Text(f"No attribution method could run on this model ({reasons}).", "warning"))

@@ -188,6 +188,8 @@ class AuditAnalysis(Analysis[AuditParams]):
         confidence, preds = probs.max(dim=1)
         labels = res.labels.to(preds.device)
         known = (labels >= 0) & (labels < n_classes)
+        if not ctx.labels_are_model_classes:
+            known = torch.zeros_like(known)  # folder positions are not model classes
         checks: list[list[Any]] = []
         shown: dict[str, list[tuple[int, str]]] = {}
 
@@ -310,7 +312,9 @@ class AuditAnalysis(Analysis[AuditParams]):
         else:
             section.add(
                 Text(
-                    "The images are unlabelled: checks that need labels (accuracy, calibration, label errors) are left out.",
+                    "The images are unlabelled: checks that need labels (accuracy, calibration, label errors) are left out."
+                    if ctx.labels_are_model_classes
+                    else "The class folders cannot be the model's classes (see the warnings at the top): checks that compare labels with predictions (calibration, confusions, label errors) are left out.",
                     kind="note",
                 )
             )

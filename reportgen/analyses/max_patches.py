@@ -24,6 +24,7 @@ from reportgen.contract import (
 )
 from reportgen.errors import ConfigError
 from reportgen.figures import figure_to_picture, new_figure
+from reportgen.loading.models import find_layer
 from reportgen.params import AnalysisParams, at_least, between, each, layer_ref, rule
 from reportgen.receptive_field import ReceptiveField, ReceptiveFieldError, receptive_fields
 from reportgen.section import Figure, Picture, Section, Table, Text
@@ -195,10 +196,51 @@ def choose_channels(st: LayerTopK, listed: list[int] | None, count: int) -> list
     """Listed channels, or the ``count`` whose per-image peak varies most (ties: lower index)."""
     if listed is not None:
         return listed
-    seen = torch.isfinite(st.values[:, 0])
+    # A channel whose best peak is ≤ 0 never fires (after a ReLU it is dead): nothing to show.
+    seen = torch.isfinite(st.values[:, 0]) & (st.values[:, 0] > 0)
     score = torch.where(seen, st.variance.float(), torch.full_like(st.variance.float(), -1.0))
     order = torch.sort(score, descending=True, stable=True).indices
     return [int(c) for c in order[: min(count, int(seen.sum()))].tolist()]
+
+
+MARK = np.array([255, 140, 0], np.uint8)
+
+
+def output_channels(module: nn.Module) -> int | None:
+    """Channels a layer outputs when its weights say so (conv, linear, norm), else None."""
+    for attr in ("out_channels", "out_features", "num_features", "normalized_shape"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], int):
+            return value[0]
+    return None
+
+
+def field_patch(image: np.ndarray, rf: ReceptiveField, y: int, x: int) -> tuple[np.ndarray, bool]:
+    """The patch for unit (y, x): its receptive field cropped from the image, or — when the field
+    covers the whole image (late layers of deep nets: 851 px on a 224 px input) — the whole image
+    with the unit's position marked, instead of a checkerboard of padding around it.
+
+    Returns the patch and whether it is the marked whole image.
+    """
+    h, w = image.shape[:2]
+    top, left, bottom, right = rf.box(y, x)
+    if not (top <= 0 and left <= 0 and bottom >= h and right >= w):
+        return crop_with_padding(image, (top, left, bottom, right)), False
+    out = image.copy()
+    cy = min(max((top + bottom) // 2, 0), h - 1)
+    cx = min(max((left + right) // 2, 0), w - 1)
+    half = max(1, min(h, w) // 16, rf.stride[0] // 2)
+    y0, y1, x0, x1 = (
+        max(cy - half, 0),
+        min(cy + half, h - 1),
+        max(cx - half, 0),
+        min(cx + half, w - 1),
+    )
+    out[y0 : y1 + 1, [x0, x1]] = MARK  # a small orange square around the unit's centre
+    out[[y0, y1], x0 : x1 + 1] = MARK
+    return out, True
 
 
 def crop_with_padding(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -280,6 +322,14 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
         layers = resolve_layers(model, p.layers, default)
         if not layers:
             return None
+        for name in layers:  # channel numbers out of range: an input error before the pass
+            count = output_channels(find_layer(model, name))
+            bad = [c for c in p.channels if count is not None and c >= count]
+            if bad and count is not None:
+                raise ConfigError(
+                    f"analyses.max_patches.channels: {name} has {count} channels "
+                    f"(0–{count - 1}), no channel {bad[0]}; list channel numbers below {count}"
+                )
         return TopKCollector(layers, p.k, setup.token_layout)
 
     def run(self, ctx: AnalysisContext, p: MaxPatchesParams) -> Result:
@@ -343,13 +393,15 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
             ys, xs = st.ys[chans].cpu().tolist(), st.xs[chans].cpu().tolist()
             patches: list[list[np.ndarray]] = []
             shown_vals: list[list[float]] = []
+            whole_image = False
             for ci in range(len(chans)):
                 row: list[np.ndarray] = []
                 row_vals: list[float] = []
                 for j in range(len(vals[ci])):
                     if pos[ci][j] < 0:
                         continue
-                    crop = crop_with_padding(images[pos[ci][j]], rf.box(ys[ci][j], xs[ci][j]))
+                    crop, whole = field_patch(images[pos[ci][j]], rf, ys[ci][j], xs[ci][j])
+                    whole_image |= whole
                     row.append(resize_patch(crop, p.patch_size))
                     row_vals.append(vals[ci][j])
                 patches.append(row)
@@ -366,8 +418,14 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                                 if listed
                                 else "(those whose peak activation varies most across images)"
                             )
-                            + f"; each patch is the {rf.size[0]}×{rf.size[1]} px receptive field, "
-                            f"shown at {p.patch_size} px."
+                            + (
+                                f"; the {rf.size[0]}×{rf.size[1]} px receptive field covers the "
+                                "whole input, so each image is shown whole with the unit's "
+                                f"position marked in orange, at {p.patch_size} px."
+                                if whole_image
+                                else f"; each patch is the {rf.size[0]}×{rf.size[1]} px receptive "
+                                f"field, shown at {p.patch_size} px."
+                            )
                         ),
                         alt=f"Maximally activating patches of {name}",
                         wide=True,

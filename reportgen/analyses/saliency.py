@@ -116,7 +116,7 @@ class SaliencyParams(AnalysisParams):
         ),
     )
     """``zeros``: all-zero input in model space; a number: that gray value in [0, 1] pixel space."""
-    gradcam_layer: str = field(default="auto", metadata=layer_ref(auto="auto"))
+    gradcam_layer: str = field(default="auto", metadata=layer_ref(auto="auto", spatial=True))
     """Module name; ``auto`` = the last module whose output is a spatial map (last conv stage)."""
     batch_size: int = field(default=32, metadata=rule(at_least(1)))
     """Images (noisy copies, path points) per forward/backward pass."""

@@ -65,6 +65,8 @@ class Result:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     """Keys among the analysis' declared ``metrics``; values JSON-safe numbers, text or None."""
+    record: dict[str, Any] | None = None
+    """A JSON-safe record summary.json keeps under the analysis' name (its detailed results)."""
 
 
 class Analysis(Generic[P]):

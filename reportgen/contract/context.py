@@ -99,12 +99,22 @@ class AnalysisContext:
     """This analysis' own collector after the pass (None when it has none)."""
     token_layout: TokenLayout | None = None
     """How a vision transformer's tokens map to its patch grid (None for a CNN)."""
+    labels_are_model_classes: bool = True
+    """False when the class folders cannot be the model's outputs (more folders than outputs,
+    or folders numbered by position without data.labels): label-vs-prediction checks are then
+    meaningless, and the per-image sections explain the prediction."""
     progress: Callable[..., Iterator[Any]] = _no_progress
     _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
 
     # ------------------------------------------------------------------ images and labels
 
     def relpath(self, position: int) -> str:
+        """The image's path under the data root, as shown to a reader (undecodable bytes of a
+        file name escaped as ``\\xNN``); ``image_id`` is the exact string."""
+        return self.folder.items[self.pass_result.item_index[position]].display
+
+    def image_id(self, position: int) -> str:
+        """The image's exact path under the data root (its stable id in arrays.npz)."""
         return self.folder.items[self.pass_result.item_index[position]].relpath
 
     def label(self, position: int) -> int:
@@ -145,6 +155,8 @@ class AnalysisContext:
         res = self.pass_result
         labels = res.labels[list(positions)].to(res.predictions.device)
         preds = res.predictions[list(positions)]
+        if not self.labels_are_model_classes:
+            return preds
         ok = (labels >= 0) & (labels < res.logits.shape[1])
         return torch.where(ok, labels, preds)
 
@@ -160,7 +172,7 @@ class AnalysisContext:
         else:
             inputs = torch.empty(0, device=self.device)
             targets = torch.empty(0, dtype=torch.long, device=self.device)
-        batch = QueryBatch(positions, [self.relpath(p) for p in positions], inputs, targets)
+        batch = QueryBatch(positions, [self.image_id(p) for p in positions], inputs, targets)
         self._queries_cache.batch = batch
         return batch
 

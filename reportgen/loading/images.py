@@ -417,6 +417,11 @@ def manifest_sha256(manifest: Iterable[tuple[str, int, str]]) -> str:
 # --------------------------------------------------------------------------- image sizes
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header alone (None when unreadable)."""
+    return _header_size(path)
+
+
 def _header_size(path: Path) -> tuple[int, int] | None:
     """(height, width) as the decoder will see it (EXIF rotation applied), from the header only.
 

@@ -32,15 +32,30 @@ from reportgen.contract import (
 )
 from reportgen.errors import ReportgenError
 from reportgen.gates import evaluate_gates, gates_failed
-from reportgen.loading.images import ImageDataset, Preprocessor, scan_folder
+from reportgen.interrupts import raise_if_interrupted
+from reportgen.loading.images import (
+    DataFolder,
+    ImageDataset,
+    Preprocessor,
+    check_uniform_size,
+    image_size,
+    output_size,
+    scan_folder,
+)
+from reportgen.loading.model_checks import (
+    check_model_output,
+    nonfinite_parameters,
+    train_mode_modules,
+)
 from reportgen.loading.models import LoadedModel, load_model
+from reportgen.outdir import prepare_output_dir, remove_stale_outputs
 from reportgen.pipeline import distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
 from reportgen.pipeline.metadata import Resolved, apply_metadata
 from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outputs
-from reportgen.pipeline.plan import Plan, config_gates, make_plan
+from reportgen.pipeline.plan import Plan, check_spatial_layers, config_gates, make_plan
 from reportgen.pipeline.queries import select_queries
 from reportgen.pipeline.summary import build_summary
 from reportgen.progress import Progress
@@ -123,15 +138,26 @@ class Pipeline:
     warn: Callable[[str], None]
     timings: dict[str, Any] = field(default_factory=lambda: {"analyses": {}})
     dist: distributed.DistContext = distributed.SINGLE
+    _classes_trusted: bool = True
+    _positional_mismatch: bool = False
+    """False when the class folders cannot be the model's outputs (targets: the prediction)."""
     warnings: list[str] = field(default_factory=list)
     """Things the reader must know (wrong-looking inputs, approximations): stderr, the top of the
     report and summary.json's ``warnings``."""
     resolved: Resolved | None = None
 
+    _told: int = 0
+
     def _warn(self, message: str) -> None:
+        """Record a warning; it reaches stderr once the inputs proved usable (an input error
+        before that is the one line the user sees)."""
         if message not in self.warnings:
             self.warnings.append(message)
+
+    def _tell(self) -> None:
+        for message in self.warnings[self._told :]:
             self.warn(message)
+        self._told = len(self.warnings)
 
     def prepare(self) -> Prepared:
         """Load everything, plan, and run the dataset pass: the context every analysis gets."""
@@ -161,14 +187,23 @@ class Pipeline:
                 m.module.to(memory_format=torch.channels_last)
         folder = scan_folder(effective.data)
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
+        check_uniform_size(folder, pre.resize, pre.crop)  # one size, or what to set: before work
+        self._check_model(model, folder, pre)
+        layout = token_layout(model, pre)
+        if pre.crop and layout is None:  # a transformer's token outputs are read on their grid
+            check_spatial_layers(cfg, model, self.registry, (pre.crop, pre.crop))
+        self._check_classes(model, folder)
         dataset = ImageDataset(folder, pre)
         self.timings["load"] = perf_counter() - t
+        raise_if_interrupted()
 
-        layout = token_layout(model, pre)
         collectors = self._collectors(plan, SetupContext(model, folder, device, layout))
         t = perf_counter()
         pass_result = self._dataset_pass(model, dataset, device, collectors, baseline)
         self.timings["dataset_pass"] = perf_counter() - t
+        raise_if_interrupted()
+        self._check_accuracy(pass_result, folder)
+        self._tell()
 
         queries = select_queries(pass_result, folder, cfg.data.queries, cfg.run.seed)
         context = AnalysisContext(
@@ -185,8 +220,97 @@ class Pipeline:
             pixel_size=cfg.preprocess.pixel_size,
             progress=self.progress,
             token_layout=layout,
+            labels_are_model_classes=self._classes_trusted,
         )
         return Prepared(context, plan, collectors, baseline)
+
+    def _check_model(self, model: LoadedModel, folder: DataFolder, pre: Preprocessor) -> None:
+        """What can be told about the model before the pass: its output is N×classes logits
+        (a ``(features, logits)`` model is made to return its logits), its weights are finite,
+        it is in eval mode, and it was given weights at all."""
+        size: tuple[int, int] | None = (pre.crop, pre.crop) if pre.crop else None
+        if size is None:
+            first = next((it for it in folder.items if image_size(it.path)), None)
+            hw = image_size(first.path) if first is not None else None
+            size = output_size(hw, pre.resize, None) if hw else None
+        if size is not None and model.supports_hooks:
+            for message in check_model_output(
+                model.module, model.in_channels, size, model.num_classes
+            ):
+                self._warn(message)
+        bad = nonfinite_parameters(model.module)
+        if bad:
+            self._warn(
+                "the model's weights are not finite (" + "; ".join(bad[:3]) + "): every "
+                "number in this report is unreliable; check the checkpoint"
+            )
+        for message in train_mode_modules(model.module):
+            self._warn(message)
+        if model.kind == "state_dict" and model.source is None:
+            self._warn(
+                f"no weights were given: {model.arch} is randomly initialised, so this report "
+                "describes an untrained network (pass --weights FILE to report on your model)"
+            )
+        if self.config.model.checkpoint and self.config.model.arch:
+            self._warn(
+                f"model.arch ({self.config.model.arch}) is ignored with a whole-model checkpoint; "
+                f"the report records the checkpoint's own class, {model.arch}"
+            )
+
+    def _check_classes(self, model: LoadedModel, folder: DataFolder) -> None:
+        """Can the class folders be the model's outputs? Say so loudly when they cannot."""
+        if not folder.labelled:
+            return
+        folders = len(folder.class_folders) if hasattr(folder, "class_folders") else 0
+        k = model.num_classes
+        if folder.empty_classes:
+            self._warn(
+                "class folder(s) with no readable image: "
+                + ", ".join(folder.empty_classes[:5])
+                + " (they keep their class index, so later classes do not shift)"
+            )
+        positional = self.resolved is not None and self.resolved.class_names_source.startswith(
+            "class folder names"
+        )
+        if folders > k:
+            self._classes_trusted = False  # labels past the outputs cannot be model classes
+            self._warn(
+                f"{folders} class folders but the model has {k} outputs: images in folders "
+                f"past the {k}th cannot be scored, and the folders cannot be the model's classes; "
+                "set data.labels (the model's class names in output order). Occlusion and "
+                "saliency explain the predicted class."
+            )
+        elif positional and folders != k:
+            self._positional_mismatch = True
+            self._warn(
+                f"{folders} class folders, numbered in sorted order, but the model has {k} "
+                "outputs and no data.labels maps the folders to them: accuracy, calibration and "
+                "the other label checks are only right if the folders are exactly the model's "
+                f"first {folders} classes in that order; set data.labels to say which they are"
+            )
+
+    def _check_accuracy(self, pass_result: PassResult, folder: DataFolder) -> None:
+        """Accuracy at chance level usually means the folders are not the model's classes."""
+        labels = pass_result.labels
+        known = (labels >= 0) & (labels < pass_result.logits.shape[1])
+        n, classes = int(known.sum()), len(set(labels[known].tolist()))
+        if n < 20 or classes < 2 or not self._classes_trusted:
+            return
+        correct = pass_result.predictions.cpu()[known] == labels[known]
+        accuracy = float(correct.float().mean())
+        if accuracy <= 1.5 / classes:
+            self._warn(
+                f"accuracy {100 * accuracy:.1f} % is at chance level for {classes} classes: "
+                "check that the class folders are the model's classes in output order "
+                "(data.labels) and that the checkpoint and preprocessing are the right ones"
+                + (
+                    "; until then occlusion and saliency explain the predicted class"
+                    if self._positional_mismatch
+                    else ""
+                )
+            )
+            if self._positional_mismatch:
+                self._classes_trusted = False
 
     def _collectors(self, plan: Plan, setup: SetupContext) -> dict[str, Collector]:
         collectors: dict[str, Collector] = {}
@@ -244,6 +368,8 @@ class Pipeline:
         return merged
 
     def run(self) -> RunResult:
+        # Checked (and locked) before any work: a folder that cannot take the report fails now.
+        out = prepare_output_dir(self.config.output.dir) if self._is_main_process() else None
         try:
             return self._run()
         except _NotMainRank:
@@ -252,6 +378,12 @@ class Pipeline:
             )
         finally:
             distributed.shutdown(self.dist)
+            if out is not None:
+                out.release()
+
+    @staticmethod
+    def _is_main_process() -> bool:
+        return int(os.environ.get("RANK", "0")) == 0
 
     def _run(self) -> RunResult:
         t_start = perf_counter()
@@ -262,15 +394,19 @@ class Pipeline:
         sections = dict(plan.decided)
         metrics: dict[str, Any] = {}
         arrays: dict[str, np.ndarray] = {}
+        records: dict[str, Any] = {}
         pending = plan.runnable
         for name, analysis in self.progress(
             pending, desc="analyses", total=len(pending), label=lambda item: item[0]
         ):
+            raise_if_interrupted()
             t = perf_counter()
             sections[name], result = self._run_one(analysis, prepared.context_for(name))
             if result is not None:
                 metrics.update(result.metrics)
                 arrays.update(result.arrays)
+                if result.record is not None:
+                    records[name] = result.record
             self.timings["analyses"][name] = perf_counter() - t
         ordered = [sections[name] for name, _ in plan.analyses]
 
@@ -296,6 +432,8 @@ class Pipeline:
             resolved=self.resolved,
             warnings=self.warnings,
         )
+        for name, record in records.items():
+            summary.setdefault(name, clean_floats(record))
         if compare is not None:
             summary["compare"] = clean_floats(compare)
         gates = config_gates(cfg, self.registry)
@@ -310,6 +448,7 @@ class Pipeline:
             if m.headline
         ]
         t = perf_counter()
+        raise_if_interrupted()
         files, warnings = write_outputs(
             cfg,
             summary,
@@ -324,6 +463,8 @@ class Pipeline:
         self.timings["total"] = perf_counter() - t_start
         write_atomic(out_dir / "timings.json", to_json(self.timings))
         files.append(out_dir / "timings.json")
+        # The folder describes exactly this run: reportgen's own files it did not write go.
+        remove_stale_outputs(out_dir, files)
         return RunResult(out_dir, ordered, summary, self.timings, files, warnings)
 
     def _compare(

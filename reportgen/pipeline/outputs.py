@@ -28,6 +28,7 @@ from reportgen.render import (
     write_all_atomic,
 )
 from reportgen.section import Section
+from reportgen.text import safe_data, safe_text
 
 
 def markdown_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def markdown_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def report_title(cfg: Config, summary: Mapping[str, Any]) -> str:
     root = summary["data"]["root"]
-    return cfg.output.title or f"{summary['model']['arch']} on {Path(root).name or root}"
+    return safe_text(cfg.output.title or f"{summary['model']['arch']} on {Path(root).name or root}")
 
 
 def write_outputs(
@@ -60,6 +61,11 @@ def write_outputs(
     the text of predictions.csv.
     """
     warnings: list[str] = []
+    # Names that are not UTF-8 are shown escaped, never a crash (in place: the caller's summary
+    # is the one the run returns).
+    safe = safe_data(summary)
+    summary.clear()
+    summary.update(safe)
     report = ReportContext(
         title=report_title(cfg, summary),
         summary=summary,

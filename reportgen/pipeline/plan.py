@@ -113,3 +113,37 @@ def config_gates(config: Config, registry: Mapping[str, type[Analysis]]) -> list
             )
     known = known_metric_names(metric_names(registry), compare=config.baseline.enabled)
     return parse_gates(config.gates, known, source="gates")
+
+
+def check_spatial_layers(
+    config: Config,
+    model: LoadedModel,
+    registry: Mapping[str, type[Analysis]],
+    input_size: tuple[int, int] | None,
+) -> None:
+    """Layers that must output spatial maps (``layer_ref(spatial=True)``) do, on one probe
+    forward pass of a zero image (only when such a layer is named)."""
+    wanted = [
+        (f"analyses.{name}.{field_name}", layer)
+        for name in registry
+        if config.analyses[name].enabled
+        for field_name, layers in layer_fields(config.analyses[name], spatial_only=True)
+        for layer in layers
+    ]
+    if not wanted or input_size is None or not model.supports_hooks:
+        return
+    import torch
+
+    from reportgen.attribution import spatial_layers_in_call_order
+
+    device = next(model.module.parameters(), torch.empty(0)).device
+    sample = torch.zeros(1, model.in_channels, *input_size, device=device)
+    spatial = {name for name, _ in spatial_layers_in_call_order(model.module, sample)}
+    for key, layer in wanted:
+        if layer not in spatial:
+            maps = [n for n, hw in spatial_layers_in_call_order(model.module, sample) if hw > 1]
+            raise LayerError(
+                f"{key}: layer '{layer}' does not output a spatial (N×C×H×W) map; choose one "
+                f"that does, e.g. {', '.join(repr(n) for n in maps[-3:]) or 'none found'}, "
+                "or 'auto'"
+            )

@@ -9,12 +9,8 @@ import torch
 from conftest import make_config, make_context, write_image_folder
 from torch import nn
 
-from reportgen.analyses.activations import (
-    ActivationsAnalysis,
-    channel_means,
-    layer_outputs,
-    spread_conv_layers,
-)
+from reportgen.analyses.activations import ActivationsAnalysis, channel_means
+from reportgen.analyses.common import layer_outputs, spread_conv_layers
 from reportgen.config import Config
 from reportgen.contract import AnalysisContext
 from reportgen.errors import LayerError

@@ -10,17 +10,16 @@ import torch
 from conftest import make_config, make_context, write_image_folder
 from tiny_models import tiny_net
 
-from reportgen.analyses.occlusion import (
-    OcclusionAnalysis,
-    OcclusionParams,
+from reportgen.analyses.occlusion import OcclusionAnalysis, OcclusionParams
+from reportgen.errors import ConfigError
+from reportgen.params import validate_params
+from reportgen.perturbation import (
     grid_shape,
     occluded_copies,
     occlusion_maps,
     pixel_probability,
     resolve_geometry,
 )
-from reportgen.errors import ConfigError
-from reportgen.params import validate_params
 
 
 def slow_occlusion(

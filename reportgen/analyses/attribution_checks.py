@@ -1,0 +1,218 @@
+"""Can these maps be trusted? Model-parameter randomisation (Adebayo et al. 2018) and
+deletion/insertion faithfulness (Petsiuk et al. 2018) with a random-map control, for every
+attribution method the report draws, on the query images.
+
+The compute lives in :mod:`reportgen.sanity` (torch in, numpy out); the section in
+:mod:`reportgen.analyses.attribution_checks_present`. The maps are computed with the same
+reductions as the saliency and occlusion sections; the settings below default to theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from reportgen import sanity, vit
+from reportgen.analyses.attribution_checks_present import (
+    NAME,
+    TITLE,
+    attribution_checks_section,
+)
+from reportgen.contract import (
+    Analysis,
+    AnalysisContext,
+    Metric,
+    Needs,
+    Result,
+    SkipSection,
+)
+from reportgen.params import (
+    AnalysisParams,
+    at_least,
+    between,
+    each,
+    either,
+    in_range,
+    layer_ref,
+    literal,
+    non_empty,
+    one_of,
+    rule,
+)
+
+DEFAULT_METHODS = list(sanity.METHODS)
+
+
+@dataclass(frozen=True)
+class AttributionChecksParams(AnalysisParams):
+    """``analyses.attribution_checks``. The map settings default to the saliency and occlusion
+    sections' defaults, so the checks judge the maps the report shows; change both together."""
+
+    methods: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METHODS),
+        metadata=rule(
+            non_empty("needs at least one method"),
+            each(
+                one_of(*sanity.METHODS),
+                f"every entry must be one of {', '.join(sanity.METHODS)}",
+            ),
+        ),
+    )
+    """Maps to check, from: gradient, smoothgrad, guided_backprop, gradcam, integrated_gradients,
+    occlusion."""
+    stages: Literal["auto"] | list[str] = field(default="auto", metadata=layer_ref(auto="auto"))
+    """Randomisation stages: ``auto`` (blocks found from the model's call order, logits first:
+    fc, layer4, …, conv1+bn1 on a ResNet) or a list of module names, one stage each."""
+    max_images: int = field(default=8, metadata=rule(between(1, 256)))
+    """Query images in the deletion/insertion curves (the first ones)."""
+    randomization_images: int = field(default=4, metadata=rule(between(1, 256)))
+    """Query images re-explained after each randomisation stage (the first ones)."""
+    grid_images: int = field(default=2, metadata=rule(between(0, 8)))
+    """Queries drawn in the randomisation grid (rows: methods; columns: original → randomised)."""
+    steps: int = field(default=16, metadata=rule(between(2, 256)))
+    """Points on each deletion/insertion curve after the start (equal fractions of the pixels)."""
+    threshold: float = field(default=0.5, metadata=rule(in_range(-1, 1)))
+    """A method fails randomisation when its mean Spearman rank correlation with the original
+    (absolute maps) is still at least this after the whole network is re-initialised."""
+    insertion_blur_sigma: float = field(default=0.0, metadata=rule(at_least(0)))
+    """Gaussian blur σ (input pixels) of the image insertion starts from; 0 = 1/8 of the side."""
+    deletion_fill: Literal["mean"] | float = field(
+        default="mean",
+        metadata=rule(
+            either(literal("mean"), in_range(0, 1), text="must be 'mean' or a number in [0, 1]")
+        ),
+    )
+    """What deleted pixels become: ``mean`` (the dataset's mean pixel) or a gray value in [0, 1]."""
+    imputation: Literal["constant", "road"] = "constant"
+    """``constant``: deleted pixels take the fill, not-yet-inserted ones the blurred image;
+    ``road``: both imputed from their neighbours (ROAD's noisy linear imputation)."""
+    road_noise: float = field(default=0.01, metadata=rule(in_range(0, 1)))
+    """σ of the noise ROAD adds to imputed pixels (model input units)."""
+    independent: bool = False
+    """Also re-initialise each stage alone (the independent test): one more pass per stage."""
+    batch_size: int = field(default=64, metadata=rule(at_least(1)))
+    """Perturbed images per forward pass in the curves."""
+    smoothgrad_samples: int = field(default=25, metadata=rule(between(1, 1000)))
+    smoothgrad_noise: float = field(default=0.15, metadata=rule(in_range(0, 1, lo_open=True)))
+    ig_steps: int = field(default=32, metadata=rule(between(1, 1000)))
+    ig_method: Literal["gausslegendre", "riemann_middle"] = "gausslegendre"
+    gradcam_layer: str = field(default="auto", metadata=layer_ref(auto="auto", spatial=True))
+    occlusion_window: int = field(default=0, metadata=rule(at_least(0)))
+    """0 = a quarter of the shorter side (as the occlusion section)."""
+    occlusion_stride: int = field(default=0, metadata=rule(at_least(0)))
+    image_size: int = field(default=64, metadata=rule(between(32, 256)))
+    """On-screen size of each panel of the randomisation grid, in pixels."""
+
+
+HEADLINES = {
+    "attribution_checks_methods": "attribution methods checked",
+    "attribution_checks_methods_unavailable": "attribution methods unavailable",
+    "attribution_checks_methods_failing_randomization": "maps that survive randomisation",
+    "attribution_checks_methods_not_better_than_random": "maps not better than a random map",
+    "attribution_checks_best_deletion_auc": "best deletion AUC",
+    "attribution_checks_best_insertion_auc": "best insertion AUC",
+    "attribution_checks_random_deletion_auc": "random-map deletion AUC",
+    "attribution_checks_random_insertion_auc": "random-map insertion AUC",
+}
+
+
+def _vit_gradcam(layout: vit.TokenLayout, batch_size: int) -> sanity.MapFn:
+    """Grad-CAM on a vision transformer's token grid (the saliency section's choice)."""
+
+    def gradcam(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        layer = vit.default_vit_gradcam_layer(layout)
+        cam = vit.vit_grad_cam(model, x, t, layer, layout, batch_size)
+        return torch.nn.functional.interpolate(
+            cam[:, None].float(), size=tuple(x.shape[2:]), mode="bilinear", align_corners=False
+        )[:, 0]
+
+    return gradcam
+
+
+class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
+    name = NAME
+    title = TITLE
+    Params = AttributionChecksParams
+    needs = Needs(gradients=True, queries=True)
+    metrics = (
+        Metric(
+            "attribution_checks_methods_failing_randomization",
+            HEADLINES["attribution_checks_methods_failing_randomization"],
+            headline=True,
+            kind="count",
+        ),
+        *(
+            Metric(key, label, kind="count" if "auc" not in key else "number")
+            for key, label in HEADLINES.items()
+            if key != "attribution_checks_methods_failing_randomization"
+        ),
+    )
+    order = 80
+
+    def run(self, ctx: AnalysisContext, p: AttributionChecksParams) -> Result:
+        batch = ctx.query_batch()
+        q = min(len(batch), p.max_images)
+        x, t = batch.inputs[:q], batch.targets[:q]
+        if p.deletion_fill == "mean":
+            if ctx.pass_result.mean_input is None:
+                raise SkipSection("the dataset pass recorded no mean input for deletion's fill")
+            fill = ctx.pass_result.mean_input.detach().float().to(ctx.device)
+            fill_text = "the dataset's mean pixel"
+        else:
+            gray = torch.full((ctx.model.in_channels, 1, 1), float(p.deletion_fill))
+            fill = ctx.preprocessor.normalise(gray).flatten().to(ctx.device)
+            fill_text = f"gray {float(p.deletion_fill):g}"
+        methods = sanity.attribution_methods(
+            p.methods,
+            smoothgrad_samples=p.smoothgrad_samples,
+            smoothgrad_noise=p.smoothgrad_noise,
+            ig_steps=p.ig_steps,
+            ig_method=p.ig_method,
+            gradcam_layer=None if p.gradcam_layer == "auto" else p.gradcam_layer,
+            occlusion_window=p.occlusion_window,
+            occlusion_stride=p.occlusion_stride,
+            occlusion_fill=ctx.pass_result.mean_input,
+            seed=ctx.seed,
+            batch_size=32,
+            occlusion_batch_size=p.batch_size,
+        )
+        if ctx.token_layout is not None and "gradcam" in methods and p.gradcam_layer == "auto":
+            methods["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
+        model = ctx.model.module
+        stage_names = None if p.stages == "auto" else list(p.stages)
+        stages = sanity.randomization_stages(model, x[:1], stage_names)
+        result = sanity.run_attribution_checks(
+            model,
+            x,
+            t,
+            methods,
+            stages=stages,
+            mean_fill=fill,
+            steps=p.steps,
+            threshold=p.threshold,
+            seed=ctx.seed,
+            batch_size=p.batch_size,
+            randomization_images=p.randomization_images,
+            grid_images=p.grid_images,
+            independent=p.independent,
+            insertion_blur_sigma=p.insertion_blur_sigma or None,
+            imputation=p.imputation,
+            road_noise=p.road_noise,
+            progress=ctx.progress,
+        )
+        shown = min(p.grid_images, q)
+        images = ctx.display_images(batch.positions[:shown])
+        titles = [
+            f"{ctx.relpath(pos)} · {ctx.class_name(int(c))}"
+            for pos, c in zip(batch.positions[:shown], t[:shown].tolist(), strict=True)
+        ]
+        section = attribution_checks_section(
+            result, images, titles, fill_text=fill_text, panel_px=p.image_size
+        )
+        return Result(
+            section,
+            metrics=sanity.headline_metrics(result),
+            record=sanity.summary_dict(result),
+        )
