@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["report", "occlusion", "tsne", "knn", "memory", "baseline"]
+BENCHMARKS = ["report", "occlusion", "tsne", "knn", "memory", "baseline", "attribution_checks"]
 
 
 def machine(device: str) -> str:

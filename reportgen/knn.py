@@ -112,6 +112,9 @@ def knn(
         vals = vals.clamp_(min=0.0)
         out_d.append(vals.sqrt_() if metric == "euclidean" else vals)
         out_i.append(idx)
+    if not out_d:  # no query: empty results, not an error
+        empty = torch.empty(0, k, device=base.device)
+        return empty, empty.long()
     return torch.cat(out_d), torch.cat(out_i)
 
 

@@ -135,7 +135,9 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
     name = NAME
     title = TITLE
     Params = AttributionChecksParams
-    needs = Needs(gradients=True, queries=True)
+    needs = Needs(hooks=True, gradients=True, queries=True)
+    """Hooks: the randomisation stages are found by hooking the model's modules and
+    re-initialised through them (not possible on TorchScript or exported graphs)."""
     metrics = (
         Metric(
             "attribution_checks_methods_failing_randomization",

@@ -275,8 +275,8 @@ class Pipeline:
         if folders > k:
             self._classes_trusted = False  # labels past the outputs cannot be model classes
             self._warn(
-                f"{folders} class folders but the model has {k} outputs: images in folders "
-                f"past the {k}th cannot be scored, and the folders cannot be the model's classes; "
+                f"{folders} class folders but the model has {k} outputs: images in the folders "
+                f"after the first {k} cannot be scored, and the folders cannot be the model's classes; "
                 "set data.labels (the model's class names in output order). Occlusion and "
                 "saliency explain the predicted class."
             )
