@@ -366,3 +366,19 @@ def test_grayscale_model_reads_one_channel_from_its_first_conv(tmp_path: Path) -
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["model"]["in_channels"] == 1
     assert summary["data"]["num_images"] == 5 and summary["data"]["num_skipped"] == 0
+
+
+def test_truncated_images_fail_even_after_weasyprint_was_imported() -> None:
+    # WeasyPrint's import sets Pillow's LOAD_TRUNCATED_IMAGES for the whole process; a report
+    # renders its PDF in the same process, so decoding must not depend on that switch.
+    import weasyprint.images  # noqa: F401
+    from PIL import ImageFile
+
+    good_png = encode(Image.fromarray(class_image(0, 0)), "PNG")
+    previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+    try:
+        with pytest.raises(DecodeFailure, match="unreadable image"):
+            decode_image(good_png[: len(good_png) // 2], 3)
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for WeasyPrint
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous

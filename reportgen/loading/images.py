@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from reportgen.config import DataConfig, PreprocessConfig
 from reportgen.errors import ConfigError, DataError, did_you_mean
@@ -535,6 +535,9 @@ def decode_image(data: bytes, channels: int, name: str = "") -> np.ndarray:
     """Bytes -> float32 array H×W×channels in [0, 1]. Raises :class:`DecodeFailure`."""
     if not data:
         raise DecodeFailure("empty file (0 bytes)")
+    # A truncated file must fail, whatever another library set globally (WeasyPrint's import
+    # turns Pillow's LOAD_TRUNCATED_IMAGES on for the whole process).
+    truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -550,6 +553,8 @@ def decode_image(data: bytes, channels: int, name: str = "") -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError) as exc:
         msg = str(exc) or type(exc).__name__
         raise DecodeFailure(f"unreadable image ({msg})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
 
 
 def _composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
