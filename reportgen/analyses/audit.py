@@ -222,8 +222,9 @@ class AuditAnalysis(Analysis[AuditParams]):
             checks.append(
                 [
                     "calibration (ECE)",
-                    f"{cal.ece:.3f}",
-                    "warn" if cal.ece > p.ece_warn else "ok",
+                    f"{cal.ece:.3f}" if np.isfinite(cal.ece) else "n/a (non-finite logits)",
+                    # NaN compares False with anything: only a finite, small ECE is "ok".
+                    "ok" if cal.ece <= p.ece_warn else "warn",
                     f"mean confidence {float(conf.mean()):.3f} vs accuracy {float(correct.float().mean()):.3f}",
                 ]
             )

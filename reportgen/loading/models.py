@@ -266,7 +266,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         path = Path(cfg.checkpoint)
         trusted = load_trusted_checkpoint(path, cfg.trust_checkpoint)
         module = trusted.module
-        arch = cfg.arch or type(module).__name__
+        # The checkpoint is the model: record its own class, whatever model.arch says (the
+        # pipeline warns that model.arch is ignored).
+        arch = type(module).__name__
         sha: str | None = sha256_file(path)
         source: str | None = path.name
         kind: CheckpointKind = trusted.kind
