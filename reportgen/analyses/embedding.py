@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, Result, SkipSection
 from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
+from reportgen.native_tsne import NativeCrash, fit_isolated
 from reportgen.params import AnalysisParams, at_least, between, positive, rule
 from reportgen.section import Figure, Picture, Table
 from reportgen.tsne import tsne_input_problem
@@ -112,42 +112,29 @@ def _run_tsne_backend(
 
         emb_t = torch_tsne(torch.from_numpy(x).to(device or "cpu"), perplexity=perplexity)
         return emb_t.double().cpu().numpy(), BACKEND_NAMES[backend]
-    if backend == "opentsne":
-        from openTSNE import TSNE as OpenTSNE
-        from openTSNE.affinity import PerplexityBasedNN
-        from openTSNE.nearest_neighbors import PrecomputedNeighbors
+    # Native code runs in a child process: a crash costs this section, not the report.
+    try:
+        if backend == "opentsne":
+            from reportgen.knn import knn
 
-        from reportgen.knn import knn
-
-        # Exact neighbours from chunked matrix products (on the device): faster than openTSNE's
-        # approximate index at these sizes, and no approximation in the affinities.
-        xt = torch.from_numpy(x).to(device or "cpu")
-        k = int(min(n - 1, 3 * perplexity))
-        dist, idx = knn(xt, xt, k, exclude=torch.arange(n, device=xt.device))
-        affinities = PerplexityBasedNN(
-            perplexity=perplexity,
-            knn_index=PrecomputedNeighbors(idx.cpu().numpy(), dist.double().cpu().numpy()),
-            verbose=False,
-        )
-        emb = OpenTSNE(
-            n_components=2,
-            perplexity=perplexity,
-            initialization="pca",
-            random_state=seed,
-            n_jobs=1,
-            negative_gradient_method="fft",
-            verbose=False,
-        ).fit(x, affinities=affinities)
-        return np.asarray(emb, dtype=np.float64), BACKEND_NAMES[backend]
-    out = TSNE(
-        n_components=2,
-        perplexity=perplexity,
-        init="pca",
-        learning_rate="auto",
-        random_state=seed,
-        n_jobs=1,
-    ).fit_transform(x)
-    return np.asarray(out, dtype=np.float64), BACKEND_NAMES[backend]
+            # Exact neighbours from chunked matrix products (on the device): faster than
+            # openTSNE's approximate index at these sizes, and no approximation in the affinities.
+            xt = torch.from_numpy(x).to(device or "cpu")
+            k = int(min(n - 1, 3 * perplexity))
+            dist, idx = knn(xt, xt, k, exclude=torch.arange(n, device=xt.device))
+            emb = fit_isolated(
+                x,
+                "opentsne",
+                perplexity,
+                seed,
+                idx.cpu().numpy(),
+                dist.double().cpu().numpy(),
+            )
+        else:
+            emb = fit_isolated(x, "sklearn", perplexity, seed)
+    except NativeCrash as exc:
+        raise SkipSection(f"{exc}; the rest of the report is complete") from None
+    return emb, BACKEND_NAMES[backend]
 
 
 def sampled_trustworthiness(
