@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from reportgen.analyses import REGISTRY
+from reportgen.analyses import registered
 from reportgen.compare.report import CompareRun, compare_reports
 from reportgen.config import Config
 from reportgen.config import load_config as _load_config
@@ -34,7 +34,7 @@ __all__ = [
 
 def registered_analyses() -> dict[str, type[Analysis]]:
     """The registered analyses, name -> class, in report order (their ``order``)."""
-    return dict(sorted(REGISTRY.items(), key=lambda item: item[1].order))
+    return registered()
 
 
 def load_config(

@@ -271,10 +271,11 @@ def _compare(
 @cli.command("list-analyses")
 def list_analyses_command() -> None:
     """The analyses, their config keys, defaults and allowed values."""
-    from reportgen.api import registered_analyses
+    # The registry, not the API: reading the declarations imports no torch.
+    from reportgen.analyses import registered
     from reportgen.params import describe
 
-    for name, cls in registered_analyses().items():
+    for name, cls in registered().items():
         click.echo(f"{name}: {cls.title}")
         for info in describe(cls.Params):
             rules = f"  ({info.rules})" if info.rules else ""

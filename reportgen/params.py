@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Union
 
 from reportgen.errors import ConfigError
 
@@ -147,8 +149,21 @@ class FieldInfo:
     doc: str
 
 
+def _choices(tp: Any) -> list[str]:
+    """The literal values an annotation allows (``Literal['a', 'b'] | float`` -> ['a', 'b'])."""
+    if typing.get_origin(tp) is Literal:
+        return [repr(a) for a in typing.get_args(tp)]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [c for arg in typing.get_args(tp) for c in _choices(arg)]
+    return []
+
+
 def describe(cls: type[AnalysisParams]) -> list[FieldInfo]:
     """Each parameter with its default and rules in words (for list-analyses and the docs)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        hints = {}
     out = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -158,6 +173,9 @@ def describe(cls: type[AnalysisParams]) -> list[FieldInfo]:
         else:
             default = None
         texts = [r.text for r in field_rules(f)]
+        choices = _choices(hints.get(f.name))
+        if choices and not texts:
+            texts.append(f"one of {', '.join(choices)}")
         if f.metadata.get("layer"):
             texts.insert(
                 0,

@@ -41,6 +41,7 @@ from reportgen.errors import LayerError, ReportgenError, did_you_mean
 from reportgen.hooks import hooks
 from reportgen.loading.models import extract_logits, find_layer
 from reportgen.perturbation import occlusion_maps, pixel_probability, resolve_geometry
+from reportgen.sanity_names import METHODS, RANDOM
 
 MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """An attribution method: (model, Q×C×H×W inputs, Q targets) -> Q×H×W map on the inputs' device."""
@@ -49,16 +50,6 @@ ProgressFn = Callable[..., Iterator[Any]]
 Imputation = Literal["constant", "road"]
 CurveKind = Literal["deletion", "insertion"]
 
-METHODS: tuple[str, ...] = (
-    "gradient",
-    "smoothgrad",
-    "guided_backprop",
-    "gradcam",
-    "integrated_gradients",
-    "occlusion",
-)
-RANDOM = "random"
-"""Name of the random-map control in curve and AUC dictionaries."""
 
 MIN_AUTO_STAGES = 5
 """Automatic stage discovery splits containers until it has at least this many stages (or cannot)."""

@@ -27,4 +27,11 @@ _ALL: list[type[Analysis]] = [
 
 REGISTRY: dict[str, type[Analysis]] = {cls.name: cls for cls in sorted(_ALL, key=lambda c: c.order)}
 
-__all__ = ["REGISTRY"]
+
+def registered() -> dict[str, type[Analysis]]:
+    """The registered analyses, name -> class, in report order (their ``order``). Importing
+    this package imports no torch: analyses bind their compute dependencies lazily."""
+    return dict(sorted(REGISTRY.items(), key=lambda item: item[1].order))
+
+
+__all__ = ["REGISTRY", "registered"]

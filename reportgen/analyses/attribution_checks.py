@@ -10,24 +10,15 @@ reductions as the saliency and occlusion sections; the settings below default to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from reportgen import sanity, vit
 from reportgen.analyses.attribution_checks_present import (
     NAME,
     TITLE,
     attribution_checks_section,
 )
-from reportgen.contract import (
-    Analysis,
-    AnalysisContext,
-    Metric,
-    Needs,
-    Result,
-    SkipSection,
-)
+from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
+from reportgen.lazy import lazy_module
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -41,8 +32,19 @@ from reportgen.params import (
     one_of,
     rule,
 )
+from reportgen.sanity_names import METHODS
 
-DEFAULT_METHODS = list(sanity.METHODS)
+if TYPE_CHECKING:
+    import torch
+
+    from reportgen import sanity, vit
+    from reportgen.contract import AnalysisContext
+else:  # compute dependencies load on first use (reading the declarations needs no torch)
+    torch = lazy_module("torch")
+    sanity = lazy_module("reportgen.sanity")
+    vit = lazy_module("reportgen.vit")
+
+DEFAULT_METHODS = list(METHODS)
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,8 @@ class AttributionChecksParams(AnalysisParams):
         metadata=rule(
             non_empty("needs at least one method"),
             each(
-                one_of(*sanity.METHODS),
-                f"every entry must be one of {', '.join(sanity.METHODS)}",
+                one_of(*METHODS),
+                f"every entry must be one of {', '.join(METHODS)}",
             ),
         ),
     )

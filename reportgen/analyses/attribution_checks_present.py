@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reportgen.figures import class_colors, figure_to_picture, new_figure
-from reportgen.sanity import METHODS, RANDOM, ChecksResult
+from reportgen.sanity_names import METHODS, RANDOM
 from reportgen.section import Figure, Picture, Section, Table, Text
+
+if TYPE_CHECKING:
+    from reportgen.sanity import ChecksResult
 
 NAME = "attribution_checks"
 TITLE = "Can these maps be trusted? Randomisation and faithfulness checks"

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
 
-from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, Result, SkipSection
+from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
+from reportgen.lazy import lazy_module
 from reportgen.native_tsne import NativeCrash, fit_isolated
 from reportgen.params import AnalysisParams, at_least, between, positive, rule
 from reportgen.section import Figure, Picture, Table
-from reportgen.tsne import tsne_input_problem
+
+if TYPE_CHECKING:
+    import torch
+
+    from reportgen import tsne as tsne_lib
+    from reportgen.contract import AnalysisContext
+else:  # compute dependencies load on first use (reading the declarations needs no torch)
+    torch = lazy_module("torch")
+    tsne_lib = lazy_module("reportgen.tsne")
 
 HOW_TO_READ = (
     "Both maps place every image by its penultimate feature vector. PCA is a linear projection "
@@ -86,13 +94,13 @@ def run_tsne(
     to unit RMS first (:func:`reportgen.tsne.scale_for_tsne`), so no feature scale under- or
     overflows in float32.
     """
-    from reportgen.tsne import scale_for_tsne
-
-    problem = tsne_input_problem(x)
+    problem = tsne_lib.tsne_input_problem(x)
     if problem:
         raise SkipSection(f"t-SNE: {problem}")
-    x = scale_for_tsne(x).astype(np.float32)
-    problem = tsne_input_problem(x)  # all equal once in float32 (a spread below its resolution)
+    x = tsne_lib.scale_for_tsne(x).astype(np.float32)
+    problem = tsne_lib.tsne_input_problem(
+        x
+    )  # all equal once in float32 (a spread below its resolution)
     if problem:
         raise SkipSection(f"t-SNE: {problem}")
     emb, name = _run_tsne_backend(x, p, seed, device)
@@ -247,7 +255,7 @@ class EmbeddingAnalysis(Analysis[EmbeddingParams]):
         # Degenerate features (all equal: 12 copies of one image, an all-zero model, an infinite
         # preprocess.std; NaN/Inf from broken weights) make PCA meaningless and crash native t-SNE
         # code: skip with the reason before any of it runs.
-        problem = tsne_input_problem(res.features, "images")
+        problem = tsne_lib.tsne_input_problem(res.features, "images")
         if problem:
             raise SkipSection(f"the penultimate features ({res.feature_layer}): {problem}")
         seed = ctx.seed

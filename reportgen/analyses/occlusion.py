@@ -9,21 +9,13 @@ loop per window. No hooks and no gradients: this works on TorchScript and export
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
-from reportgen.contract import (
-    Analysis,
-    AnalysisContext,
-    Metric,
-    Needs,
-    QueryBatch,
-    Result,
-    SkipSection,
-)
+from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.figures import figure_to_picture, new_figure
+from reportgen.lazy import lazy_module
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -33,13 +25,17 @@ from reportgen.params import (
     literal,
     rule,
 )
-from reportgen.perturbation import (
-    OcclusionMaps,
-    occlusion_maps,
-    pixel_probability,
-    resolve_geometry,
-)
 from reportgen.section import Figure, Picture, Section, Table
+
+if TYPE_CHECKING:
+    import torch
+
+    from reportgen import perturbation
+    from reportgen.contract import AnalysisContext, QueryBatch
+    from reportgen.perturbation import OcclusionMaps
+else:  # compute dependencies load on first use (reading the declarations needs no torch)
+    torch = lazy_module("torch")
+    perturbation = lazy_module("reportgen.perturbation")
 
 HOW_TO_READ = (
     "A grey square (the dataset's mean pixel) is slid over each query image, and the model's "
@@ -186,9 +182,9 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
     def run(self, ctx: AnalysisContext, p: OcclusionParams) -> Result:
         batch = ctx.query_batch()
         _, _, h, w = batch.inputs.shape
-        window, stride = resolve_geometry(h, w, p.window, p.stride)
+        window, stride = perturbation.resolve_geometry(h, w, p.window, p.stride)
         fill = resolve_fill(p.fill, ctx)
-        maps = occlusion_maps(
+        maps = perturbation.occlusion_maps(
             ctx.forward,
             batch.inputs,
             batch.targets,
@@ -199,7 +195,7 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
             channels_last=ctx.device.type == "cuda",
             progress=ctx.progress,
         )
-        pixel_prob = pixel_probability(maps.prob, h, w, window, stride)
+        pixel_prob = perturbation.pixel_probability(maps.prob, h, w, window, stride)
         drops = maps.base_prob[:, None, None] - pixel_prob
 
         arrays = batch.arrays()

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
-from reportgen import attribution, vit
-from reportgen.contract import (
-    Analysis,
-    AnalysisContext,
-    Metric,
-    Needs,
-    QueryBatch,
-    Result,
-    SkipSection,
-)
+from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.errors import ReportgenError
 from reportgen.figures import figure_to_picture, new_figure
-from reportgen.loading.models import find_layer
+from reportgen.lazy import lazy_module
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -41,6 +31,18 @@ from reportgen.params import (
     rule,
 )
 from reportgen.section import Figure, Picture, Section, Table, Text
+
+if TYPE_CHECKING:
+    import torch
+
+    from reportgen import attribution, vit
+    from reportgen.contract import AnalysisContext, QueryBatch
+    from reportgen.loading import models
+else:  # compute dependencies load on first use (reading the declarations needs no torch)
+    torch = lazy_module("torch")
+    attribution = lazy_module("reportgen.attribution")
+    vit = lazy_module("reportgen.vit")
+    models = lazy_module("reportgen.loading.models")
 
 Method = Literal[
     "gradient",
@@ -171,7 +173,7 @@ def _method_maps(
                 )
             except ValueError as exc:
                 raise attribution.NotApplicable(f"not applicable: {exc}") from None
-            cam = attribution.grad_cam(model, x, t, find_layer(model, layer), bs)
+            cam = attribution.grad_cam(model, x, t, models.find_layer(model, layer), bs)
         up = attribution.upsample_maps(cam, (h, w))
         return up, up, layer
     if method == "attention_rollout":

@@ -3,12 +3,31 @@
 An analysis module needs only this package (plus ``params`` for its parameters and shared
 helpers); the pipeline builds the contexts and reads the declarations. See
 :class:`~reportgen.contract.analysis.Analysis`.
+
+The declarations (``Analysis``, ``Needs``, ``Metric``, ``Result``, ``SkipSection``) import no
+torch; the contexts and the pass result, which hold tensors, load on first use, so that reading
+the analyses' declarations (``reportgen list-analyses``) stays light.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from reportgen.contract.analysis import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.contract.collectors import Collector, MergeableCollector
-from reportgen.contract.context import AnalysisContext, QueryBatch, SetupContext, autocast
-from reportgen.contract.passes import PassResult
+
+if TYPE_CHECKING:
+    from reportgen.contract.context import AnalysisContext, QueryBatch, SetupContext, autocast
+    from reportgen.contract.passes import PassResult
+
+_LAZY = {
+    "AnalysisContext": "reportgen.contract.context",
+    "QueryBatch": "reportgen.contract.context",
+    "SetupContext": "reportgen.contract.context",
+    "autocast": "reportgen.contract.context",
+    "PassResult": "reportgen.contract.passes",
+}
 
 __all__ = [
     "Analysis",
@@ -24,3 +43,9 @@ __all__ = [
     "SkipSection",
     "autocast",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'reportgen.contract' has no attribute {name!r}")

@@ -14,11 +14,11 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from reportgen.analyses.audit import (
     AuditAnalysis,
     AuditParams,
-    calibration,
     confusion_matrix,
     near_duplicates,
     suspect_labels,
 )
+from reportgen.calibration import calibration
 from reportgen.section import Table
 
 
