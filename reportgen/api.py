@@ -8,7 +8,7 @@ analysis), and ``run_demo`` trains the demo model and reports on it through the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,18 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     *,
     analyses: list[str] | None = None,
+    extra_gates: Sequence[str] = (),
 ) -> Config:
     """Load and validate a configuration (a YAML file and/or dotted-key overrides).
 
-    ``analyses`` restricts the run to those analysis names (the ``--analyses`` flag).
+    ``analyses`` restricts the run to those analysis names (the ``--analyses`` flag);
+    ``extra_gates`` are added to the configuration's gates (the ``--fail-on`` flags).
     """
     registry = registered_analyses()
     schemas = {name: cls.Params for name, cls in registry.items()}
-    config = _load_config(path, overrides, schemas=schemas, analyses=analyses)
+    config = _load_config(
+        path, overrides, schemas=schemas, analyses=analyses, extra_gates=extra_gates
+    )
     config_gates(config, registry)  # an unknown metric is an input error before any work
     return config
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +20,17 @@ from reportgen.errors import ReportgenError
 from reportgen.interrupts import interrupt_handlers
 
 EXIT_INPUT_ERROR = 2
+
+
+def fail_on_option(example: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--fail-on EXPR`` (repeatable), shared by ``run`` and ``compare``."""
+    return click.option(
+        "--fail-on",
+        "fail_on",
+        multiple=True,
+        metavar="EXPR",
+        help=f"A condition that must hold, e.g. '{example}' (repeatable; exit code 3 if not).",
+    )
 
 
 def _fail(exc: ReportgenError) -> NoReturn:
@@ -99,13 +111,7 @@ def cli() -> None:
     default=None,
     help="Allow --baseline-checkpoint files, which run code when loaded.",
 )
-@click.option(
-    "--fail-on",
-    "fail_on",
-    multiple=True,
-    metavar="EXPR",
-    help="A condition that must hold, e.g. 'accuracy>=0.9' (repeatable; exit code 3 if not).",
-)
+@fail_on_option("accuracy>=0.9")
 def run_command(
     config_path: str | None,
     arch: str | None,
@@ -159,13 +165,11 @@ def _run(
     from reportgen.progress import Progress
 
     try:
-        if fail_on:  # added to the config file's gates: every one must hold
-            from reportgen.config import read_yaml
-
-            file_gates = read_yaml(config_path).get("gates", []) if config_path else []
-            overrides["gates"] = [*(file_gates if isinstance(file_gates, list) else []), *fail_on]
         cfg = load_config(
-            config_path, overrides, analyses=_split(analyses) if analyses is not None else None
+            config_path,
+            overrides,
+            analyses=_split(analyses) if analyses is not None else None,
+            extra_gates=list(fail_on),  # added to the config file's gates: every one must hold
         )
         result = run_report(cfg, progress=Progress(quiet=cfg.run.quiet), warn=_warn)
     except ReportgenError as exc:
@@ -210,13 +214,7 @@ def demo_command(out_dir: str, device: str, quiet: bool) -> None:
 @click.argument("new_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, help="Output folder for the comparison report.")
 @click.option("--format", "formats", help="Comma-separated outputs: html,pdf (default both).")
-@click.option(
-    "--fail-on",
-    "fail_on",
-    multiple=True,
-    metavar="EXPR",
-    help="A condition that must hold, e.g. 'compare.negative_flip_rate<=0.01' (exit code 3 if not).",
-)
+@fail_on_option("compare.negative_flip_rate<=0.01")
 @click.option(
     "--allow-version-mismatch",
     is_flag=True,

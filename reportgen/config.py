@@ -12,7 +12,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -352,12 +352,14 @@ def load_config(
     *,
     schemas: Mapping[str, type[AnalysisParams]],
     analyses: list[str] | None = None,
+    extra_gates: Sequence[str] = (),
 ) -> Config:
     """Load a config file (optional), apply dotted-key ``overrides`` (CLI flags) on top.
 
     ``schemas``: analysis name -> its parameter dataclass, in report order (handed in by the
     composition root, :func:`reportgen.api.load_config`). ``analyses`` restricts the run to
-    those analysis names (the ``--analyses`` flag).
+    those analysis names (the ``--analyses`` flag); ``extra_gates`` are added to the file's
+    ``gates`` (the ``--fail-on`` flags: every condition must hold).
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -380,6 +382,9 @@ def load_config(
                     model_data.pop(replaced, None)
     for dotted, value in overrides.items():
         _set_dotted(data, dotted, value)
+    if extra_gates:
+        in_file = data.get("gates") or []
+        data["gates"] = [*(in_file if isinstance(in_file, list) else [in_file]), *extra_gates]
 
     analyses_data = data.get("analyses", {})
     if analyses_data is None:

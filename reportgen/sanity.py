@@ -37,11 +37,11 @@ from scipy.stats import rankdata
 from torch import nn
 
 from reportgen import attribution
+from reportgen.attribution_names import METHODS, RANDOM
 from reportgen.errors import LayerError, ReportgenError, did_you_mean
 from reportgen.hooks import hooks
 from reportgen.loading.models import extract_logits, find_layer
 from reportgen.perturbation import occlusion_maps, pixel_probability, resolve_geometry
-from reportgen.sanity_names import METHODS, RANDOM
 
 MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """An attribution method: (model, Q×C×H×W inputs, Q targets) -> Q×H×W map on the inputs' device."""

@@ -235,3 +235,10 @@ def test_named_penultimate_layer_is_used(tmp_path: Path, tiny_weights: Path) -> 
     ctx = make_context(cfg)
     assert ctx.pass_result.feature_layer == "conv2"
     assert ctx.pass_result.features is not None and ctx.pass_result.features.shape == (6, 16)
+
+
+def test_fail_on_flags_add_to_the_files_gates(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "c.yaml", {**MINIMAL, "gates": ["accuracy>=0.5"]})
+    cfg = load_config(path, None, extra_gates=["ece<=0.2"])
+    assert cfg.gates == ["accuracy>=0.5", "ece<=0.2"]
+    assert load_config(path).gates == ["accuracy>=0.5"]

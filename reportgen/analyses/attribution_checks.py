@@ -17,6 +17,7 @@ from reportgen.analyses.attribution_checks_present import (
     TITLE,
     attribution_checks_section,
 )
+from reportgen.attribution_names import METHODS
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.lazy import lazy_module
 from reportgen.params import (
@@ -32,7 +33,6 @@ from reportgen.params import (
     one_of,
     rule,
 )
-from reportgen.sanity_names import METHODS
 
 if TYPE_CHECKING:
     import torch

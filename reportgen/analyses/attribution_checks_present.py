@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reportgen.attribution_names import LABELS, METHODS, RANDOM
 from reportgen.figures import class_colors, figure_to_picture, new_figure
-from reportgen.sanity_names import METHODS, RANDOM
 from reportgen.section import Figure, Picture, Section, Table, Text
 
 if TYPE_CHECKING:
@@ -24,16 +24,6 @@ if TYPE_CHECKING:
 
 NAME = "attribution_checks"
 TITLE = "Can these maps be trusted? Randomisation and faithfulness checks"
-
-LABELS: dict[str, str] = {
-    "gradient": "gradient",
-    "smoothgrad": "SmoothGrad",
-    "guided_backprop": "guided backprop",
-    "gradcam": "Grad-CAM",
-    "integrated_gradients": "integrated gradients",
-    "occlusion": "occlusion",
-    RANDOM: "random map (control)",
-}
 
 
 def how_to_read(result: ChecksResult, fill_text: str) -> str:

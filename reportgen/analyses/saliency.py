@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from reportgen.attribution_names import LABELS
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.errors import ReportgenError
 from reportgen.figures import figure_to_picture, new_figure
@@ -62,14 +63,6 @@ METHODS: tuple[Method, ...] = (
 )
 DEFAULT_METHODS: tuple[Method, ...] = METHODS[:5]
 """Attention rollout is added automatically for vision transformers (see ``methods``)."""
-LABELS: dict[str, str] = {
-    "gradient": "gradient",
-    "smoothgrad": "SmoothGrad",
-    "guided_backprop": "guided backprop",
-    "gradcam": "Grad-CAM",
-    "integrated_gradients": "integrated gradients",
-    "attention_rollout": "attention rollout",
-}
 NEEDS_HOOKS = ("guided_backprop", "gradcam")
 """Methods that need to see inside the Python forward pass (not TorchScript / exported graphs)."""
 

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from reportgen import attribution
+from reportgen import sanity
 from reportgen.compare.metrics import ExplanationMaps, build_compare, compare_summary
 from reportgen.compare.present import compare_section
 from reportgen.config import Config, ModelConfig
 from reportgen.contract import AnalysisContext
 from reportgen.errors import ConfigError, ReportgenError
-from reportgen.loading.models import LoadedModel, find_layer, first_weight_4d, load_model
-from reportgen.predictions import prediction_set
+from reportgen.loading.models import LoadedModel, first_weight_4d, load_model
+from reportgen.pipeline.outputs import run_predictions
 from reportgen.section import Section
 
 THUMB_SIZE = 72
@@ -50,22 +50,16 @@ def load_baseline(cfg: Config) -> LoadedModel | None:
 def _maps(
     model: LoadedModel, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Gradient and Grad-CAM maps (Q×H×W) of one model for the query images."""
+    """Gradient and Grad-CAM maps (Q×H×W) of one model for the query images, with the reductions
+    the saliency section and the attribution checks use."""
+    wanted = ["gradient", "gradcam"] if model.supports_hooks else ["gradient"]
     maps: dict[str, np.ndarray] = {}
     notes: list[str] = []
-    module = model.module
-    grads = attribution.input_gradients(module, inputs, targets, batch_size)
-    maps["gradient"] = attribution.saliency_map(grads).detach().float().cpu().numpy()
-    if model.supports_hooks:
+    for name, fn in sanity.attribution_methods(wanted, batch_size=batch_size).items():
         try:
-            layer = attribution.default_gradcam_layer(module, inputs[:1])
-            cam = attribution.grad_cam(
-                module, inputs, targets, find_layer(module, layer), batch_size
-            )
-            up = attribution.upsample_maps(cam, tuple(inputs.shape[2:]))  # type: ignore[arg-type]
-            maps["gradcam"] = up.detach().float().cpu().numpy()
+            maps[name] = fn(model.module, inputs, targets).detach().float().cpu().numpy()
         except (RuntimeError, ValueError, ReportgenError) as exc:
-            notes.append(f"Grad-CAM of the {model.arch} model unavailable: {exc}")
+            notes.append(f"{name} of the {model.arch} model unavailable: {exc}")
     return maps, notes
 
 
@@ -76,22 +70,9 @@ def compare_with_baseline(
     res = ctx.pass_result
     if res.baseline_logits is None:
         raise ReportgenError("the dataset pass produced no baseline predictions")
-    paths = [ctx.relpath(i) for i in range(len(res))]
-    digests = {rel: digest for rel, _, digest in res.manifest}
-    sha = [digests[p] for p in paths]
-    names = ctx.folder.class_names
-    labels = res.labels.numpy()
-    new = prediction_set(
-        paths, sha, labels, names, res.logits.float().cpu().numpy(), source="this model"
-    )
-    old = prediction_set(
-        paths,
-        sha,
-        labels,
-        names,
-        res.baseline_logits.float().cpu().numpy(),
-        source="the baseline",
-    )
+    new = run_predictions(res, ctx.folder, res.logits, "this model")
+    old = run_predictions(res, ctx.folder, res.baseline_logits, "the baseline")
+    paths = new.paths
     notes: list[str] = []
     left_out: dict[str, str] = {}
     maps = None

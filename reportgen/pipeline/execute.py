@@ -57,7 +57,7 @@ from reportgen.pipeline.metadata import Resolved, apply_metadata
 from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outputs
 from reportgen.pipeline.plan import Plan, check_spatial_layers, config_gates, make_plan
 from reportgen.pipeline.queries import select_queries
-from reportgen.pipeline.summary import build_summary
+from reportgen.pipeline.summary import accuracy_metrics, build_summary
 from reportgen.progress import Progress
 from reportgen.render import Headline, clean_floats, to_json, write_atomic
 from reportgen.section import Section
@@ -292,12 +292,13 @@ class Pipeline:
     def _check_accuracy(self, pass_result: PassResult, folder: DataFolder) -> None:
         """Accuracy at chance level usually means the folders are not the model's classes."""
         labels = pass_result.labels
-        known = (labels >= 0) & (labels < pass_result.logits.shape[1])
-        n, classes = int(known.sum()), len(set(labels[known].tolist()))
-        if n < 20 or classes < 2 or not self._classes_trusted:
+        classes = len(set(labels[(labels >= 0) & (labels < pass_result.logits.shape[1])].tolist()))
+        scored = accuracy_metrics(pass_result)
+        accuracy = scored["accuracy"]
+        if accuracy is None or scored["num_labelled"] < 20 or classes < 2:
             return
-        correct = pass_result.predictions.cpu()[known] == labels[known]
-        accuracy = float(correct.float().mean())
+        if not self._classes_trusted:
+            return
         if accuracy <= 1.5 / classes:
             self._warn(
                 f"accuracy {100 * accuracy:.1f} % is at chance level for {classes} classes: "
@@ -474,11 +475,8 @@ class Pipeline:
         try:
             return compare_with_baseline(ctx, baseline, self.config)
         except Exception as exc:
-            where = traceback.extract_tb(exc.__traceback__)
-            origin = f" (at {Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
             self.warn(f"the comparison with the baseline failed: {type(exc).__name__}: {exc}")
-            reason = f"{type(exc).__name__}: {exc}{origin}"
-            return Section(SECTION_NAME, TITLE, status="failed", reason=reason), None
+            return Section(SECTION_NAME, TITLE, status="failed", reason=failure(exc)), None
 
     def _run_one(self, analysis: Analysis, ctx: AnalysisContext) -> tuple[Section, Result | None]:
         try:
@@ -497,13 +495,13 @@ class Pipeline:
         return result.section, result
 
     def _failed(self, analysis: Analysis, exc: BaseException) -> Section:
-        where = traceback.extract_tb(exc.__traceback__)
-        origin = f" (at {Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
         self.warn(f"analysis {analysis.name} failed: {type(exc).__name__}: {exc}")
         log.debug("analysis %s failed", analysis.name, exc_info=exc)
-        return Section(
-            analysis.name,
-            analysis.title,
-            status="failed",
-            reason=f"{type(exc).__name__}: {exc}{origin}",
-        )
+        return Section(analysis.name, analysis.title, status="failed", reason=failure(exc))
+
+
+def failure(exc: BaseException) -> str:
+    """A failed section's reason: the error and where it was raised (file:line)."""
+    where = traceback.extract_tb(exc.__traceback__)
+    origin = f" (at {Path(where[-1].filename).name}:{where[-1].lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{origin}"

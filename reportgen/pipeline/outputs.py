@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from reportgen.compare.present import compare_markdown
 from reportgen.config import Config
 from reportgen.contract import PassResult
 from reportgen.loading.images import DataFolder
-from reportgen.predictions import FILE_NAME, predictions_csv
+from reportgen.predictions import FILE_NAME, PredictionSet, format_predictions, prediction_set
 from reportgen.render import (
     Encoding,
     Headline,
@@ -153,14 +154,23 @@ def arrays_npz(
     return buf.getvalue()
 
 
-def predictions_text(pass_result: PassResult, folder: DataFolder) -> str:
-    """predictions.csv: one row per readable image in dataset order (see the README)."""
+def run_predictions(
+    pass_result: PassResult, folder: DataFolder, logits: torch.Tensor, source: str
+) -> PredictionSet:
+    """One model's predictions on the run's readable images, in dataset order (predictions.csv's
+    rows; the in-run comparison uses the same rows for the baseline's logits)."""
     items = [folder.items[i] for i in pass_result.item_index]
     digests = {rel: digest for rel, _, digest in pass_result.manifest}
-    return predictions_csv(
+    return prediction_set(
         [it.relpath for it in items],
         [digests[it.relpath] for it in items],
         pass_result.labels.numpy(),
         folder.class_names,
-        pass_result.logits.float().cpu().numpy(),
+        logits.float().cpu().numpy(),
+        source=source,
     )
+
+
+def predictions_text(pass_result: PassResult, folder: DataFolder) -> str:
+    """predictions.csv: one row per readable image in dataset order (see the README)."""
+    return format_predictions(run_predictions(pass_result, folder, pass_result.logits, "this run"))

@@ -138,10 +138,11 @@ def check_spatial_layers(
 
     device = next(model.module.parameters(), torch.empty(0)).device
     sample = torch.zeros(1, model.in_channels, *input_size, device=device)
-    spatial = {name for name, _ in spatial_layers_in_call_order(model.module, sample)}
+    found = spatial_layers_in_call_order(model.module, sample)  # one probe forward pass
+    spatial = {name for name, _ in found}
     for key, layer in wanted:
         if layer not in spatial:
-            maps = [n for n, hw in spatial_layers_in_call_order(model.module, sample) if hw > 1]
+            maps = [n for n, hw in found if hw > 1]
             raise LayerError(
                 f"{key}: layer '{layer}' does not output a spatial (N×C×H×W) map; choose one "
                 f"that does, e.g. {', '.join(repr(n) for n in maps[-3:]) or 'none found'}, "
