@@ -261,7 +261,7 @@ class Pipeline:
         """Can the class folders be the model's outputs? Say so loudly when they cannot."""
         if not folder.labelled:
             return
-        folders = len(folder.class_folders) if hasattr(folder, "class_folders") else 0
+        folders = len(folder.class_folders)
         k = model.num_classes
         if folder.empty_classes:
             self._warn(
