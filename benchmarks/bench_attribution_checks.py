@@ -3,7 +3,7 @@
 Same model (torchvision resnet18, ``weights=None``, seeded, 10 classes), same seeded inputs
 (48 px in quick mode, 192 px otherwise: sizes whose pixel count 24 divides, see ``Setup``).
 
-* **Whole check** (``reportgen.sanity.run_attribution_checks``: all six methods with the saliency
+* **Whole check** (``reportgen.methods.trust.run_attribution_checks``: all six methods with the saliency
   section's defaults — SmoothGrad 25 samples, integrated gradients 32 steps, occlusion window
   side/4 stride window/4 — automatic stages, 16 curve steps): seconds, as a ratio to the
   forward+backward floor (one forward+backward pass of the same images), and as a ratio to the
@@ -15,7 +15,7 @@ Same model (torchvision resnet18, ``weights=None``, seeded, 10 classes), same se
   the same weights and compare the same maps: seconds and the largest difference of the
   per-stage Spearman values.
 * **Deletion** (pixel flipping with a constant baseline, 24 steps of H·W/24 pixels): Quantus
-  ``PixelFlipping`` against ``reportgen.sanity.perturbation_curves`` on the same gradient maps:
+  ``PixelFlipping`` against ``reportgen.methods.trust.perturbation_curves`` on the same gradient maps:
   seconds and the largest difference of the probability curves.
 * **ROAD imputation** (noisy linear imputation without noise, pixels removed by the same maps at
   25/50/75 %): Quantus' per-image sparse solve against reportgen's batched conjugate gradients.
@@ -39,7 +39,7 @@ import torchvision
 from torch import nn
 
 from benchmarks.common import standalone_main
-from reportgen import sanity
+from reportgen.methods import trust
 
 
 @dataclass(frozen=True)
@@ -145,14 +145,14 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     f_img, fb_img = per_image_costs(model, x, s.batch_size, dev)
 
     # ---- the whole check with the report's defaults (all methods, automatic stages)
-    methods = sanity.attribution_methods(
-        list(sanity.METHODS), occlusion_fill=fill, batch_size=32, occlusion_batch_size=s.batch_size
+    methods = trust.attribution_methods(
+        list(trust.METHODS), occlusion_fill=fill, batch_size=32, occlusion_batch_size=s.batch_size
     )
     counted = copy.deepcopy(model)
     counter = PassCounter()
     counted.register_forward_pre_hook(counter)
     t_check, result = _timed(
-        lambda: sanity.run_attribution_checks(
+        lambda: trust.run_attribution_checks(
             counted, x, t, methods, mean_fill=fill, steps=s.steps, batch_size=s.batch_size
         ),
         dev,
@@ -160,7 +160,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     ideal = counter.with_grad * fb_img + counter.without_grad * f_img
 
     # ---- MPRT: Quantus against reportgen with the same stages, seed and maps
-    gradient = sanity.attribution_methods(["gradient"])["gradient"]
+    gradient = trust.attribution_methods(["gradient"])["gradient"]
 
     def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: Any) -> np.ndarray:
         out = gradient(
@@ -171,9 +171,9 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     names = [n for n, m in model.named_modules() if n and hasattr(m, "reset_parameters")]
     quantus_seed = 42
 
-    def ours_mprt() -> sanity.ChecksResult:
-        stages = sanity.randomization_stages(model, x[:1], names)
-        return sanity.run_attribution_checks(
+    def ours_mprt() -> trust.ChecksResult:
+        stages = trust.randomization_stages(model, x[:1], names)
+        return trust.run_attribution_checks(
             model,
             x,
             t,
@@ -215,7 +215,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     pixels = s.size * s.size
 
     def ours_deletion() -> np.ndarray:
-        return sanity.perturbation_curves(
+        return trust.perturbation_curves(
             model,
             x,
             t,
@@ -254,14 +254,14 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
 
     # ---- ROAD imputation: batched conjugate gradients against Quantus' sparse solve
     fractions = (0.25, 0.5, 0.75)
-    ranks = sanity.pixel_ranks(maps)
+    ranks = trust.pixel_ranks(maps)
     masks = torch.stack(
         [(ranks < round(f * pixels)).view(-1, s.size, s.size) for f in fractions], dim=1
     ).flatten(0, 1)
     images = x.repeat_interleave(len(fractions), dim=0)
 
     def ours_road() -> torch.Tensor:
-        return sanity.noisy_linear_imputation(images, masks)
+        return trust.noisy_linear_imputation(images, masks)
 
     def quantus_road() -> np.ndarray:
         arr = images.double().cpu().numpy()

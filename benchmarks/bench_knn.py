@@ -16,7 +16,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from benchmarks.common import gaussian_mixture, standalone_main, table, timed
-from reportgen.knn import knn
+from reportgen.methods.knn import knn
 
 
 def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 import torchvision
 
 from benchmarks.common import standalone_main
-from reportgen.perturbation import occlusion_maps, pixel_probability, resolve_geometry
+from reportgen.methods.perturbation import occlusion_maps, pixel_probability, resolve_geometry
 
 TARGET_VS_DEFAULT = 5.0
 TARGET_VS_TUNED = 1.5

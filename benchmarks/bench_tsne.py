@@ -18,7 +18,7 @@ from sklearn.manifold import TSNE
 
 from benchmarks.common import gaussian_mixture, standalone_main, table, timed
 from reportgen.analyses.embedding import EmbeddingParams, pca_project, run_tsne, tsne_backend
-from reportgen.tsne import trustworthiness
+from reportgen.methods.tsne import trustworthiness
 
 TARGET_SPEEDUP_AT_5K = 3.0
 

@@ -2,13 +2,26 @@
 
 The public names are loaded lazily, so that ``import reportgen`` (and ``reportgen --help``)
 does not import torch.
+
+The package is laid out by layer, each importing only from those below it (checked by
+import-linter and tests/test_architecture.py):
+
+* ``errors``, ``report/`` (plain report data and its rendering: section, text, figures, render,
+  pdf, predictions.csv, gates), ``runtime/`` (output folder and lock, atomic writes, interrupts,
+  progress, lazy imports), ``params``, ``config``;
+* ``loading/`` (all input I/O: checkpoints, model builders, metadata, image folders);
+* ``methods/`` (the science, tensors in and arrays out: attribution, perturbation, receptive
+  fields, ViT tokens, hooks, k-NN, t-SNE, calibration, statistics, and ``methods/trust``, the
+  attribution checks);
+* ``contract/`` (what analyses and the pipeline agree on), ``analyses/`` (one module per section),
+  ``compare/`` (two models on the same images), ``pipeline/`` (one run), ``api``, ``cli``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from reportgen.version import __version__
 
 if TYPE_CHECKING:
     from reportgen.api import RunResult, load_config, run_report

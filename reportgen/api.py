@@ -19,7 +19,7 @@ from reportgen.config import load_config as _load_config
 from reportgen.contract import Analysis
 from reportgen.pipeline.execute import Pipeline, RunResult
 from reportgen.pipeline.plan import config_gates
-from reportgen.progress import Progress
+from reportgen.runtime.progress import Progress
 
 __all__ = [
     "CompareRun",

@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 
 import click
 
-from reportgen import __version__
 from reportgen.errors import ReportgenError
-from reportgen.interrupts import interrupt_handlers
+from reportgen.runtime.interrupts import interrupt_handlers
+from reportgen.version import __version__
 
 EXIT_INPUT_ERROR = 2
 
@@ -162,7 +162,7 @@ def _run(
     fail_on: tuple[str, ...],
 ) -> None:
     from reportgen.api import load_config, run_report
-    from reportgen.progress import Progress
+    from reportgen.runtime.progress import Progress
 
     try:
         cfg = load_config(
@@ -193,7 +193,7 @@ def _split(value: str) -> list[str]:
 def demo_command(out_dir: str, device: str, quiet: bool) -> None:
     """Train a small CNN on scikit-learn's digits (no downloads) and report on it."""
     from reportgen.api import run_demo
-    from reportgen.progress import Progress
+    from reportgen.runtime.progress import Progress
 
     with interrupt_handlers(notify=_warn):
         try:

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from reportgen.progress import Progress
+from reportgen.runtime.progress import Progress
 
 IMAGE_SIZE = 32
 MEAN, STD = 0.5, 0.5

@@ -21,10 +21,11 @@ from reportgen.analyses.audit import AuditAnalysis, AuditParams
 from reportgen.api import run_report
 from reportgen.contract import Analysis, AnalysisContext, Metric, Needs, PassResult, Result
 from reportgen.errors import ConfigError, LayerError
-from reportgen.loading.images import DataFolder, ImageDataset, ImageItem, Preprocessor
-from reportgen.loading.models import LoadedModel
+from reportgen.loading.folders import DataFolder, ImageItem
+from reportgen.loading.images import ImageDataset, Preprocessor
+from reportgen.loading.types import LoadedModel
 from reportgen.params import AnalysisParams, between, layer_ref, rule
-from reportgen.section import Table
+from reportgen.report.section import Table
 
 PACKAGE = Path(reportgen.analyses.__file__).resolve().parent.parent
 
@@ -50,11 +51,27 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 skip |= {id(n) for child in node.body for n in ast.walk(child)}
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        # ``from reportgen import methods`` then ``methods.knn.knn(...)``: the attribute names
+        # the module loaded on first use (reportgen.runtime.lazy), still a dependency.
+        lazy_packages = {
+            (a.asname or a.name): f"reportgen.{a.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module == "reportgen"
+            and id(node) not in skip
+            for a in node.names
+        }
         for node in ast.walk(tree):
             if id(node) in skip:
                 continue
             names: list[str] = []
             if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in lazy_packages
+            ):
+                names = [f"{lazy_packages[node.value.id]}.{node.attr}"]
+            elif (
                 isinstance(node, ast.Call)
                 and getattr(node.func, "id", None) == "lazy_module"
                 and node.args
@@ -112,10 +129,12 @@ LAYERS = [
     "reportgen.compare",
     "reportgen.analyses",
     "reportgen.contract",
+    "reportgen.methods",
     "reportgen.loading",
     "reportgen.config",
     "reportgen.params",
-    "reportgen.section",
+    "reportgen.runtime",
+    "reportgen.report",
     "reportgen.errors",
 ]
 """pyproject's import-linter layers, top first (the test also sees lazy imports it cannot)."""
@@ -139,6 +158,42 @@ def test_no_import_points_upward_lazy_ones_included() -> None:
     assert upward == []
     # The lazily bound compute dependencies are in the graph (so the checks above see them).
     assert "reportgen.loading.models" in graph["reportgen.analyses.filters"]
+    assert "reportgen.methods.knn" in graph["reportgen.analyses.neighbors"]
+
+
+def test_layers_match_import_linter() -> None:
+    import tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts = config["tool"]["importlinter"]["contracts"]
+    assert [c["layers"] for c in contracts if c["type"] == "layers"] == [LAYERS]
+
+
+def test_nothing_imports_the_package_init() -> None:
+    """``reportgen/__init__`` holds the public names for users; the package's own modules import
+    from the module that defines a name (``reportgen.version``), never from the package root."""
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "reportgen" and not node.level:
+                bad = [a.name for a in node.names if a.name not in subpackages | modules]
+                offenders += [f"{path.name}: {name}" for name in bad]
+            if isinstance(node, ast.Import) and any(a.name == "reportgen" for a in node.names):
+                offenders.append(f"{path.name}: import reportgen")
+    assert offenders == []
+
+
+def test_the_top_level_keeps_the_shell_and_the_contract() -> None:
+    """The layers are packages; the top level has the shell (cli, api, demo), the declarations
+    (config, params, errors) and the version. No module grows past one screenful of screens."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 10, top
+    longest = max(
+        PACKAGE.rglob("*.py"), key=lambda p: len(p.read_text(encoding="utf-8").splitlines())
+    )
+    assert len(longest.read_text(encoding="utf-8").splitlines()) <= 600, longest
 
 
 def test_circle_detection_sees_an_added_circle() -> None:

@@ -23,8 +23,8 @@ from conftest import TINY_ARCH, class_image
 from PIL import Image
 from tiny_models import tiny_net
 
-from reportgen.knn import EQUAL_RTOL, DegenerateInput, knn, point_set_problem
-from reportgen.tsne import scale_for_tsne, torch_tsne, tsne_input_problem
+from reportgen.methods.knn import EQUAL_RTOL, DegenerateInput, knn, point_set_problem
+from reportgen.methods.tsne import scale_for_tsne, torch_tsne, tsne_input_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"

@@ -15,17 +15,13 @@ from reportgen.analyses.common import (
     resolve_layers,
 )
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
-from reportgen.figures import figure_to_picture, mosaic, new_figure, to_uint8, upscale
-from reportgen.lazy import lazy_module
 from reportgen.params import AnalysisParams, at_least, between, layer_ref, rule
-from reportgen.section import Figure, Table, Text
+from reportgen.report.figures import figure_to_picture, mosaic, new_figure, to_uint8, upscale
+from reportgen.report.section import Figure, Table, Text
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
     from reportgen.contract import AnalysisContext
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
 
 HOW_TO_READ = (
     "For each query image (left) every small tile is one channel of the layer's output, in "

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from reportgen import methods
 from reportgen.analyses.attribution_checks_present import (
     NAME,
     TITLE,
     attribution_checks_section,
 )
-from reportgen.attribution_names import METHODS
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
-from reportgen.lazy import lazy_module
+from reportgen.methods.names import METHODS
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -33,16 +33,10 @@ from reportgen.params import (
     one_of,
     rule,
 )
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
-    from reportgen import sanity, vit
     from reportgen.contract import AnalysisContext
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    sanity = lazy_module("reportgen.sanity")
-    vit = lazy_module("reportgen.vit")
 
 DEFAULT_METHODS = list(METHODS)
 
@@ -120,12 +114,12 @@ HEADLINES = {
 }
 
 
-def _vit_gradcam(layout: vit.TokenLayout, batch_size: int) -> sanity.MapFn:
+def _vit_gradcam(layout: methods.vit.TokenLayout, batch_size: int) -> methods.trust.MapFn:
     """Grad-CAM on a vision transformer's token grid (the saliency section's choice)."""
 
     def gradcam(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        layer = vit.default_vit_gradcam_layer(layout)
-        cam = vit.vit_grad_cam(model, x, t, layer, layout, batch_size)
+        layer = methods.vit_maps.default_vit_gradcam_layer(layout)
+        cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, batch_size)
         return torch.nn.functional.interpolate(
             cam[:, None].float(), size=tuple(x.shape[2:]), mode="bilinear", align_corners=False
         )[:, 0]
@@ -168,7 +162,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             gray = torch.full((ctx.model.in_channels, 1, 1), float(p.deletion_fill))
             fill = ctx.preprocessor.normalise(gray).flatten().to(ctx.device)
             fill_text = f"gray {float(p.deletion_fill):g}"
-        methods = sanity.attribution_methods(
+        map_fns = methods.trust.attribution_methods(
             p.methods,
             smoothgrad_samples=p.smoothgrad_samples,
             smoothgrad_noise=p.smoothgrad_noise,
@@ -182,16 +176,16 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             batch_size=32,
             occlusion_batch_size=p.batch_size,
         )
-        if ctx.token_layout is not None and "gradcam" in methods and p.gradcam_layer == "auto":
-            methods["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
+        if ctx.token_layout is not None and "gradcam" in map_fns and p.gradcam_layer == "auto":
+            map_fns["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
         model = ctx.model.module
         stage_names = None if p.stages == "auto" else list(p.stages)
-        stages = sanity.randomization_stages(model, x[:1], stage_names)
-        result = sanity.run_attribution_checks(
+        stages = methods.trust.randomization_stages(model, x[:1], stage_names)
+        result = methods.trust.run_attribution_checks(
             model,
             x,
             t,
-            methods,
+            map_fns,
             stages=stages,
             mean_fill=fill,
             steps=p.steps,
@@ -217,6 +211,6 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
         )
         return Result(
             section,
-            metrics=sanity.headline_metrics(result),
-            record=sanity.summary_dict(result),
+            metrics=methods.trust.headline_metrics(result),
+            record=methods.trust.summary_dict(result),
         )

@@ -1,4 +1,4 @@
-"""Presentation of the attribution checks: a :class:`~reportgen.sanity.ChecksResult` in, a Section out.
+"""Presentation of the attribution checks: a :class:`~reportgen.methods.trust.ChecksResult` in, a Section out.
 
 The verdict table comes first (one row per method, ranked by faithfulness, with the random-map
 control beside them); then the lecture-style randomisation grid for one or two queries, the
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reportgen.attribution_names import LABELS, METHODS, RANDOM
-from reportgen.figures import class_colors, figure_to_picture, new_figure
-from reportgen.section import Figure, Picture, Section, Table, Text
+from reportgen.methods.names import LABELS, METHODS, RANDOM
+from reportgen.report.figures import class_colors, figure_to_picture, new_figure
+from reportgen.report.section import Figure, Picture, Section, Table, Text
 
 if TYPE_CHECKING:
-    from reportgen.sanity import ChecksResult
+    from reportgen.methods.trust.checks import ChecksResult
 
 NAME = "attribution_checks"
 TITLE = "Can these maps be trusted? Randomisation and faithfulness checks"

@@ -14,24 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reportgen import methods
 from reportgen.analyses.common import pixel_vectors
 from reportgen.contract import Analysis, Metric, Result
-from reportgen.figures import figure_to_picture, new_figure
-from reportgen.lazy import lazy_module
 from reportgen.params import AnalysisParams, between, in_range, rule
-from reportgen.section import Figure, Picture, Table, Text, Thumb
+from reportgen.report.figures import figure_to_picture, new_figure
+from reportgen.report.section import Figure, Picture, Table, Text, Thumb
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
-    from reportgen import calibration as calibration_lib
-    from reportgen import knn as knn_lib
-    from reportgen.calibration import Calibration
     from reportgen.contract import AnalysisContext
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    calibration_lib = lazy_module("reportgen.calibration")
-    knn_lib = lazy_module("reportgen.knn")
+    from reportgen.methods.calibration import Calibration
 
 HOW_TO_READ = (
     "The checks table flags what deserves a closer look before trusting the other sections. "
@@ -82,7 +75,7 @@ def suspect_labels(
     y = labels[keep].to(features.device)
     p = preds[keep.to(preds.device)].to(features.device)
     own = torch.arange(x.shape[0], device=x.device)
-    _, idx = knn_lib.knn(x, x, k, exclude=own)
+    _, idx = methods.knn.knn(x, x, k, exclude=own)
     neigh = y[idx]
     n_classes = int(y.max()) + 1
     votes = torch.zeros(x.shape[0], n_classes, device=x.device).scatter_add_(
@@ -108,7 +101,7 @@ def near_duplicates(pixels: torch.Tensor, threshold: float) -> list[tuple[int, i
     x = pixel_vectors(pixels)
     dim = x.shape[1]
     k = min(5, x.shape[0] - 1)
-    dist, idx = knn_lib.knn(x, x, k, exclude=torch.arange(x.shape[0], device=x.device))
+    dist, idx = methods.knn.knn(x, x, k, exclude=torch.arange(x.shape[0], device=x.device))
     rms = dist / float(np.sqrt(dim))
     # Each pair is found from both ends, with distances that differ in the last float bits.
     pairs: dict[tuple[int, int], float] = {}
@@ -220,7 +213,7 @@ class AuditAnalysis(Analysis[AuditParams]):
         if bool(known.any()):
             y, yhat, conf = labels[known], preds[known], confidence[known]
             correct = yhat == y
-            cal = calibration_lib.calibration(conf, correct, p.bins)
+            cal = methods.calibration.calibration(conf, correct, p.bins)
             metrics["ece"] = cal.ece
             cm = confusion_matrix(y, yhat, n_classes)
             present = sorted(set(y.cpu().tolist()) | set(yhat.cpu().tolist()))

@@ -7,20 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reportgen.lazy import lazy_module
+from reportgen import loading, methods
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
-    from reportgen import hooks, vit
-    from reportgen.loading import models
-    from reportgen.vit import TokenLayout
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    hooks = lazy_module("reportgen.hooks")
-    vit = lazy_module("reportgen.vit")
-    models = lazy_module("reportgen.loading.models")
+    from reportgen.methods.vit import TokenLayout
 
 
 def pixel_vectors(pixels: torch.Tensor) -> torch.Tensor:
@@ -30,7 +23,7 @@ def pixel_vectors(pixels: torch.Tensor) -> torch.Tensor:
 
 def spread_conv_layers(model: nn.Module, count: int, skip_first: bool = False) -> list[str]:
     """``count`` conv layers evenly spread from early to late (always including the last)."""
-    names = [n for n, _ in models.conv_layers(model)]
+    names = [n for n, _ in loading.models.conv_layers(model)]
     if skip_first and len(names) > count:
         names = names[1:]
     if len(names) <= count:
@@ -43,7 +36,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str], default: list[str]) 
     """Configured layer names checked against the model (a clear error naming the nearest)."""
     chosen = list(layers) or default
     for name in chosen:
-        models.find_layer(model, name)
+        loading.types.find_layer(model, name)
     return chosen
 
 
@@ -60,9 +53,9 @@ def layer_outputs(
     The hooks capture the tensor each layer returns; an in-place activation right after it
     (``ReLU(inplace=True)``) is therefore included, as the next layer sees it.
     """
-    modules = {name: models.find_layer(model, name) for name in layers}
+    modules = {name: loading.types.find_layer(model, name) for name in layers}
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    with torch.inference_mode(), hooks.capture_outputs(modules) as captured:
+    with torch.inference_mode(), methods.hooks.capture_outputs(modules) as captured:
         for start in range(0, inputs.shape[0], batch_size):
             captured.clear()
             model(inputs[start : start + batch_size])
@@ -80,7 +73,7 @@ def default_layers(
     transformer ``count`` of its blocks spread from first to last (their tokens on the grid)."""
     if layout is None:
         return spread_conv_layers(model, count, skip_first=skip_first)
-    blocks = vit.token_layers(layout)
+    blocks = methods.vit.token_layers(layout)
     if len(blocks) <= count:
         return blocks
     picks = np.linspace(0, len(blocks) - 1, count).round().astype(int)
@@ -94,4 +87,4 @@ def as_map(
     sequences reshaped to their patch grid (class/register tokens dropped); otherwise None."""
     if layout is None:
         return output if output.ndim == 4 else None
-    return vit.token_output_to_map(name, output, layout, batch=batch)
+    return methods.vit.token_output_to_map(name, output, layout, batch=batch)

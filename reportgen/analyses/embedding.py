@@ -9,21 +9,16 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
 
+from reportgen import methods
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
-from reportgen.figures import class_colors, figure_to_picture, mosaic, new_figure
-from reportgen.lazy import lazy_module
-from reportgen.native_tsne import NativeCrash, fit_isolated
+from reportgen.methods.native_tsne import NativeCrash, fit_isolated
 from reportgen.params import AnalysisParams, at_least, between, positive, rule
-from reportgen.section import Figure, Picture, Table
+from reportgen.report.figures import class_colors, figure_to_picture, mosaic, new_figure
+from reportgen.report.section import Figure, Picture, Table
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
-    from reportgen import tsne as tsne_lib
     from reportgen.contract import AnalysisContext
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    tsne_lib = lazy_module("reportgen.tsne")
 
 HOW_TO_READ = (
     "Both maps place every image by its penultimate feature vector. PCA is a linear projection "
@@ -91,14 +86,14 @@ def run_tsne(
     Raises :class:`SkipSection` with the reason, before any native code runs, when ``x`` is
     degenerate (too few points, NaN/Inf, all points equal), since scikit-learn and openTSNE
     segfault on such input; and when a backend returns a map that is not finite. ``x`` is brought
-    to unit RMS first (:func:`reportgen.tsne.scale_for_tsne`), so no feature scale under- or
+    to unit RMS first (:func:`reportgen.methods.tsne.scale_for_tsne`), so no feature scale under- or
     overflows in float32.
     """
-    problem = tsne_lib.tsne_input_problem(x)
+    problem = methods.tsne.tsne_input_problem(x)
     if problem:
         raise SkipSection(f"t-SNE: {problem}")
-    x = tsne_lib.scale_for_tsne(x).astype(np.float32)
-    problem = tsne_lib.tsne_input_problem(
+    x = methods.tsne.scale_for_tsne(x).astype(np.float32)
+    problem = methods.tsne.tsne_input_problem(
         x
     )  # all equal once in float32 (a spread below its resolution)
     if problem:
@@ -116,14 +111,14 @@ def _run_tsne_backend(
     perplexity = float(min(p.perplexity, max(1.0, (n - 1) / 3.0)))
     backend = tsne_backend(n, p, device)
     if backend == "torch":
-        from reportgen.tsne import torch_tsne
+        from reportgen.methods.tsne import torch_tsne
 
         emb_t = torch_tsne(torch.from_numpy(x).to(device or "cpu"), perplexity=perplexity)
         return emb_t.double().cpu().numpy(), BACKEND_NAMES[backend]
     # Native code runs in a child process: a crash costs this section, not the report.
     try:
         if backend == "opentsne":
-            from reportgen.knn import knn
+            from reportgen.methods.knn import knn
 
             # Exact neighbours from chunked matrix products (on the device): faster than
             # openTSNE's approximate index at these sizes, and no approximation in the affinities.
@@ -157,7 +152,7 @@ def sampled_trustworthiness(
 
     On CUDA on all points; elsewhere on a seeded sample of at most ``max_points`` (0 = all).
     """
-    from reportgen.tsne import trustworthiness
+    from reportgen.methods.tsne import trustworthiness
 
     n = high.shape[0]
     k = min(k, max(1, (n - 1) // 2 - 1))
@@ -255,7 +250,7 @@ class EmbeddingAnalysis(Analysis[EmbeddingParams]):
         # Degenerate features (all equal: 12 copies of one image, an all-zero model, an infinite
         # preprocess.std; NaN/Inf from broken weights) make PCA meaningless and crash native t-SNE
         # code: skip with the reason before any of it runs.
-        problem = tsne_lib.tsne_input_problem(res.features, "images")
+        problem = methods.tsne.tsne_input_problem(res.features, "images")
         if problem:
             raise SkipSection(f"the penultimate features ({res.feature_layer}): {problem}")
         seed = ctx.seed

@@ -7,20 +7,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from reportgen import loading
 from reportgen.contract import Analysis, Metric, Result, SkipSection
-from reportgen.figures import mosaic, normalise01, to_uint8, upscale
-from reportgen.lazy import lazy_module
 from reportgen.params import AnalysisParams, at_least, between, layer_ref, rule
-from reportgen.section import Figure, Picture, Table, Text
+from reportgen.report.figures import mosaic, normalise01, to_uint8, upscale
+from reportgen.report.section import Figure, Picture, Table, Text
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
     from reportgen.contract import AnalysisContext
-    from reportgen.loading import models
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    models = lazy_module("reportgen.loading.models")
 
 HOW_TO_READ = (
     "Each tile is one filter of the first convolution, drawn as the image patch that excites it "
@@ -74,7 +69,7 @@ class FiltersAnalysis(Analysis[FiltersParams]):
 
     def run(self, ctx: AnalysisContext, p: FiltersParams) -> Result:
         section = self.section(HOW_TO_READ)
-        found = models.first_weight_4d(ctx.model.module)
+        found = loading.models.first_weight_4d(ctx.model.module)
         if found is None:
             raise SkipSection("the model has no convolution weights")
         name, weight = found
@@ -134,7 +129,7 @@ class FiltersAnalysis(Analysis[FiltersParams]):
         )
         metrics = {"first_layer_filters": int(out_ch), "first_layer_dead_filters": dead}
         for layer in p.layers:
-            module = models.find_layer(ctx.model.module, layer)
+            module = loading.types.find_layer(ctx.model.module, layer)
             w = getattr(module, "weight", None)
             if not isinstance(w, torch.Tensor) or w.ndim != 4:
                 section.add(Text(f"{layer} has no convolution kernel; not drawn.", kind="note"))

@@ -10,29 +10,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from reportgen import loading, methods
 from reportgen.analyses.common import as_map, default_layers, resolve_layers
 from reportgen.contract import Analysis, Needs, Result, SkipSection
 from reportgen.errors import ConfigError
-from reportgen.figures import figure_to_picture, new_figure
-from reportgen.lazy import lazy_module
 from reportgen.params import AnalysisParams, at_least, between, each, layer_ref, rule
-from reportgen.section import Figure, Picture, Section, Table, Text
+from reportgen.report.figures import figure_to_picture, new_figure
+from reportgen.report.section import Figure, Picture, Section, Table, Text
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
-    from reportgen import receptive_field as rf_lib
-    from reportgen import vit
     from reportgen.contract import AnalysisContext, Collector, SetupContext
-    from reportgen.loading import models
-    from reportgen.receptive_field import ReceptiveField
-    from reportgen.vit import TokenLayout
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    rf_lib = lazy_module("reportgen.receptive_field")
-    vit = lazy_module("reportgen.vit")
-    models = lazy_module("reportgen.loading.models")
+    from reportgen.methods.receptive_field import ReceptiveField
+    from reportgen.methods.vit import TokenLayout
 
 HOW_TO_READ = (
     "Each row is one channel (unit) of a layer; across the row are the image patches of the whole "
@@ -327,7 +319,7 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
         if not layers:
             return None
         for name in layers:  # channel numbers out of range: an input error before the pass
-            count = output_channels(models.find_layer(model, name))
+            count = output_channels(loading.types.find_layer(model, name))
             bad = [c for c in p.channels if count is not None and c >= count]
             if bad and count is not None:
                 raise ConfigError(
@@ -362,7 +354,7 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                 )
             )
             fields = {
-                name: vit.token_cell_field(name, layout, col.state[name].map_size)
+                name: methods.vit.token_cell_field(name, layout, col.state[name].map_size)
                 for name in layers
             }
         else:
@@ -488,14 +480,16 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
     ) -> dict[str, ReceptiveField]:
         in_ch = ctx.model.in_channels
         try:
-            return rf_lib.receptive_fields(model, layers, in_ch, device=ctx.device)
-        except rf_lib.ReceptiveFieldError:
+            return methods.receptive_field.receptive_fields(model, layers, in_ch, device=ctx.device)
+        except methods.receptive_field.ReceptiveFieldError:
             pass
         out: dict[str, ReceptiveField] = {}
         for name in layers:
             try:
-                out[name] = rf_lib.receptive_fields(model, [name], in_ch, device=ctx.device)[name]
-            except rf_lib.ReceptiveFieldError as exc:
+                out[name] = methods.receptive_field.receptive_fields(
+                    model, [name], in_ch, device=ctx.device
+                )[name]
+            except methods.receptive_field.ReceptiveFieldError as exc:
                 section.add(
                     Text(f"{name}: receptive field unavailable ({exc}); left out.", kind="warning")
                 )

@@ -5,20 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from reportgen import methods
 from reportgen.analyses.common import pixel_vectors
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
-from reportgen.lazy import lazy_module
 from reportgen.params import AnalysisParams, between, rule
-from reportgen.section import Picture, Table, Text, Thumb
+from reportgen.report.section import Picture, Table, Text, Thumb
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
-    from reportgen import knn as knn_lib
     from reportgen.contract import AnalysisContext
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    knn_lib = lazy_module("reportgen.knn")
 
 HOW_TO_READ = (
     "Each row starts with a query image, then its nearest images in the network's penultimate "
@@ -61,10 +56,10 @@ class NeighborsAnalysis(Analysis[NeighborsParams]):
         pix = pixel_vectors(res.pixels).to(feats.device)
         queries = torch.tensor(ctx.queries, dtype=torch.long, device=feats.device)
 
-        fd, fi = knn_lib.knn(feats[queries], feats, k, metric=p.metric, exclude=queries)
-        pd, pi = knn_lib.knn(pix[queries], pix, k, metric=p.metric, exclude=queries)
-        agree_f = knn_lib.leave_one_out_agreement(feats, res.labels, k, p.metric)
-        agree_p = knn_lib.leave_one_out_agreement(pix, res.labels, k, p.metric)
+        fd, fi = methods.knn.knn(feats[queries], feats, k, metric=p.metric, exclude=queries)
+        pd, pi = methods.knn.knn(pix[queries], pix, k, metric=p.metric, exclude=queries)
+        agree_f = methods.knn.leave_one_out_agreement(feats, res.labels, k, p.metric)
+        agree_p = methods.knn.leave_one_out_agreement(pix, res.labels, k, p.metric)
         metrics = {"knn_agreement_feature": agree_f, "knn_agreement_pixel": agree_p, "knn_k": k}
 
         fi_l, pi_l = fi.cpu().tolist(), pi.cpu().tolist()

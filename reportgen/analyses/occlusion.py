@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from reportgen import methods
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
-from reportgen.figures import figure_to_picture, new_figure
-from reportgen.lazy import lazy_module
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -25,17 +24,13 @@ from reportgen.params import (
     literal,
     rule,
 )
-from reportgen.section import Figure, Picture, Section, Table
+from reportgen.report.figures import figure_to_picture, new_figure
+from reportgen.report.section import Figure, Picture, Section, Table
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
-    from reportgen import perturbation
     from reportgen.contract import AnalysisContext, QueryBatch
-    from reportgen.perturbation import OcclusionMaps
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    perturbation = lazy_module("reportgen.perturbation")
+    from reportgen.methods.perturbation import OcclusionMaps
 
 HOW_TO_READ = (
     "A grey square (the dataset's mean pixel) is slid over each query image, and the model's "
@@ -182,9 +177,9 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
     def run(self, ctx: AnalysisContext, p: OcclusionParams) -> Result:
         batch = ctx.query_batch()
         _, _, h, w = batch.inputs.shape
-        window, stride = perturbation.resolve_geometry(h, w, p.window, p.stride)
+        window, stride = methods.perturbation.resolve_geometry(h, w, p.window, p.stride)
         fill = resolve_fill(p.fill, ctx)
-        maps = perturbation.occlusion_maps(
+        maps = methods.perturbation.occlusion_maps(
             ctx.forward,
             batch.inputs,
             batch.targets,
@@ -195,7 +190,7 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
             channels_last=ctx.device.type == "cuda",
             progress=ctx.progress,
         )
-        pixel_prob = perturbation.pixel_probability(maps.prob, h, w, window, stride)
+        pixel_prob = methods.perturbation.pixel_probability(maps.prob, h, w, window, stride)
         drops = maps.base_prob[:, None, None] - pixel_prob
 
         arrays = batch.arrays()

@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from reportgen.attribution_names import LABELS
+from reportgen import loading, methods
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.errors import ReportgenError
-from reportgen.figures import figure_to_picture, new_figure
-from reportgen.lazy import lazy_module
+from reportgen.methods.names import LABELS
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -31,19 +30,12 @@ from reportgen.params import (
     one_of,
     rule,
 )
-from reportgen.section import Figure, Picture, Section, Table, Text
+from reportgen.report.figures import figure_to_picture, new_figure
+from reportgen.report.section import Figure, Picture, Section, Table, Text
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    import torch
-
-    from reportgen import attribution, vit
     from reportgen.contract import AnalysisContext, QueryBatch
-    from reportgen.loading import models
-else:  # compute dependencies load on first use (reading the declarations needs no torch)
-    torch = lazy_module("torch")
-    attribution = lazy_module("reportgen.attribution")
-    vit = lazy_module("reportgen.vit")
-    models = lazy_module("reportgen.loading.models")
 
 Method = Literal[
     "gradient",
@@ -142,48 +134,52 @@ def _method_maps(
     bs = p.batch_size
     layout = ctx.token_layout
     if method == "gradient":
-        g = attribution.input_gradients(model, x, t, bs)
-        return attribution.saliency_map(g), attribution.saliency_map(g), None
+        g = methods.attribution.input_gradients(model, x, t, bs)
+        return methods.attribution.saliency_map(g), methods.attribution.saliency_map(g), None
     if method == "smoothgrad":
-        g = attribution.smoothgrad(
+        g = methods.attribution.smoothgrad(
             model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.seed, bs
         )
-        return g, attribution.saliency_map(g), None
+        return g, methods.attribution.saliency_map(g), None
     if method == "guided_backprop":
-        g = attribution.guided_backprop(model, x, t, bs)
-        return g, attribution.saliency_map(g), None
+        g = methods.attribution.guided_backprop(model, x, t, bs)
+        return g, methods.attribution.saliency_map(g), None
     if method == "gradcam":
         if layout is not None and p.gradcam_layer == "auto":
             # Tokens reshaped to their patch grid (class/register tokens dropped) at the last block.
-            layer = vit.default_vit_gradcam_layer(layout)
-            cam = vit.vit_grad_cam(model, x, t, layer, layout, bs)
+            layer = methods.vit_maps.default_vit_gradcam_layer(layout)
+            cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, bs)
         else:
             try:
                 layer = (
-                    attribution.default_gradcam_layer(model, x[:1])
+                    methods.attribution.default_gradcam_layer(model, x[:1])
                     if p.gradcam_layer == "auto"
                     else p.gradcam_layer
                 )
             except ValueError as exc:
-                raise attribution.NotApplicable(f"not applicable: {exc}") from None
-            cam = attribution.grad_cam(model, x, t, models.find_layer(model, layer), bs)
-        up = attribution.upsample_maps(cam, (h, w))
+                raise methods.attribution.NotApplicable(f"not applicable: {exc}") from None
+            cam = methods.attribution.grad_cam(
+                model, x, t, loading.types.find_layer(model, layer), bs
+            )
+        up = methods.attribution.upsample_maps(cam, (h, w))
         return up, up, layer
     if method == "attention_rollout":
         if layout is None:
-            raise attribution.NotApplicable(
+            raise methods.attribution.NotApplicable(
                 "not applicable: the model has no attention layers (not a vision transformer)"
             )
-        rolled = vit.attention_rollout(model, x, layout, bs)
-        if isinstance(rolled, vit.Unavailable):
-            raise attribution.NotApplicable(str(rolled))
-        up = attribution.upsample_maps(rolled, (h, w))
+        rolled = methods.vit_maps.attention_rollout(model, x, layout, bs)
+        if isinstance(rolled, methods.vit.Unavailable):
+            raise methods.attribution.NotApplicable(str(rolled))
+        up = methods.attribution.upsample_maps(rolled, (h, w))
         return up, up, None
     baseline = None
     if not isinstance(p.ig_baseline, str):
         gray = torch.full((x.shape[1], 1, 1), float(p.ig_baseline))
         baseline = ctx.preprocessor.normalise(gray).to(x.device)[None]
-    ig = attribution.integrated_gradients(model, x, t, baseline, p.ig_steps, p.ig_method, bs)
+    ig = methods.attribution.integrated_gradients(
+        model, x, t, baseline, p.ig_steps, p.ig_method, bs
+    )
     # Sum over channels (signed contributions add), then magnitude, as IG is usually drawn.
     return ig, ig.sum(dim=1).abs(), None
 
@@ -211,7 +207,7 @@ def compute_saliency(ctx: AnalysisContext, p: SaliencyParams, batch: QueryBatch)
     for method in ctx.iterate(runnable, desc="saliency", total=len(runnable), label=str):
         try:
             raw[method], maps[method], layer = _method_maps(method, ctx, p, x, t)
-        except attribution.NotApplicable as exc:
+        except methods.attribution.NotApplicable as exc:
             unavailable[method] = str(exc)
             continue
         except (RuntimeError, ValueError, ReportgenError) as exc:
@@ -242,8 +238,8 @@ def saliency_figure(
     images: list[np.ndarray], maps: dict[str, np.ndarray], titles: list[str], panel_px: int
 ) -> Picture:
     """Rows: queries. Columns: the image, then one map per method on the method's shared scale."""
-    methods = list(maps)
-    q, n = len(images), len(methods) + 1
+    shown = list(maps)
+    q, n = len(images), len(shown) + 1
     panel = panel_px / 100.0
     fig = new_figure(n * panel + 0.4, q * (panel + 0.25) + 0.9)
     axes = fig.subplots(q, n, squeeze=False)
@@ -251,7 +247,7 @@ def saliency_figure(
         axes[i, 0].imshow(images[i], interpolation="nearest")
         axes[i, 0].set_ylabel(titles[i], fontsize=7)
     axes[0, 0].set_title("input", fontsize=8)
-    for j, m in enumerate(methods, start=1):
+    for j, m in enumerate(shown, start=1):
         vmax = column_scale(maps[m])
         artist = None
         for i in range(q):
@@ -316,7 +312,7 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
         # The heading names the methods actually shown.
         section.title = "Saliency: " + ", ".join(LABELS[m] for m in result.maps)
         maps = {m: v.detach().float().cpu().numpy() for m, v in result.maps.items()}
-        methods = list(maps)
+        shown = list(maps)
         targets = batch.targets.cpu().tolist()
         logits = ctx.pass_result.logits[batch.positions].float()
         probs = logits.softmax(1).gather(1, batch.targets[:, None].to(logits.device))[:, 0]
@@ -346,7 +342,7 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
         for note in result.notes:
             section.add(Text(note, kind="note"))
 
-        others = [m for m in methods if m != "gradient"]
+        others = [m for m in shown if m != "gradient"]
         rows: list[list[Any]] = []
         rho_all: dict[tuple[str, str], list[float]] = {}
         for i, q in enumerate(batch.positions):
@@ -357,12 +353,14 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
                 ctx.class_name(preds[i]),
             ]
             if "gradient" in maps:
-                row += [attribution.spearman(maps[m][i], maps["gradient"][i]) for m in others]
+                row += [
+                    methods.attribution.spearman(maps[m][i], maps["gradient"][i]) for m in others
+                ]
             rows.append(row)
-            for a in methods:
-                for b in methods:
+            for a in shown:
+                for b in shown:
                     rho_all.setdefault((a, b), []).append(
-                        attribution.spearman(maps[a][i], maps[b][i])
+                        methods.attribution.spearman(maps[a][i], maps[b][i])
                     )
         columns = ["image", "explained class", "p (explained class)", "prediction"]
         if "gradient" in maps:
@@ -377,20 +375,18 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
                 rows=rows,
             )
         )
-        if len(methods) > 1:
+        if len(shown) > 1:
             section.add(
                 Table(
                     caption=(
                         f"Agreement between methods: Spearman rank correlation of their maps, "
                         f"averaged over the {len(batch)} query images."
                     ),
-                    columns=["method", *(LABELS[m] for m in methods)],
-                    rows=[
-                        [LABELS[a], *(_nanmean(rho_all[(a, b)]) for b in methods)] for a in methods
-                    ],
+                    columns=["method", *(LABELS[m] for m in shown)],
+                    rows=[[LABELS[a], *(_nanmean(rho_all[(a, b)]) for b in shown)] for a in shown],
                 )
             )
-            pairs = [(a, b) for a in methods for b in methods if a < b]
+            pairs = [(a, b) for a in shown for b in shown if a < b]
             metrics["saliency_mean_rank_agreement"] = _nanmean(
                 [v for pair in pairs for v in rho_all[pair]]
             )

@@ -15,9 +15,11 @@ to do; nothing is loaded with pickle.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import zipfile
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from reportgen.compare.metrics import CompareResult, ExplanationMaps, build_compare
+from reportgen.compare.present import Thumbnails
 from reportgen.errors import ReportgenError
-from reportgen.predictions import FILE_NAME, PredictionSet, csv_path, read_predictions
+from reportgen.report.figures import to_uint8
+from reportgen.report.predictions import FILE_NAME, PredictionSet, csv_path, read_predictions
 
 SUMMARY = "summary.json"
 ARRAYS = "arrays.npz"
@@ -478,3 +482,40 @@ def compare_folders(
             "new_version": new.version,
         },
     )
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def folder_thumbnails(root: str | Path, sha256: Mapping[str, str], size: int = 72) -> Thumbnails:
+    """Thumbnails read from a data folder (for ``reportgen compare``, which loads no model).
+
+    ``sha256``: path -> the SHA-256 the comparison matched; a file that is missing, unreadable
+    or whose bytes changed since gives None (so a gallery never shows a different image).
+    Decoding follows the run's rules (Pillow limits, EXIF orientation, first frame).
+    """
+    from reportgen.loading.folders import DecodeFailure
+    from reportgen.loading.images import decode_image
+
+    base = Path(root)
+
+    def read(path: str) -> np.ndarray | None:
+        try:
+            data = (base / path).read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != sha256.get(path):
+            return None
+        try:
+            arr = decode_image(data, 3, path)
+        except DecodeFailure:
+            return None
+        h, w = arr.shape[:2]
+        step = max(1, int(np.ceil(max(h, w) / size)))
+        small = arr[::step, ::step] if step > 1 else arr
+        return to_uint8(small)
+
+    def thumbs(paths: Sequence[str]) -> list[np.ndarray | None]:
+        return [read(p) for p in paths]
+
+    return thumbs

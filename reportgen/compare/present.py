@@ -1,7 +1,7 @@
 """The "Changes against the baseline" chapter and the PR-sized Markdown of a comparison.
 
 :func:`compare_section` turns a :class:`~reportgen.compare.metrics.CompareResult` into a
-:class:`~reportgen.section.Section` (plain data: tables, figures, thumbnails); thumbnails come
+:class:`~reportgen.report.section.Section` (plain data: tables, figures, thumbnails); thumbnails come
 from an optional callable so that a run can hand over its decoded images and ``reportgen
 compare`` can read them from the data folder (:func:`folder_thumbnails`).
 :func:`compare_markdown` writes the deltas and gate results for summary.md.
@@ -9,17 +9,29 @@ compare`` can read them from the data folder (:func:`folder_thumbnails`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from reportgen.compare.metrics import CompareResult
-from reportgen.figures import figure_to_picture, mosaic, new_figure, normalise01, to_uint8, upscale
-from reportgen.render import markdown_escape
-from reportgen.section import Cell, Figure, Picture, Section, Table, Text, Thumb, format_number
+from reportgen.report.figures import (
+    figure_to_picture,
+    mosaic,
+    new_figure,
+    normalise01,
+    to_uint8,
+    upscale,
+)
+from reportgen.report.section import (
+    Cell,
+    Figure,
+    Picture,
+    Section,
+    Table,
+    Text,
+    Thumb,
+    format_number,
+)
 
 SECTION_NAME = "compare"
 TITLE = "Changes against the baseline"
@@ -558,113 +570,3 @@ def compare_section(
     if left:
         section.add(Table("Parts left out of the comparison", ["part", "why"], left))
     return section
-
-
-# --------------------------------------------------------------------------- thumbnails
-
-
-def folder_thumbnails(root: str | Path, sha256: Mapping[str, str], size: int = 72) -> Thumbnails:
-    """Thumbnails read from a data folder (for ``reportgen compare``, which loads no model).
-
-    ``sha256``: path -> the SHA-256 the comparison matched; a file that is missing, unreadable
-    or whose bytes changed since gives None (so a gallery never shows a different image).
-    Decoding follows the run's rules (Pillow limits, EXIF orientation, first frame).
-    """
-    from reportgen.loading.images import DecodeFailure, decode_image
-
-    base = Path(root)
-
-    def read(path: str) -> np.ndarray | None:
-        try:
-            data = (base / path).read_bytes()
-        except OSError:
-            return None
-        if hashlib.sha256(data).hexdigest() != sha256.get(path):
-            return None
-        try:
-            arr = decode_image(data, 3, path)
-        except DecodeFailure:
-            return None
-        h, w = arr.shape[:2]
-        step = max(1, int(np.ceil(max(h, w) / size)))
-        small = arr[::step, ::step] if step > 1 else arr
-        return to_uint8(small)
-
-    def thumbs(paths: Sequence[str]) -> list[np.ndarray | None]:
-        return [read(p) for p in paths]
-
-    return thumbs
-
-
-# --------------------------------------------------------------------------- Markdown
-
-
-def compare_markdown(
-    summary_compare: Mapping[str, Any], gates: Sequence[Mapping[str, Any]] = ()
-) -> str:
-    """A PR-sized Markdown summary: the gate results first, then the deltas and any warnings.
-
-    ``summary_compare``: summary.json's ``compare`` object (:func:`compare_summary`);
-    ``gates``: its ``gates`` list (``{expr, value, passed, reason}``). User text is escaped.
-    """
-    c = summary_compare
-    lines: list[str] = []
-    if gates:
-        failed = sum(1 for g in gates if not g["passed"])
-        lines.append(
-            f"**Gates: {'all ' + str(len(gates)) + ' passed' if not failed else f'{failed} of {len(gates)} failed'}**"
-        )
-        lines.append("")
-        lines.append("| gate | value | result |")
-        lines.append("|---|---|---|")
-        for g in gates:
-            value = (
-                format_number(g["value"], 4)
-                if g.get("value") is not None
-                else markdown_escape(g.get("reason") or "no value")
-            )
-            lines.append(
-                f"| {markdown_escape(g['expr'])} | {value} | "
-                f"{'pass' if g['passed'] else '**FAIL**'} |"
-            )
-        lines.append("")
-    labelled = c.get("flip_meaning") == "label"
-    lines.append("| | baseline | new | change |")
-    lines.append("|---|---|---|---|")
-    if labelled:
-        ci = c.get("accuracy_delta_ci95")
-        lines.append(
-            f"| accuracy | {_pct(c.get('accuracy_baseline'))} | {_pct(c.get('accuracy'))} | "
-            f"{_pp(c.get('accuracy_delta'))}"
-            + ("" if not ci else f" (95 % CI {100 * ci[0]:+.2f} to {100 * ci[1]:+.2f})")
-            + " |"
-        )
-        lines.append(f"| McNemar p | | | {_p_value(c.get('mcnemar_p'))} |")
-        lines.append(
-            f"| negative flips | | | {_count_rate(c.get('negative_flips'), c.get('negative_flip_rate'))} |"
-        )
-        lines.append(
-            f"| positive flips | | | {_count_rate(c.get('positive_flips'), c.get('positive_flip_rate'))} |"
-        )
-        lines.append(
-            f"| ECE | {format_number(c.get('ece_baseline'))} | {format_number(c.get('ece'))} | "
-            f"{_signed(c.get('ece_delta'))} |"
-        )
-    else:
-        lines.append(
-            "| predictions changed (unlabelled) | | | "
-            f"{_count_rate(c.get('negative_flips'), c.get('negative_flip_rate'))} |"
-        )
-    lines.append(f"| matched images | | | {c.get('matched_images', 'n/a')} |")
-    for key, title in (
-        ("linear_cka", "linear CKA"),
-        ("knn_overlap", "k-NN overlap"),
-        ("explanation_rank_corr", "explanation rank corr."),
-    ):
-        if c.get(key) is not None:
-            lines.append(f"| {title} | | | {format_number(c[key])} |")
-    notes = c.get("notes") or []
-    if notes:
-        lines.append("")
-        lines.extend(f"- **Warning:** {markdown_escape(n)}" for n in notes)
-    return "\n".join(lines) + "\n"

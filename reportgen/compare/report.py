@@ -13,21 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reportgen import __version__
-from reportgen.compare.folders import compare_folders, read_report_folder
+from reportgen.compare.folders import compare_folders, folder_thumbnails, read_report_folder
+from reportgen.compare.markdown import compare_markdown
 from reportgen.compare.metrics import compare_summary
-from reportgen.compare.present import compare_markdown, compare_section, folder_thumbnails
-from reportgen.gates import evaluate_gates, gates_failed, known_metric_names, parse_gates
-from reportgen.render import (
+from reportgen.compare.present import compare_section
+from reportgen.report.gates import evaluate_gates, gates_failed, known_metric_names, parse_gates
+from reportgen.report.render import (
     ReportContext,
     clean_floats,
     markdown_escape,
     render_html,
     render_html_once,
     to_json,
-    write_all_atomic,
 )
-from reportgen.section import Section
+from reportgen.report.section import Section
+from reportgen.runtime.writes import write_all_atomic
+from reportgen.version import __version__
 
 EXIT_OK, EXIT_OUTPUT_FAILED, EXIT_GATE_FAILED = 0, 1, 3
 
@@ -130,7 +131,7 @@ def compare_reports(
         payloads[out / "report.html"] = html.html
         output["html_bytes"] = len(html.html.encode("utf-8"))
     if "pdf" in formats:
-        from reportgen.pdf import html_to_pdf
+        from reportgen.report.pdf import html_to_pdf
 
         try:
             payloads[out / "report.pdf"] = html_to_pdf(

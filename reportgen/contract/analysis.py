@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 
 from reportgen.params import AnalysisParams
-from reportgen.section import Section
+from reportgen.report.section import Section
 
 if TYPE_CHECKING:
     from reportgen.contract.collectors import Collector

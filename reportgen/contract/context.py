@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from reportgen.contract.passes import PassResult
-from reportgen.loading.images import DataFolder, ImageDataset, Preprocessor, to_display
-from reportgen.loading.models import LoadedModel, extract_logits
-from reportgen.vit import TokenLayout
+from reportgen.loading.folders import DataFolder
+from reportgen.loading.images import ImageDataset, Preprocessor, to_display
+from reportgen.loading.models import extract_logits
+from reportgen.loading.types import LoadedModel
+from reportgen.methods.vit import TokenLayout
 
 T = TypeVar("T")
 Precision = Literal["fp32", "bf16"]

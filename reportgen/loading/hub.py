@@ -26,7 +26,8 @@ from torch import nn
 
 from reportgen.errors import CheckpointError, ConfigError, did_you_mean
 from reportgen.loading.checkpoints import apply_state_dict, load_state_dict
-from reportgen.loading.metadata import HubFiles, timm_pretrained_section
+from reportgen.loading.metadata import timm_pretrained_section
+from reportgen.loading.types import HubFiles
 
 TIMM_PREFIX = "timm:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -11,7 +11,6 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from reportgen.config import ModelConfig
-from reportgen.errors import CheckpointError, ConfigError, LayerError, did_you_mean
+from reportgen.errors import CheckpointError, ConfigError, did_you_mean
 from reportgen.loading.checkpoints import (
     CheckpointKind,
     apply_state_dict,
@@ -28,51 +27,8 @@ from reportgen.loading.checkpoints import (
     sha256_file,
 )
 from reportgen.loading.hub import build_hub_architecture, hub_kind, load_hub_model
-from reportgen.loading.metadata import Family, HubFiles, ModelMetadata, model_metadata
-
-
-@dataclass
-class LoadedModel:
-    module: nn.Module
-    arch: str
-    kind: CheckpointKind
-    sha256: str | None
-    source: str | None
-    num_classes: int
-    in_channels: int
-    family: Family = "torchvision"
-    hub: HubFiles | None = None
-    """The metadata files a timm/Hugging Face model came with (None for other families)."""
-    metadata: ModelMetadata = field(default_factory=ModelMetadata)
-    """Class names and preprocessing from the model's metadata, with their sources."""
-
-    @property
-    def supports_hooks(self) -> bool:
-        """TorchScript modules and exported graphs do not run Python forward hooks on submodules."""
-        return self.kind in ("state_dict", "pickled_module")
-
-    @property
-    def supports_gradients(self) -> bool:
-        """Input gradients: every kind loaded here is differentiable (TorchScript and exported
-        programs included); a future inference-only kind would say no here."""
-        return True
-
-    def layer(self, name: str) -> nn.Module:
-        return find_layer(self.module, name)
-
-    def layer_names(self) -> list[str]:
-        return [n for n, _ in self.module.named_modules() if n]
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    names = [n for n in modules if n]
-    raise LayerError(
-        f"layer '{name}' is not in the model{did_you_mean(name, names)}; "
-        "`reportgen list-layers --model ARCH` prints every layer name"
-    )
+from reportgen.loading.metadata import model_metadata
+from reportgen.loading.types import Family, HubFiles, LoadedModel
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:

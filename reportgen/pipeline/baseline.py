@@ -10,15 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from reportgen import sanity
 from reportgen.compare.metrics import ExplanationMaps, build_compare, compare_summary
 from reportgen.compare.present import compare_section
 from reportgen.config import Config, ModelConfig
 from reportgen.contract import AnalysisContext
 from reportgen.errors import ConfigError, ReportgenError
-from reportgen.loading.models import LoadedModel, first_weight_4d, load_model
+from reportgen.loading.models import first_weight_4d, load_model
+from reportgen.loading.types import LoadedModel
+from reportgen.methods import trust
 from reportgen.pipeline.outputs import run_predictions
-from reportgen.section import Section
+from reportgen.report.section import Section
 
 THUMB_SIZE = 72
 
@@ -55,7 +56,7 @@ def _maps(
     wanted = ["gradient", "gradcam"] if model.supports_hooks else ["gradient"]
     maps: dict[str, np.ndarray] = {}
     notes: list[str] = []
-    for name, fn in sanity.attribution_methods(wanted, batch_size=batch_size).items():
+    for name, fn in trust.attribution_methods(wanted, batch_size=batch_size).items():
         try:
             maps[name] = fn(model.module, inputs, targets).detach().float().cpu().numpy()
         except (RuntimeError, ValueError, ReportgenError) as exc:

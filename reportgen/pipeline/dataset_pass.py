@@ -19,10 +19,11 @@ from reportgen.config import Config
 from reportgen.contract import Collector, PassResult, autocast
 from reportgen.contract.passes import mean_of_batches, raise_no_images
 from reportgen.errors import ConfigError, LayerError
-from reportgen.hooks import capture_outputs
 from reportgen.loading.images import ImageDataset, Sample, collate_samples
-from reportgen.loading.models import LoadedModel, extract_logits, find_layer, last_linear
-from reportgen.progress import Progress
+from reportgen.loading.models import extract_logits, last_linear
+from reportgen.loading.types import LoadedModel, find_layer
+from reportgen.methods.hooks import capture_outputs
+from reportgen.runtime.progress import Progress
 
 
 def resolve_feature_layer(model: LoadedModel, spec: str) -> tuple[str, nn.Module, bool]:

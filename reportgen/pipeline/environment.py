@@ -54,7 +54,7 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import torchvision
 
-    from reportgen import __version__
+    from reportgen.version import __version__
 
     return {
         "reportgen": __version__,

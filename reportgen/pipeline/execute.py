@@ -31,24 +31,22 @@ from reportgen.contract import (
     SkipSection,
 )
 from reportgen.errors import ReportgenError
-from reportgen.gates import evaluate_gates, gates_failed
-from reportgen.interrupts import raise_if_interrupted
-from reportgen.loading.images import (
+from reportgen.loading.folders import (
     DataFolder,
-    ImageDataset,
-    Preprocessor,
     check_uniform_size,
     image_size,
     output_size,
     scan_folder,
 )
+from reportgen.loading.images import ImageDataset, Preprocessor
 from reportgen.loading.model_checks import (
     check_model_output,
     nonfinite_parameters,
     train_mode_modules,
 )
-from reportgen.loading.models import LoadedModel, load_model
-from reportgen.outdir import prepare_output_dir, remove_stale_outputs
+from reportgen.loading.models import load_model
+from reportgen.loading.types import LoadedModel
+from reportgen.methods.vit import TokenLayout, describe_vit
 from reportgen.pipeline import distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.dataset_pass import dataset_pass
@@ -58,10 +56,13 @@ from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outpu
 from reportgen.pipeline.plan import Plan, check_spatial_layers, config_gates, make_plan
 from reportgen.pipeline.queries import select_queries
 from reportgen.pipeline.summary import accuracy_metrics, build_summary
-from reportgen.progress import Progress
-from reportgen.render import Headline, clean_floats, to_json, write_atomic
-from reportgen.section import Section
-from reportgen.vit import TokenLayout, describe_vit
+from reportgen.report.gates import evaluate_gates, gates_failed
+from reportgen.report.render import Headline, clean_floats, to_json
+from reportgen.report.section import Section
+from reportgen.runtime.interrupts import raise_if_interrupted
+from reportgen.runtime.outdir import prepare_output_dir, remove_stale_outputs
+from reportgen.runtime.progress import Progress
+from reportgen.runtime.writes import write_atomic
 
 log = logging.getLogger("reportgen")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from reportgen.config import Config
 from reportgen.loading.metadata import imagenet_class_names
-from reportgen.loading.models import LoadedModel
+from reportgen.loading.types import LoadedModel
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET = "imagenet"

@@ -12,12 +12,17 @@ import numpy as np
 import torch
 import yaml
 
-from reportgen.compare.present import compare_markdown
+from reportgen.compare.markdown import compare_markdown
 from reportgen.config import Config
 from reportgen.contract import PassResult
-from reportgen.loading.images import DataFolder
-from reportgen.predictions import FILE_NAME, PredictionSet, format_predictions, prediction_set
-from reportgen.render import (
+from reportgen.loading.folders import DataFolder
+from reportgen.report.predictions import (
+    FILE_NAME,
+    PredictionSet,
+    format_predictions,
+    prediction_set,
+)
+from reportgen.report.render import (
     Encoding,
     Headline,
     ReportContext,
@@ -26,10 +31,10 @@ from reportgen.render import (
     render_html_once,
     render_markdown,
     to_json,
-    write_all_atomic,
 )
-from reportgen.section import Section
-from reportgen.text import safe_data, safe_text
+from reportgen.report.section import Section
+from reportgen.report.text import safe_data, safe_text
+from reportgen.runtime.writes import write_all_atomic
 
 
 def markdown_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,7 +110,7 @@ def write_outputs(
             warnings.append(msg)
         payloads[out_dir / "report.html"] = html.html
     if "pdf" in cfg.output.formats:
-        from reportgen.pdf import html_to_pdf
+        from reportgen.report.pdf import html_to_pdf
 
         # Same pictures as the HTML (already shrunk to its budget, if it had to be). A PDF that
         # cannot be rendered must not cost the user the HTML and summary already computed: it

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from reportgen.config import Config
 from reportgen.contract import Analysis, Needs
 from reportgen.errors import ConfigError, LayerError
-from reportgen.gates import COMPARE_PREFIX, Gate, known_metric_names, parse_gates
-from reportgen.loading.models import LoadedModel
+from reportgen.loading.types import LoadedModel
 from reportgen.params import layer_fields
-from reportgen.section import Section
+from reportgen.report.gates import COMPARE_PREFIX, Gate, known_metric_names, parse_gates
+from reportgen.report.section import Section
 
 
 @dataclass
@@ -134,7 +134,7 @@ def check_spatial_layers(
         return
     import torch
 
-    from reportgen.attribution import spatial_layers_in_call_order
+    from reportgen.methods.attribution import spatial_layers_in_call_order
 
     device = next(model.module.parameters(), torch.empty(0)).device
     sample = torch.zeros(1, model.in_channels, *input_size, device=device)

@@ -8,7 +8,7 @@ import numpy as np
 
 from reportgen.contract import PassResult
 from reportgen.errors import ConfigError, did_you_mean
-from reportgen.loading.images import DataFolder
+from reportgen.loading.folders import DataFolder
 
 
 def select_queries(

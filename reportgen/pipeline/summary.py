@@ -8,15 +8,15 @@ from typing import Any
 
 import torch
 
-from reportgen import __version__
 from reportgen.config import Config
 from reportgen.contract import PassResult
-from reportgen.loading.images import DataFolder, manifest_sha256
-from reportgen.loading.models import LoadedModel
+from reportgen.loading.folders import DataFolder, manifest_sha256
+from reportgen.loading.types import LoadedModel
 from reportgen.pipeline.environment import device_description, library_versions
 from reportgen.pipeline.metadata import Resolved
-from reportgen.render import clean_floats
-from reportgen.section import Section
+from reportgen.report.render import clean_floats
+from reportgen.report.section import Section
+from reportgen.version import __version__
 
 
 def display_root(root: Path, out_dir: Path) -> str:

@@ -14,8 +14,8 @@ from reportgen.analyses.common import layer_outputs, spread_conv_layers
 from reportgen.config import Config
 from reportgen.contract import AnalysisContext
 from reportgen.errors import LayerError
-from reportgen.hooks import hook_count
-from reportgen.section import Figure, Table
+from reportgen.methods.hooks import hook_count
+from reportgen.report.section import Figure, Table
 
 
 def _context(

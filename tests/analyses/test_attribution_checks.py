@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen import sanity
 from reportgen.analyses import attribution_checks_present as present
-from reportgen.sanity import RANDOM, ChecksResult
-from reportgen.section import Figure, Table, Text
+from reportgen.methods import trust
+from reportgen.methods.trust import RANDOM
+from reportgen.methods.trust.checks import ChecksResult
+from reportgen.report.section import Figure, Table, Text
 
 COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.2, 1.0]])
 
@@ -100,14 +101,14 @@ def planted() -> tuple[nn.Module, torch.Tensor, torch.Tensor, ChecksResult]:
         model, accuracy = train_planted(seed=0)
         assert accuracy >= 0.95
         x, y = planted_images(16, seed=100)
-        methods = sanity.attribution_methods(
-            list(sanity.METHODS),
+        methods = trust.attribution_methods(
+            list(trust.METHODS),
             smoothgrad_samples=8,
             ig_steps=8,
             occlusion_window=4,
             occlusion_stride=2,
         )
-        result = sanity.run_attribution_checks(
+        result = trust.run_attribution_checks(
             model, x, y, methods, mean_fill=torch.zeros(3), steps=16, randomization_images=8
         )
     finally:
@@ -119,7 +120,7 @@ def test_planted_evidence_maps_beat_the_random_control(
     planted: tuple[nn.Module, torch.Tensor, torch.Tensor, ChecksResult],
 ) -> None:
     _model, _x, _y, result = planted
-    assert result.methods == list(sanity.METHODS)
+    assert result.methods == list(trust.METHODS)
     rd, ri = result.mean_auc(RANDOM, "deletion"), result.mean_auc(RANDOM, "insertion")
     assert rd is not None and ri is not None
     for method in ("gradient", "gradcam", "occlusion"):
@@ -157,8 +158,8 @@ def test_guided_backprop_survives_randomisation_on_a_deep_net() -> None:
     model = deep_vgg().eval()
     x, _ = planted_images(6, seed=3, size=32, side=8)
     t = torch.zeros(6, dtype=torch.long)
-    methods = sanity.attribution_methods(["gradient", "guided_backprop"])
-    result = sanity.run_attribution_checks(model, x, t, methods, mean_fill=torch.zeros(3), steps=4)
+    methods = trust.attribution_methods(["gradient", "guided_backprop"])
+    result = trust.run_attribution_checks(model, x, t, methods, mean_fill=torch.zeros(3), steps=4)
     assert len(result.stages) == 5
     gb, grad = result.mean_spearman("guided_backprop"), result.mean_spearman("gradient")
     assert (gb[:3] > 0.85).all()
@@ -169,7 +170,7 @@ def test_guided_backprop_survives_randomisation_on_a_deep_net() -> None:
     section = present.attribution_checks_section(result, _display(x), ["a", "b"])
     warnings = [b.text for b in section.blocks if isinstance(b, Text) and b.kind == "warning"]
     assert len(warnings) == 1 and "guided backprop" in warnings[0]
-    assert sanity.headline_metrics(result)["attribution_checks_methods_failing_randomization"] == 1
+    assert trust.headline_metrics(result)["attribution_checks_methods_failing_randomization"] == 1
 
 
 # --------------------------------------------------------------------------- presentation
@@ -213,7 +214,7 @@ def test_section_puts_the_verdict_first_and_draws_every_figure(
     assert "0.5" in section.how_to_read and "16 equal steps" in section.how_to_read
     assert f"σ = {result.insertion_blur_sigma:g} px" in section.how_to_read
     assert "the dataset's mean pixel" in section.how_to_read
-    assert sanity.headline_metrics(result)["attribution_checks_methods_failing_randomization"] == 0
+    assert trust.headline_metrics(result)["attribution_checks_methods_failing_randomization"] == 0
 
 
 def test_section_notes_unavailable_methods_and_draws_the_independent_variant() -> None:
@@ -221,8 +222,8 @@ def test_section_notes_unavailable_methods_and_draws_the_independent_variant() -
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
     x = torch.randn(2, 3, 8, 8)
     t = torch.tensor([0, 1])
-    methods = sanity.attribution_methods(["gradient", "guided_backprop"])
-    result = sanity.run_attribution_checks(
+    methods = trust.attribution_methods(["gradient", "guided_backprop"])
+    result = trust.run_attribution_checks(
         model, x, t, methods, mean_fill=torch.zeros(3), steps=4, independent=True, grid_images=1
     )
     section = present.attribution_checks_section(result, _display(x), ["a", "b"])
@@ -231,13 +232,13 @@ def test_section_notes_unavailable_methods_and_draws_the_independent_variant() -
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     assert len(figures) == 3
     plain = present.similarity_curves(
-        sanity.ChecksResult(
+        trust.ChecksResult(
             **{**result.__dict__, "independent_spearman": None, "independent_ssim": None}
         )
     )
     assert figures[1].picture.height > plain.height * 1.5  # a second row of panels
 
-    nothing = sanity.run_attribution_checks(
+    nothing = trust.run_attribution_checks(
         model,
         x,
         t,
@@ -254,7 +255,7 @@ def test_params_defaults() -> None:
     from reportgen.analyses.attribution_checks import AttributionChecksParams
 
     p = AttributionChecksParams()
-    assert p.methods == list(sanity.METHODS)
+    assert p.methods == list(trust.METHODS)
     assert (p.stages, p.max_images, p.randomization_images, p.grid_images) == ("auto", 8, 4, 2)
     assert (p.steps, p.threshold, p.imputation, p.independent) == (16, 0.5, "constant", False)
     with pytest.raises(dataclasses.FrozenInstanceError):

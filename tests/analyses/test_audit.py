@@ -18,8 +18,8 @@ from reportgen.analyses.audit import (
     near_duplicates,
     suspect_labels,
 )
-from reportgen.calibration import calibration
-from reportgen.section import Table
+from reportgen.methods.calibration import calibration
+from reportgen.report.section import Table
 
 
 def test_confusion_matrix_matches_sklearn() -> None:

@@ -16,7 +16,7 @@ from reportgen.analyses.embedding import (
     run_tsne,
 )
 from reportgen.contract import SkipSection
-from reportgen.section import Figure, Table
+from reportgen.report.section import Figure, Table
 
 
 def test_pca_matches_svd_projection() -> None:

@@ -16,8 +16,8 @@ from reportgen.analyses.filters import (
     filter_tiles_rgb,
 )
 from reportgen.errors import LayerError
-from reportgen.figures import mosaic, to_uint8, upscale
-from reportgen.section import Figure, Table
+from reportgen.report.figures import mosaic, to_uint8, upscale
+from reportgen.report.section import Figure, Table
 
 
 def test_rgb_tiles_are_min_max_scaled_per_filter() -> None:

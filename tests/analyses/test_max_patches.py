@@ -16,9 +16,9 @@ from reportgen.analyses.max_patches import (
     crop_with_padding,
 )
 from reportgen.errors import ConfigError, LayerError
-from reportgen.hooks import capture_outputs, hook_count
-from reportgen.receptive_field import receptive_field
-from reportgen.section import Figure, Table
+from reportgen.methods.hooks import capture_outputs, hook_count
+from reportgen.methods.receptive_field import receptive_field
+from reportgen.report.section import Figure, Table
 
 
 def brute_force(peaks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from conftest import make_config, make_context, write_image_folder
 from sklearn.neighbors import NearestNeighbors
 
 from reportgen.analyses.neighbors import NeighborsAnalysis, NeighborsParams, pixel_vectors
-from reportgen.section import Table, Text, Thumb
+from reportgen.report.section import Table, Text, Thumb
 
 
 def _reference_agreement(x: np.ndarray, labels: np.ndarray, k: int) -> float:

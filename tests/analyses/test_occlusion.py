@@ -12,14 +12,14 @@ from tiny_models import tiny_net
 
 from reportgen.analyses.occlusion import OcclusionAnalysis, OcclusionParams
 from reportgen.errors import ConfigError
-from reportgen.params import validate_params
-from reportgen.perturbation import (
+from reportgen.methods.perturbation import (
     grid_shape,
     occluded_copies,
     occlusion_maps,
     pixel_probability,
     resolve_geometry,
 )
+from reportgen.params import validate_params
 
 
 def slow_occlusion(

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 
-from reportgen.hooks import hook_count
-from reportgen.receptive_field import (
+from reportgen.methods.hooks import hook_count
+from reportgen.methods.receptive_field import (
     ReceptiveFieldError,
     crop_field,
     receptive_field,

@@ -13,9 +13,9 @@ from conftest import TINY_GRAY_ARCH, make_config, make_context, write_image_fold
 from reportgen.analyses.occlusion import OcclusionAnalysis
 from reportgen.analyses.saliency import SaliencyAnalysis, SaliencyParams
 from reportgen.errors import ConfigError, LayerError
-from reportgen.hooks import hook_count
+from reportgen.methods.hooks import hook_count
 from reportgen.params import validate_params
-from reportgen.section import Figure, Table
+from reportgen.report.section import Figure, Table
 
 FAST = {"smoothgrad_samples": 3, "ig_steps": 4, "batch_size": 8, "image_size": 48}
 

@@ -30,14 +30,13 @@ from reportgen.config import ModelConfig
 from reportgen.errors import CheckpointError, ConfigError
 from reportgen.loading.hub import HFClassifier, load_timm
 from reportgen.loading.metadata import (
-    HubFiles,
-    Sourced,
     hf_metadata,
     hf_preprocessing,
     imagenet_class_names,
     timm_preprocessing,
 )
 from reportgen.loading.models import build_architecture, extract_logits, load_model
+from reportgen.loading.types import HubFiles, Sourced
 
 
 def batch(size: int = 32, n: int = 2, channels: int = 3) -> torch.Tensor:

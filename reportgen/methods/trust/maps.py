@@ -1,0 +1,107 @@
+"""The attribution maps the checks compare: the sections' methods with their parameters bound."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from reportgen.loading.models import extract_logits
+from reportgen.loading.types import find_layer
+from reportgen.methods import attribution
+from reportgen.methods.names import METHODS
+from reportgen.methods.perturbation import occlusion_maps, pixel_probability, resolve_geometry
+
+"""An attribution method: (model, Q×C×H×W inputs, Q targets) -> Q×H×W map on the inputs' device."""
+
+MapFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""An attribution method: (model, Q×C×H×W inputs, Q targets) -> Q×H×W map on the inputs' device."""
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def attribution_methods(
+    names: Sequence[str],
+    *,
+    smoothgrad_samples: int = 25,
+    smoothgrad_noise: float = 0.15,
+    ig_steps: int = 32,
+    ig_method: attribution.IGMethod = "gausslegendre",
+    ig_baseline: torch.Tensor | None = None,
+    gradcam_layer: str | None = None,
+    occlusion_window: int = 0,
+    occlusion_stride: int = 0,
+    occlusion_fill: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    occlusion_batch_size: int = 64,
+) -> dict[str, MapFn]:
+    """Method name -> function (model, inputs, targets) -> Q×H×W map, with the parameters bound.
+
+    The maps are the ones the saliency and occlusion sections draw: gradient, SmoothGrad and
+    guided backprop: max over channels of |gradient|; Grad-CAM: upsampled to the input size;
+    integrated gradients: |sum over channels|; occlusion: the probability drop per pixel
+    (unoccluded minus the mean over the windows covering the pixel; signed).
+    ``ig_baseline``: model input space, broadcastable to the inputs (None: zeros).
+    ``gradcam_layer``: module name (None: the last spatial layer of the model it is called with).
+    ``occlusion_fill``: C values in model input space (None: zeros). A function raises (and the
+    checks report the method as unavailable) when the method cannot run on the model.
+    """
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown attribution method(s) {unknown}; known: {', '.join(METHODS)}")
+
+    def gradient(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return attribution.saliency_map(attribution.input_gradients(model, x, t, batch_size))
+
+    def smoothgrad(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        g = attribution.smoothgrad(
+            model, x, t, smoothgrad_samples, smoothgrad_noise, seed, batch_size
+        )
+        return attribution.saliency_map(g)
+
+    def guided(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return attribution.saliency_map(attribution.guided_backprop(model, x, t, batch_size))
+
+    def gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        layer = gradcam_layer or attribution.default_gradcam_layer(model, x[:1])
+        cam = attribution.grad_cam(model, x, t, find_layer(model, layer), batch_size)
+        return attribution.upsample_maps(cam, (x.shape[2], x.shape[3]))
+
+    def integrated(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ig = attribution.integrated_gradients(
+            model, x, t, ig_baseline, ig_steps, ig_method, batch_size
+        )
+        return ig.sum(dim=1).abs()
+
+    def occlusion(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        window, stride = resolve_geometry(h, w, occlusion_window, occlusion_stride)
+        fill = (
+            torch.zeros(x.shape[1], device=x.device)
+            if occlusion_fill is None
+            else occlusion_fill.to(x.device).flatten()
+        )
+        maps = occlusion_maps(
+            lambda b: extract_logits(model(b)), x, t, window, stride, fill, occlusion_batch_size
+        )
+        pixel = pixel_probability(maps.prob, h, w, window, stride)
+        return maps.base_prob[:, None, None] - pixel
+
+    table: dict[str, MapFn] = {
+        "gradient": gradient,
+        "smoothgrad": smoothgrad,
+        "guided_backprop": guided,
+        "gradcam": gradcam,
+        "integrated_gradients": integrated,
+        "occlusion": occlusion,
+    }
+    return {n: table[n] for n in names}
+
+
+def random_maps(shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """Q×H×W uniform [0, 1) maps from a CPU generator seeded with ``seed`` (the control)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=gen)
