@@ -140,15 +140,24 @@ def similarity_table(result: ChecksResult) -> Table:
                 ),
             ]
         )
-    stages = "; ".join(f"{s.name}: {len(s.modules)} module(s)" for s in result.stages)
+    total = sum(st.parameters for st in result.stages)
+    stages = "; ".join(
+        f"{st.name}: {len(st.modules)} module(s), {_share(st.parameters, total)} of the parameters"
+        for st in result.stages
+    )
     return Table(
         caption=(
             "Similarity with the original map after each cascade stage (mean over the "
-            f"randomisation images). Stages, in the order re-initialised: {stages}."
+            f"randomisation images). Stages, in the order re-initialised: {stages}. After the "
+            "last stage every module with parameters has been re-initialised."
         ),
         columns=columns,
         rows=rows,
     )
+
+
+def _share(part: int, total: int) -> str:
+    return "n/a" if total <= 0 else f"{100.0 * part / total:.1f} %"
 
 
 def _fmt(v: float) -> str:

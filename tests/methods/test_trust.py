@@ -52,6 +52,31 @@ class HeadFirst(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class BlocksInAList(nn.Module):
+    """EfficientNet-Lite's layout: the blocks live in a ModuleList iterated in ``forward`` (the
+    list itself is never called), most of the parameters are in them, and one unused module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self._bn0 = nn.BatchNorm2d(8)
+        self._blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+            for _ in range(6)
+        )
+        self._conv_head = nn.Conv2d(8, 16, 1)
+        self._bn1 = nn.BatchNorm2d(16)
+        self._fc = nn.Linear(16, 3)
+        self.unused = nn.Linear(4, 4)  # never called in forward: still re-initialised
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x) + x
+        x = torch.relu(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean(dim=(2, 3)))
+
+
 def _trained_looking(model: nn.Module, seed: int = 3) -> nn.Module:
     """Perturb every parameter and BN statistic, so that a reset visibly changes each tensor."""
     gen = torch.Generator().manual_seed(seed)
@@ -117,6 +142,9 @@ def test_stages_on_known_architectures() -> None:
         lambda: torchvision.models.mobilenet_v2(num_classes=4),
         lambda: HeadFirst(),
         lambda: TinyNet(3),
+        lambda: BlocksInAList(),
+        lambda: torchvision.models.efficientnet_b0(num_classes=4),
+        lambda: torchvision.models.densenet121(num_classes=4),
     ],
 )
 def test_stages_cover_every_called_parameter_once(factory: object) -> None:
@@ -130,8 +158,29 @@ def test_stages_cover_every_called_parameter_once(factory: object) -> None:
     assert sorted(units) == sorted(owners)
     # The logits layer is alone at the top of the cascade.
     last_linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    assert stages[0].modules == (last_linear,)
+    if not isinstance(model, BlocksInAList):
+        assert stages[0].modules == (last_linear,)
     assert 2 <= len(stages) <= trust.MAX_AUTO_STAGES
+    # The stages' parameter counts add up to the whole network.
+    assert sum(s.parameters for s in stages) == sum(p.numel() for p in model.parameters())
+
+
+def test_blocks_in_a_module_list_are_randomised() -> None:
+    """The EfficientNet-Lite case: before, the cascade never reached ``_blocks`` (64 % of that
+    network's parameters) because a ModuleList is not itself called."""
+    model = _trained_looking(BlocksInAList().eval())
+    stages = trust.randomization_stages(model, torch.randn(1, 3, 32, 32))
+    assert stages[0].modules == ("_fc",)
+    block_units = {u for s in stages for u in s.modules if u.startswith("_blocks.")}
+    assert len(block_units) == 12  # 6 blocks × (conv, batch norm)
+    # The stage of the unused module is the one of its nearest relative; every tensor changes
+    # by the end of the cascade.
+    *_, (_, last) = trust.randomized_models(model, stages, seed=5)
+    for (name, before), after in zip(
+        model.state_dict().items(), last.state_dict().values(), strict=True
+    ):
+        if before.dtype.is_floating_point:
+            assert not torch.equal(before, after), name
 
 
 def test_stages_follow_call_order_not_registration_order() -> None:
@@ -569,9 +618,20 @@ def test_methods_that_cannot_run_are_reported_and_the_others_go_on() -> None:
     assert "spatial" in result.unavailable["gradcam"]
     summary = trust.summary_dict(result)
     json.dumps(summary, allow_nan=False)
-    assert set(summary) == {"images", "stages", "threshold", "methods", "random"}
+    assert set(summary) == {
+        "images",
+        "stages",
+        "stage_parameters",
+        "threshold",
+        "methods",
+        "random",
+    }
     assert summary["images"] == 3 and summary["threshold"] == 0.5
     assert summary["stages"] == ["net.3", "net.1"]
+    layers = dict(model.named_modules())
+    assert summary["stage_parameters"] == [
+        sum(p.numel() for p in layers[name].parameters()) for name in ("net.3", "net.1")
+    ]
     assert set(summary["methods"]) == {"gradient", "guided_backprop", "gradcam", "occlusion"}
     assert summary["methods"]["gradcam"] == {
         "randomization": {"spearman": None, "ssim": None},

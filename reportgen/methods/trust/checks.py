@@ -325,6 +325,7 @@ def summary_dict(result: ChecksResult) -> dict[str, Any]:
     return {
         "images": result.images,
         "stages": [st.name for st in result.stages],
+        "stage_parameters": [st.parameters for st in result.stages],
         "threshold": result.threshold,
         "methods": methods,
         "random": {

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen.errors import LayerError, did_you_mean
+from reportgen.errors import LayerError, ReportgenError, did_you_mean
 from reportgen.methods.hooks import hooks
 
 MIN_AUTO_STAGES = 5
@@ -38,6 +38,8 @@ class Stage:
     """What the report calls it: a module name (``layer4``), or several joined (``conv1+bn1``)."""
     modules: tuple[str, ...]
     """Modules whose own parameters (``recurse=False``) and buffers the step re-initialises."""
+    parameters: int = 0
+    """How many parameter values the step re-initialises (the modules' own parameters)."""
 
 
 @dataclass
@@ -80,6 +82,16 @@ def _record_calls(model: nn.Module, sample: torch.Tensor) -> _CallRecord:
     return record
 
 
+def _first_call(record: _CallRecord, name: str) -> int | None:
+    """Call index of ``name`` or, when it was not called itself (a ``ModuleList`` or
+    ``ModuleDict`` iterated in ``forward``), of the first module below it that was."""
+    if name in record.order:
+        return record.order[name]
+    prefix = f"{name}." if name else ""
+    below = [i for n, i in record.order.items() if n.startswith(prefix)]
+    return min(below) if below else None
+
+
 def _owns_parameters(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
@@ -115,9 +127,10 @@ def _split(model: nn.Module, name: str, record: _CallRecord) -> list[list[_Membe
     children = [
         (prefix + child_name, child)
         for child_name, child in module.named_children()
-        if prefix + child_name in record.order and _units_under(model, prefix + child_name)
+        if _first_call(record, prefix + child_name) is not None
+        and _units_under(model, prefix + child_name)
     ]
-    children.sort(key=lambda nc: record.order[nc[0]])
+    children.sort(key=lambda nc: _first_call(record, nc[0]) or 0)
     groups: list[list[_Member]] = []
     run_key: tuple[bool, tuple[int, int]] | None = None
     for child_name, child in children:
@@ -265,7 +278,43 @@ def randomization_stages(
         (n1, u1), (n2, u2) = unit_groups[i], unit_groups[i + 1]
         first, last_name = n1.split("…")[0].split("+")[0], n2.split("…")[-1].split("+")[-1]
         unit_groups[i : i + 2] = [(f"{first}…{last_name}", u1 + u2)]
-    return [Stage(n, tuple(us)) for n, us in reversed(unit_groups)]
+    _cover_every_parameter(model, unit_groups)
+    return [Stage(n, tuple(us), _param_count(model, us)) for n, us in reversed(unit_groups)]
+
+
+def _common_parts(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _cover_every_parameter(model: nn.Module, unit_groups: list[tuple[str, list[str]]]) -> None:
+    """Give every parameter-owning module a stage, so the cascade's last state is the whole
+    network re-initialised: one never called in the sample pass joins the stage of its nearest
+    relative by name (else the input-most stage). Raises when anything is still left out."""
+    owners = _units_under(model, "")
+    covered = {u for _, us in unit_groups for u in us}
+    for unit in owners:
+        if unit in covered or not unit_groups:
+            continue
+
+        def shared(us: list[str], unit: str = unit) -> int:
+            """Leading name parts ``unit`` shares with the closest of ``us``."""
+            parts = unit.split(".")
+            return max(_common_parts(parts, u.split(".")) for u in us)
+
+        best = max(range(len(unit_groups)), key=lambda i: (shared(unit_groups[i][1]), -i))
+        unit_groups[best][1].append(unit)
+        covered.add(unit)
+    missing = [u for u in owners if u not in covered]
+    if missing:
+        raise ReportgenError(
+            f"randomisation stages leave {len(missing)} module(s) with parameters out "
+            f"({', '.join(missing[:5])}); name the stages in attribution_checks.stages"
+        )
 
 
 def _explicit_stages(model: nn.Module, record: _CallRecord, names: list[str]) -> list[Stage]:
@@ -294,6 +343,11 @@ def _explicit_stages(model: nn.Module, record: _CallRecord, names: list[str]) ->
                     f"randomisation stages '{owner[u]}' and '{name}' overlap (both contain '{u}')"
                 )
             owner[u] = name
-        stages.append((_stage_position(record, model, units), Stage(name, tuple(units))))
+        stages.append(
+            (
+                _stage_position(record, model, units),
+                Stage(name, tuple(units), _param_count(model, units)),
+            )
+        )
     stages.sort(key=lambda ps: -ps[0])
     return [s for _, s in stages]
