@@ -33,6 +33,7 @@ from reportgen.params import (
     one_of,
     rule,
 )
+from reportgen.report.section import Text
 from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
@@ -98,6 +99,11 @@ class AttributionChecksParams(AnalysisParams):
     occlusion_window: int = field(default=0, metadata=rule(at_least(0)))
     """0 = a quarter of the shorter side (as the occlusion section)."""
     occlusion_stride: int = field(default=0, metadata=rule(at_least(0)))
+    randomization_occlusion_stride: int = field(default=0, metadata=rule(at_least(0)))
+    """Occluder stride inside the randomisation test (0 = twice the occlusion stride, capped at
+    the window): occlusion costs one forward per window position per image per stage, so the
+    test re-explains on a coarser grid (about a quarter of the positions); the original map it
+    compares with uses the same grid, and the faithfulness curves keep the full one."""
     image_size: int = field(default=64, metadata=rule(between(32, 256)))
     """On-screen size of each panel of the randomisation grid, in pixels."""
 
@@ -176,6 +182,20 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             batch_size=32,
             occlusion_batch_size=p.batch_size,
         )
+        rand_fns: dict[str, methods.trust.MapFn] = {}
+        h, w = int(x.shape[2]), int(x.shape[3])
+        window, stride = methods.perturbation.resolve_geometry(
+            h, w, p.occlusion_window, p.occlusion_stride
+        )
+        coarse = p.randomization_occlusion_stride or min(window, 2 * stride)
+        if "occlusion" in map_fns and coarse != stride:
+            rand_fns = methods.trust.attribution_methods(
+                ["occlusion"],
+                occlusion_window=window,
+                occlusion_stride=coarse,
+                occlusion_fill=ctx.pass_result.mean_input,
+                occlusion_batch_size=p.batch_size,
+            )
         if ctx.token_layout is not None and "gradcam" in map_fns and p.gradcam_layer == "auto":
             map_fns["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
         model = ctx.model.module
@@ -198,6 +218,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             insertion_blur_sigma=p.insertion_blur_sigma or None,
             imputation=p.imputation,
             road_noise=p.road_noise,
+            randomization_methods=rand_fns,
             progress=ctx.progress,
         )
         shown = min(p.grid_images, q)
@@ -209,6 +230,18 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
         section = attribution_checks_section(
             result, images, titles, fill_text=fill_text, panel_px=p.image_size
         )
+        if rand_fns:
+            rows, cols = methods.perturbation.grid_shape(h, w, window, coarse)
+            full = methods.perturbation.grid_shape(h, w, window, stride)
+            section.add(
+                Text(
+                    f"Occlusion in the randomisation test runs on a coarser grid than in the "
+                    f"curves and the occlusion section: stride {coarse} px instead of {stride} px "
+                    f"({rows}×{cols} instead of {full[0]}×{full[1]} window positions per image "
+                    f"and stage), for the randomised and the original map alike "
+                    f"(analyses.attribution_checks.randomization_occlusion_stride)."
+                )
+            )
         return Result(
             section,
             metrics=methods.trust.headline_metrics(result),

@@ -680,3 +680,28 @@ def test_given_original_maps_are_not_recomputed_and_undefined_similarity_is_hand
     assert (rho[:2] == 0.0).all() and np.isnan(rho[2]).all()
     assert result.passes_randomization("cam") is True
     np.testing.assert_allclose(result.grid_maps["cam"][:, 0], given[:2].numpy())
+
+
+def test_randomisation_can_use_its_own_map_settings_and_the_curves_keep_theirs() -> None:
+    """Occlusion in the randomisation test on a coarse grid: the original it compares with is
+    the coarse map too (like with like), the deletion/insertion curves use the fine one."""
+    torch.manual_seed(0)
+    model = TinyNet(3).eval()  # untrained: probabilities far from 0 and 1, maps not flat
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    fine = trust.attribution_methods(["occlusion"], occlusion_window=4, occlusion_stride=1)
+    coarse = trust.attribution_methods(["occlusion"], occlusion_window=4, occlusion_stride=4)
+    common = {"mean_fill": torch.zeros(3), "steps": 4, "seed": 7, "randomization_images": 2}
+    plain = trust.run_attribution_checks(model, x, t, fine, **common)
+    mixed = trust.run_attribution_checks(model, x, t, fine, randomization_methods=coarse, **common)
+    expected = coarse["occlusion"](model, x[:2], t[:2]).numpy()
+    np.testing.assert_allclose(mixed.grid_maps["occlusion"][:, 0], expected, rtol=1e-5, atol=1e-9)
+    assert not np.allclose(plain.grid_maps["occlusion"][:, 0], expected, rtol=0.05, atol=1e-7)
+    for kind in ("deletion", "insertion"):
+        table_plain = getattr(plain, kind)
+        table_mixed = getattr(mixed, kind)
+        np.testing.assert_array_equal(table_plain["occlusion"], table_mixed["occlusion"])
+    # The randomised maps are coarse too: the last stage's map of each image is constant on the
+    # 4×4 cells the coarse windows tile.
+    last = mixed.grid_maps["occlusion"][:, -1]
+    cells = last.reshape(len(last), 4, 4, 4, 4)
+    assert np.allclose(cells, cells[:, :, :1, :, :1], rtol=1e-5, atol=1e-9)

@@ -160,6 +160,7 @@ def run_attribution_checks(
     imputation: Imputation = "constant",
     road_noise: float = 0.01,
     original_maps: Mapping[str, torch.Tensor] | None = None,
+    randomization_methods: Mapping[str, MapFn] | None = None,
     progress: ProgressFn | None = None,
 ) -> ChecksResult:
     """Randomisation test and deletion/insertion faithfulness for each method on these images.
@@ -174,7 +175,10 @@ def run_attribution_checks(
     ``insertion_blur_sigma``: in pixels (None: :func:`default_blur_sigma`). ``batch_size``: jobs per
     forward pass in the curves. ``original_maps``: method -> Q×H×W maps already computed on
     ``model`` with the same functions (the saliency section's), not recomputed. ``progress``: an
-    optional wrapper of iterables (the report's bar).
+    optional wrapper of iterables (the report's bar). ``randomization_methods``: method -> the
+    function the randomisation test uses instead (its original map is then computed with it too),
+    e.g. occlusion on a coarser grid, which costs a forward per window per image per stage; the
+    faithfulness curves always use ``methods``.
     """
     q, c, h, w = inputs.shape
     device = inputs.device
@@ -210,9 +214,17 @@ def run_attribution_checks(
     spearman = {n: np.full((r, s), np.nan) for n in ran}
     ssim_t = {n: np.full((r, s), np.nan) for n in ran}
     grid = {n: np.zeros((g, s + 1, h, w), np.float32) for n in ran}
-    for n in ran:
-        grid[n][:, 0] = original[n][:g]
     x_r, t_r = inputs[:r], targets[:r]
+    rand_fns = {n: (randomization_methods or {}).get(n, methods[n]) for n in ran}
+    # The randomisation test compares like with like: a method it runs with other settings has
+    # its original map computed with those settings as well.
+    original_r: dict[str, np.ndarray] = {}
+    for n in ran:
+        if rand_fns[n] is methods[n] or r == 0:
+            original_r[n] = original[n][:r]
+        else:
+            original_r[n] = rand_fns[n](model, x_r, t_r).detach().float().cpu().numpy()
+        grid[n][:, 0] = original_r[n][:g]
 
     def randomisation(cascade: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         rho_out = {n: np.full((r, s), np.nan) for n in ran}
@@ -228,14 +240,14 @@ def run_attribution_checks(
                 if n in failed:
                     continue
                 try:
-                    m = methods[n](copy_model, x_r, t_r).detach().float().cpu().numpy()
+                    m = rand_fns[n](copy_model, x_r, t_r).detach().float().cpu().numpy()
                 except _METHOD_ERRORS as exc:
                     failed.add(n)
                     notes.append(
                         f"{n} failed on the model randomised down to stage {stage.name}: {exc}"
                     )
                     continue
-                rho_out[n][:, j], ssim_out[n][:, j] = _similarities(original[n][:r], m)
+                rho_out[n][:, j], ssim_out[n][:, j] = _similarities(original_r[n], m)
                 if cascade and g:
                     grid[n][:, j + 1] = m[:g]
         return rho_out, ssim_out
