@@ -14,7 +14,7 @@ from reportgen.analyses.common import (
     layer_outputs,
     resolve_layers,
 )
-from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
+from reportgen.contract import Analysis, Cost, Metric, Needs, Result, SkipSection
 from reportgen.params import AnalysisParams, at_least, between, layer_ref, rule
 from reportgen.report.figures import figure_to_picture, mosaic, new_figure, to_uint8, upscale
 from reportgen.report.section import Figure, Table, Text
@@ -87,6 +87,9 @@ class ActivationsAnalysis(Analysis[ActivationsParams]):
     needs = Needs(hooks=True, queries=True)
     metrics = (Metric("activations_layers", "layers drawn", kind="text"),)
     order = 40
+
+    def cost(self, ctx: AnalysisContext, p: ActivationsParams) -> Cost:
+        return Cost(forward=len(ctx.queries[: p.max_queries]))
 
     def run(self, ctx: AnalysisContext, p: ActivationsParams) -> Result:
         section = self.section(HOW_TO_READ)

@@ -18,8 +18,8 @@ from reportgen.analyses.attribution_checks_present import (
     TITLE,
     attribution_checks_section,
 )
-from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
-from reportgen.methods.names import METHODS
+from reportgen.contract import Analysis, Cost, Metric, Needs, Result, SkipSection
+from reportgen.methods.names import LABELS, METHODS
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -155,6 +155,71 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
     )
     order = 80
 
+    @staticmethod
+    def _maps(
+        ctx: AnalysisContext, p: AttributionChecksParams, h: int, w: int
+    ) -> tuple[int, int, int, dict[str, methods.trust.KeyedMap], dict[str, methods.trust.MapFn]]:
+        """(window, stride, randomisation stride, the methods' maps, the randomisation test's
+        own map functions where they differ)."""
+        window, stride = methods.perturbation.resolve_geometry(
+            h, w, p.occlusion_window, p.occlusion_stride
+        )
+        map_fns = methods.trust.attribution_methods(
+            p.methods,
+            smoothgrad_samples=p.smoothgrad_samples,
+            smoothgrad_noise=p.smoothgrad_noise,
+            ig_steps=p.ig_steps,
+            ig_method=p.ig_method,
+            gradcam_layer=None if p.gradcam_layer == "auto" else p.gradcam_layer,
+            occlusion_window=window,
+            occlusion_stride=stride,
+            occlusion_fill=ctx.pass_result.mean_input,
+            occlusion_fill_name="mean",
+            seed=ctx.seed,
+            batch_size=32,
+            occlusion_batch_size=p.batch_size,
+        )
+        rand_fns: dict[str, methods.trust.MapFn] = {}
+        coarse = p.randomization_occlusion_stride or min(window, 2 * stride)
+        if "occlusion" in map_fns and coarse != stride:
+            rand_fns = dict(
+                methods.trust.attribution_methods(
+                    ["occlusion"],
+                    occlusion_window=window,
+                    occlusion_stride=coarse,
+                    occlusion_fill=ctx.pass_result.mean_input,
+                    occlusion_batch_size=p.batch_size,
+                )
+            )
+        return window, stride, coarse, map_fns, rand_fns
+
+    def cost(self, ctx: AnalysisContext, p: AttributionChecksParams) -> Cost:
+        """Originals not shared by another section, the randomisation test (R images per stage,
+        twice with ``independent``) and both curves for every map and the random control."""
+        q = min(len(ctx.queries), p.max_images)
+        r = min(q, p.randomization_images)
+        h, w = ctx.input_size
+        _, _, _, map_fns, rand_fns = self._maps(ctx, p, h, w)
+        stage_names = None if p.stages == "auto" else list(p.stages)
+        x = ctx.query_batch().inputs[:1]
+        stages = len(methods.trust.randomization_stages(ctx.model.module, x, stage_names))
+        rounds = stages * (2 if p.independent else 1)
+        total = Cost(forward=1 + q)  # the stage probe; the explained class's base probability
+        for name, fn in map_fns.items():
+            f, b = fn.passes(h, w)
+            if not ctx.will_share(fn.key):
+                total += Cost(q * f, q * b)
+            rand = rand_fns.get(name)
+            if rand is not None and isinstance(rand, methods.trust.KeyedMap):
+                f, b = rand.passes(h, w)
+                total += Cost(r * f, r * b)  # its original on the randomisation test's grid
+            total += Cost(rounds * r * f, rounds * r * b)
+            if name == "gradcam" and p.gradcam_layer == "auto" and ctx.token_layout is None:
+                # Each call finds the last spatial layer of the model it is given: one probe.
+                total += Cost(forward=rounds + (0 if ctx.will_share(fn.key) else 1))
+        total += Cost(forward=2 * (len(map_fns) + 1) * q * (p.steps + 1))
+        return total
+
     def run(self, ctx: AnalysisContext, p: AttributionChecksParams) -> Result:
         batch = ctx.query_batch()
         q = min(len(batch), p.max_images)
@@ -168,36 +233,19 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             gray = torch.full((ctx.model.in_channels, 1, 1), float(p.deletion_fill))
             fill = ctx.preprocessor.normalise(gray).flatten().to(ctx.device)
             fill_text = f"gray {float(p.deletion_fill):g}"
-        map_fns = methods.trust.attribution_methods(
-            p.methods,
-            smoothgrad_samples=p.smoothgrad_samples,
-            smoothgrad_noise=p.smoothgrad_noise,
-            ig_steps=p.ig_steps,
-            ig_method=p.ig_method,
-            gradcam_layer=None if p.gradcam_layer == "auto" else p.gradcam_layer,
-            occlusion_window=p.occlusion_window,
-            occlusion_stride=p.occlusion_stride,
-            occlusion_fill=ctx.pass_result.mean_input,
-            seed=ctx.seed,
-            batch_size=32,
-            occlusion_batch_size=p.batch_size,
-        )
-        rand_fns: dict[str, methods.trust.MapFn] = {}
         h, w = int(x.shape[2]), int(x.shape[3])
-        window, stride = methods.perturbation.resolve_geometry(
-            h, w, p.occlusion_window, p.occlusion_stride
-        )
-        coarse = p.randomization_occlusion_stride or min(window, 2 * stride)
-        if "occlusion" in map_fns and coarse != stride:
-            rand_fns = methods.trust.attribution_methods(
-                ["occlusion"],
-                occlusion_window=window,
-                occlusion_stride=coarse,
-                occlusion_fill=ctx.pass_result.mean_input,
-                occlusion_batch_size=p.batch_size,
-            )
-        if ctx.token_layout is not None and "gradcam" in map_fns and p.gradcam_layer == "auto":
-            map_fns["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
+        window, stride, coarse, map_fns, rand_fns = self._maps(ctx, p, h, w)
+        fns: dict[str, methods.trust.MapFn] = dict(map_fns)
+        if ctx.token_layout is not None and "gradcam" in fns and p.gradcam_layer == "auto":
+            fns["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
+        # The maps the saliency and occlusion sections drew with the same settings are the
+        # originals (not computed twice); the rest are computed here.
+        positions = batch.positions[:q]
+        reused = {
+            n: m
+            for n, fn in map_fns.items()
+            if (m := ctx.shared_maps(fn.key, positions)) is not None
+        }
         model = ctx.model.module
         stage_names = None if p.stages == "auto" else list(p.stages)
         stages = methods.trust.randomization_stages(model, x[:1], stage_names)
@@ -205,7 +253,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             model,
             x,
             t,
-            map_fns,
+            fns,
             stages=stages,
             mean_fill=fill,
             steps=p.steps,
@@ -219,6 +267,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             imputation=p.imputation,
             road_noise=p.road_noise,
             randomization_methods=rand_fns,
+            original_maps=reused,
             progress=ctx.progress,
         )
         shown = min(p.grid_images, q)
@@ -230,6 +279,13 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
         section = attribution_checks_section(
             result, images, titles, fill_text=fill_text, panel_px=p.image_size
         )
+        if reused:
+            section.add(
+                Text(
+                    "Original maps reused from the sections that drew them (same images and "
+                    "settings, computed once): " + ", ".join(LABELS[n] for n in reused) + "."
+                )
+            )
         if rand_fns:
             rows, cols = methods.perturbation.grid_shape(h, w, window, coarse)
             full = methods.perturbation.grid_shape(h, w, window, stride)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from reportgen import loading, methods
 from reportgen.analyses.common import as_map, default_layers, resolve_layers
-from reportgen.contract import Analysis, Needs, Result, SkipSection
+from reportgen.contract import Analysis, Cost, Needs, Result, SkipSection
 from reportgen.errors import ConfigError
 from reportgen.params import AnalysisParams, at_least, between, each, layer_ref, rule
 from reportgen.report.figures import figure_to_picture, new_figure
@@ -327,6 +327,10 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                     f"(0–{count - 1}), no channel {bad[0]}; list channel numbers below {count}"
                 )
         return TopKCollector(layers, p.k, setup.token_layout)
+
+    def cost(self, ctx: AnalysisContext, p: MaxPatchesParams) -> Cost:
+        # One backward over three probe inputs finds every layer's receptive field (a CNN's).
+        return Cost() if ctx.token_layout is not None else Cost(backward=3)
 
     def run(self, ctx: AnalysisContext, p: MaxPatchesParams) -> Result:
         section = self.section(HOW_TO_READ)

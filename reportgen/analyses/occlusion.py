@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from reportgen import methods
-from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
+from reportgen.contract import Analysis, Cost, Metric, Needs, Result, SkipSection
 from reportgen.params import (
     AnalysisParams,
     at_least,
@@ -174,6 +174,25 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
     )
     order = 60
 
+    @staticmethod
+    def _key(ctx: AnalysisContext, p: OcclusionParams) -> tuple[Any, ...]:
+        h, w = ctx.input_size
+        window, stride = methods.perturbation.resolve_geometry(h, w, p.window, p.stride)
+        return methods.trust.map_key(
+            "occlusion", occlusion_window=window, occlusion_stride=stride, occlusion_fill=p.fill
+        )
+
+    def shares(self, ctx: AnalysisContext, p: OcclusionParams) -> tuple[Any, ...]:
+        # The checks compute in fp32: share only maps they would compute.
+        return () if ctx.autocasting else (self._key(ctx, p),)
+
+    def cost(self, ctx: AnalysisContext, p: OcclusionParams) -> Cost:
+        h, w = ctx.input_size
+        f, _ = methods.trust.passes_per_image(
+            "occlusion", h, w, occlusion_window=p.window, occlusion_stride=p.stride
+        )
+        return Cost(forward=len(ctx.queries) * f)
+
     def run(self, ctx: AnalysisContext, p: OcclusionParams) -> Result:
         batch = ctx.query_batch()
         _, _, h, w = batch.inputs.shape
@@ -192,6 +211,8 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
         )
         pixel_prob = methods.perturbation.pixel_probability(maps.prob, h, w, window, stride)
         drops = maps.base_prob[:, None, None] - pixel_prob
+        for key in self.shares(ctx, p):
+            ctx.share_maps(key, batch.positions, drops)
 
         arrays = batch.arrays()
         arrays["occlusion_prob"] = maps.prob.float().cpu().numpy()

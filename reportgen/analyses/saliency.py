@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from reportgen import loading, methods
-from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
+from reportgen.contract import Analysis, Cost, Metric, Needs, Result, SkipSection
 from reportgen.errors import ReportgenError
 from reportgen.methods.names import LABELS
 from reportgen.params import (
@@ -274,6 +274,20 @@ ARRAY_NAMES = {
 """Method -> its key in arrays.npz."""
 
 
+def saliency_key(method: str, p: SaliencyParams, seed: int) -> methods.trust.MapKey:
+    """The key under which this section offers its map of ``method`` to the attribution checks."""
+    return methods.trust.map_key(
+        method,
+        smoothgrad_samples=p.smoothgrad_samples,
+        smoothgrad_noise=p.smoothgrad_noise,
+        ig_steps=p.ig_steps,
+        ig_method=p.ig_method,
+        ig_baseline=p.ig_baseline,
+        gradcam_layer=p.gradcam_layer,
+        seed=seed,
+    )
+
+
 class SaliencyAnalysis(Analysis[SaliencyParams]):
     name = "saliency"
     title = "Saliency: gradient, SmoothGrad, guided backprop, Grad-CAM, integrated gradients"
@@ -285,14 +299,56 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
     )
     order = 70
 
+    @staticmethod
+    def _params(ctx: AnalysisContext, p: SaliencyParams) -> SaliencyParams:
+        """Attention rollout joins the default methods on a vision transformer."""
+        if ctx.token_layout is not None and list(p.methods) == list(DEFAULT_METHODS):
+            return dataclasses.replace(p, methods=[*p.methods, "attention_rollout"])
+        return p
+
+    def _runnable(self, ctx: AnalysisContext, p: SaliencyParams) -> list[str]:
+        wanted: list[str] = [m for m in METHODS if m in self._params(ctx, p).methods]
+        if ctx.model.supports_hooks:
+            return wanted
+        return [m for m in wanted if m not in NEEDS_HOOKS]
+
+    def shares(self, ctx: AnalysisContext, p: SaliencyParams) -> tuple[Any, ...]:
+        return tuple(
+            saliency_key(m, p, ctx.seed)
+            for m in self._runnable(ctx, p)
+            if m in methods.trust.METHODS
+        )
+
+    def cost(self, ctx: AnalysisContext, p: SaliencyParams) -> Cost:
+        q = len(ctx.queries)
+        h, w = ctx.input_size
+        total = Cost()
+        for m in self._runnable(ctx, p):
+            if m == "attention_rollout":
+                total += Cost(forward=q)
+                continue
+            f, b = methods.trust.passes_per_image(
+                m, h, w, smoothgrad_samples=p.smoothgrad_samples, ig_steps=p.ig_steps
+            )
+            total += Cost(q * f, q * b)
+        if (
+            "gradcam" in self._runnable(ctx, p)
+            and p.gradcam_layer == "auto"
+            and not ctx.token_layout
+        ):
+            total += Cost(forward=1)  # the probe that finds the last spatial layer
+        return total
+
     def run(self, ctx: AnalysisContext, p: SaliencyParams) -> Result:
         batch = ctx.query_batch()
-        if ctx.token_layout is not None and list(p.methods) == list(DEFAULT_METHODS):
-            p = dataclasses.replace(p, methods=[*p.methods, "attention_rollout"])
+        p = self._params(ctx, p)
         result = compute_saliency(ctx, p, batch)
         if not result.maps:
             raise SkipSection(" ".join(result.notes) or "no saliency method could run")
 
+        for method, m in result.maps.items():
+            if method in methods.trust.METHODS:
+                ctx.share_maps(saliency_key(method, p, ctx.seed), batch.positions, m)
         arrays = batch.arrays()
         for method, tensor in result.raw.items():
             arrays[ARRAY_NAMES[method]] = tensor.detach().float().cpu().numpy()

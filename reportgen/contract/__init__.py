@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from reportgen.contract.analysis import Analysis, Metric, Needs, Result, SkipSection
+from reportgen.contract.analysis import Analysis, Cost, Metric, Needs, Result, SkipSection
 from reportgen.contract.collectors import Collector, MergeableCollector
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = [
     "Analysis",
     "AnalysisContext",
     "Collector",
+    "Cost",
     "MergeableCollector",
     "Metric",
     "Needs",

@@ -23,6 +23,7 @@ from reportgen.report.section import Section
 if TYPE_CHECKING:
     from reportgen.contract.collectors import Collector
     from reportgen.contract.context import AnalysisContext, SetupContext
+    from reportgen.methods.trust.maps import MapKey
 
 P = TypeVar("P", bound=AnalysisParams)
 
@@ -51,6 +52,36 @@ class Metric:
     headline: bool = False
     """Shown as a card in the run summary and a row in summary.md."""
     kind: Literal["number", "percent", "count", "text"] = "number"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The images an analysis puts through the model after the dataset pass (its price)."""
+
+    forward: int = 0
+    """Forward-only passes, one image each."""
+    backward: int = 0
+    """Forward+backward passes, one image each."""
+
+    BACKWARD_WEIGHT: ClassVar[int] = 3
+    """A forward+backward pass costs about three forwards (the backward does about twice the
+    forward's arithmetic)."""
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.forward + other.forward, self.backward + other.backward)
+
+    @property
+    def units(self) -> int:
+        """Forward-image equivalents."""
+        return self.forward + self.BACKWARD_WEIGHT * self.backward
+
+    def describe(self) -> str:
+        parts = []
+        if self.forward:
+            parts.append(f"{self.forward:,} forward")
+        if self.backward:
+            parts.append(f"{self.backward:,} forward+backward")
+        return " + ".join(parts) or "none"
 
 
 class SkipSection(Exception):
@@ -83,6 +114,16 @@ class Analysis(Generic[P]):
 
     def run(self, ctx: AnalysisContext, params: P) -> Result:
         raise NotImplementedError
+
+    def shares(self, ctx: AnalysisContext, params: P) -> tuple[MapKey, ...]:
+        """Keys of the attribution maps ``run`` will offer later analyses
+        (:meth:`AnalysisContext.share_maps`); known before any section runs, for the cost plan."""
+        return ()
+
+    def cost(self, ctx: AnalysisContext, params: P) -> Cost:
+        """The model passes ``run`` will make (the run's cost plan, before the work): every
+        analysis that runs the model after the dataset pass says how often."""
+        return Cost()
 
     def section(self, how_to_read: str = "") -> Section:
         return Section(name=self.name, title=self.title, how_to_read=how_to_read)

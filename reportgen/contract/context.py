@@ -21,6 +21,7 @@ from reportgen.loading.folders import DataFolder
 from reportgen.loading.images import ImageDataset, Preprocessor, to_display
 from reportgen.loading.models import extract_logits
 from reportgen.loading.types import LoadedModel
+from reportgen.methods.trust.maps import MapKey
 from reportgen.methods.vit import TokenLayout
 
 T = TypeVar("T")
@@ -80,6 +81,15 @@ class _QueryCache:
 
 
 @dataclass
+class _MapStore:
+    """Attribution maps of the original model one analysis computed and another reuses."""
+
+    entries: dict[MapKey, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
+    promised: set[MapKey] = field(default_factory=set)
+    """Keys analyses said they will share (:meth:`Analysis.shares`), for the cost plan."""
+
+
+@dataclass
 class AnalysisContext:
     """What an analysis gets after the dataset pass."""
 
@@ -107,6 +117,7 @@ class AnalysisContext:
     meaningless, and the per-image sections explain the prediction."""
     progress: Callable[..., Iterator[Any]] = _no_progress
     _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
+    _maps: _MapStore = field(default_factory=_MapStore, repr=False)
 
     # ------------------------------------------------------------------ images and labels
 
@@ -178,7 +189,45 @@ class AnalysisContext:
         self._queries_cache.batch = batch
         return batch
 
+    # ------------------------------------------------------------------ shared maps
+
+    @property
+    def autocasting(self) -> bool:
+        """True when forward passes run under bf16 autocast (their maps differ from fp32 ones)."""
+        return self.precision == "bf16" and self.device.type == "cuda"
+
+    def share_maps(self, key: MapKey, positions: Sequence[int], maps: torch.Tensor) -> None:
+        """Offer Q×H×W maps of the original model on these query positions to later analyses
+        (the attribution checks judge the very maps the saliency and occlusion sections drew,
+        without computing them again)."""
+        self._maps.entries[key] = (list(positions), maps.detach())
+
+    def promise_maps(self, keys: Iterable[MapKey]) -> None:
+        """Record maps an analysis will share once it ran (the plan is made before any runs)."""
+        self._maps.promised.update(keys)
+
+    def will_share(self, key: MapKey) -> bool:
+        """True when a map under ``key`` is shared already or promised by an analysis to come."""
+        return key in self._maps.entries or key in self._maps.promised
+
+    def shared_maps(self, key: MapKey, positions: Sequence[int]) -> torch.Tensor | None:
+        """The maps another analysis shared under ``key`` for these positions, or None when it
+        did not compute all of them."""
+        entry = self._maps.entries.get(key)
+        if entry is None:
+            return None
+        index = {p: i for i, p in enumerate(entry[0])}
+        if any(p not in index for p in positions):
+            return None
+        return entry[1][[index[p] for p in positions]]
+
     # ------------------------------------------------------------------ the model
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the query images as the model gets them."""
+        x = self.query_batch().inputs
+        return int(x.shape[2]), int(x.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of model inputs, at the run's precision (forward-only passes)."""

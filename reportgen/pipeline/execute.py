@@ -47,7 +47,7 @@ from reportgen.loading.model_checks import (
 from reportgen.loading.models import load_model
 from reportgen.loading.types import LoadedModel
 from reportgen.methods.vit import TokenLayout, describe_vit
-from reportgen.pipeline import distributed
+from reportgen.pipeline import cost, distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
@@ -398,18 +398,34 @@ class Pipeline:
         arrays: dict[str, np.ndarray] = {}
         records: dict[str, Any] = {}
         pending = plan.runnable
+        costs = cost.plan_costs(pending, prepared.context_for, self.config.analyses)
+        self.timings["plan"] = {n: cost.as_record(c) for n, c in costs.items()}
+        self.timings["passes"] = {}
+        self.progress.message("plan: " + cost.describe_plan(costs))
+        n_images = len(prepared.context.pass_result.labels)
+        pass_s = self.timings["dataset_pass"]
+        first_rate = n_images / pass_s if pass_s else None
+        counting = prepared.context.model.supports_hooks
         for name, analysis in self.progress(
             pending, desc="analyses", total=len(pending), label=lambda item: item[0]
         ):
             raise_if_interrupted()
             t = perf_counter()
-            sections[name], result = self._run_one(analysis, prepared.context_for(name))
+            with cost.count_passes(prepared.context.model.module, counting) as counted:
+                sections[name], result = self._run_one(analysis, prepared.context_for(name))
             if result is not None:
                 metrics.update(result.metrics)
                 arrays.update(result.arrays)
                 if result.record is not None:
                     records[name] = result.record
             self.timings["analyses"][name] = perf_counter() - t
+            if counting:
+                self.timings["passes"][name] = counted.record()
+            left = cost.eta_seconds(costs, self.timings["analyses"], first_rate)
+            if left is not None and len(self.timings["analyses"]) < len(pending):
+                self.progress.message(
+                    f"{name}: {self.timings['analyses'][name]:.1f} s; about {left:.0f} s left"
+                )
         ordered = [sections[name] for name, _ in plan.analyses]
 
         ctx = prepared.context
@@ -434,6 +450,7 @@ class Pipeline:
             resolved=self.resolved,
             warnings=self.warnings,
         )
+        summary["run"]["planned_passes"] = {n: cost.as_record(c) for n, c in costs.items()}
         for name, record in records.items():
             summary.setdefault(name, clean_floats(record))
         if compare is not None:

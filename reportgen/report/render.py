@@ -156,12 +156,28 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
                 "; ".join(f"{k} {_short(v['value'])} ({v['source']})" for k, v in pre.items()),
             )
         )
+    planned = summary["run"].get("planned_passes") or {}
+    if planned:
+        rows.append(("model passes planned", _planned_passes(planned)))
     rows += [
         ("device", summary["run"]["device"]),
         ("seed", str(summary["run"]["seed"])),
         ("sections", ", ".join(f"{s['name']} ({s['status']})" for s in summary["sections"])),
     ]
     return rows
+
+
+def _planned_passes(planned: dict[str, Any]) -> str:
+    """summary.json's ``run.planned_passes`` in words: images through the model per section
+    after the dataset pass (forward-only; forward+backward)."""
+    parts = []
+    for name, p in planned.items():
+        if not p or not (p["forward"] or p["backward"]):
+            continue
+        kinds = [f"{p['forward']:,} forward"] if p["forward"] else []
+        kinds += [f"{p['backward']:,} forward+backward"] if p["backward"] else []
+        parts.append(f"{name}: " + " + ".join(kinds))
+    return "; ".join(parts) or "none after the dataset pass"
 
 
 def _short(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,75 @@ def test_params_defaults() -> None:
     assert (p.steps, p.threshold, p.imputation, p.independent) == (16, 0.5, "constant", False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.steps = 3  # type: ignore[misc]
+
+
+def test_checks_reuse_the_maps_the_saliency_and_occlusion_sections_drew(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original maps come from the sections that drew them: the same numbers as when the
+    checks compute them alone, and one SmoothGrad and one fine occlusion pass fewer."""
+    from conftest import make_config, make_context, write_image_folder
+
+    from reportgen import methods
+    from reportgen.analyses.attribution_checks import AttributionChecksAnalysis
+    from reportgen.analyses.occlusion import OcclusionAnalysis
+    from reportgen.analyses.saliency import SaliencyAnalysis
+
+    write_image_folder(tmp_path / "images")
+    names = ["smoothgrad", "gradient", "occlusion"]
+    cfg = make_config(
+        tmp_path,
+        {
+            "model.weights": str(tiny_weights),
+            "analyses": {
+                "saliency": {"methods": ["gradient", "smoothgrad"], "smoothgrad_samples": 4},
+                "occlusion": {"window": 8, "stride": 4},
+                "attribution_checks": {
+                    "methods": names,
+                    "smoothgrad_samples": 4,
+                    "occlusion_window": 8,
+                    "occlusion_stride": 4,
+                    "randomization_occlusion_stride": 8,
+                    "steps": 4,
+                },
+            },
+        },
+        analyses=["saliency", "occlusion", "attribution_checks"],
+    )
+    calls = {"smoothgrad": 0, "occlusion_fine": 0}
+    real_sg, real_occ = methods.attribution.smoothgrad, methods.perturbation.occlusion_maps
+
+    def counting_sg(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["smoothgrad"] += 1
+        return real_sg(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counting_occ(*args: object, **kwargs: object) -> object:
+        stride = args[4] if len(args) > 4 else kwargs["stride"]
+        calls["occlusion_fine"] += int(stride == 4)
+        return real_occ(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(methods.attribution, "smoothgrad", counting_sg)
+    monkeypatch.setattr(methods.perturbation, "occlusion_maps", counting_occ)
+    monkeypatch.setattr(methods.trust.maps, "occlusion_maps", counting_occ)
+    params = cfg.analyses["attribution_checks"]
+
+    alone_ctx = make_context(cfg, "attribution_checks")
+    alone = AttributionChecksAnalysis().run(alone_ctx, params)
+    alone_calls = dict(calls)
+    ctx = make_context(cfg, "attribution_checks")
+    SaliencyAnalysis().run(ctx, cfg.analyses["saliency"])
+    OcclusionAnalysis().run(ctx, cfg.analyses["occlusion"])
+    before = dict(calls)
+    shared = AttributionChecksAnalysis().run(ctx, params)
+    assert calls["smoothgrad"] - before["smoothgrad"] == alone_calls["smoothgrad"] - 1
+    assert calls["occlusion_fine"] - before["occlusion_fine"] == alone_calls["occlusion_fine"] - 1
+    for key in ("deletion_auc", "insertion_auc"):
+        for name in names:
+            np.testing.assert_allclose(
+                shared.record["methods"][name][key], alone.record["methods"][name][key], rtol=1e-5
+            )
+    texts = [b.text for b in shared.section.blocks if isinstance(b, Text)]
+    assert any("reused" in s and "SmoothGrad" in s and "occlusion" in s for s in texts), texts
+    assert not any(
+        "reused" in s for s in (b.text for b in alone.section.blocks if isinstance(b, Text))
+    )

@@ -44,7 +44,15 @@ from reportgen.methods.trust.curves import (
     pixel_ranks,
     step_counts,
 )
-from reportgen.methods.trust.maps import MapFn, attribution_methods, random_maps
+from reportgen.methods.trust.maps import (
+    KeyedMap,
+    MapFn,
+    MapKey,
+    attribution_methods,
+    map_key,
+    passes_per_image,
+    random_maps,
+)
 from reportgen.methods.trust.randomisation import randomize_stage, randomized_models
 from reportgen.methods.trust.similarity import normalise_maps01, spearman_abs, ssim
 from reportgen.methods.trust.stages import (
@@ -62,15 +70,19 @@ __all__ = [
     "ChecksResult",
     "CurveKind",
     "Imputation",
+    "KeyedMap",
     "MapFn",
+    "MapKey",
     "Stage",
     "attribution_methods",
     "curve_auc",
     "default_blur_sigma",
     "gaussian_blur",
     "headline_metrics",
+    "map_key",
     "noisy_linear_imputation",
     "normalise_maps01",
+    "passes_per_image",
     "perturbation_curves",
     "pixel_ranks",
     "random_maps",
