@@ -204,7 +204,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
         x = ctx.query_batch().inputs[:1]
         stages = len(methods.trust.randomization_stages(ctx.model.module, x, stage_names))
         rounds = stages * (2 if p.independent else 1)
-        total = Cost(forward=1 + q)  # the stage probe; the explained class's base probability
+        total = Cost(forward=1)  # the stage probe
         for name, fn in map_fns.items():
             f, b = fn.passes(h, w)
             if not ctx.will_share(fn.key):
@@ -217,7 +217,8 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             if name == "gradcam" and p.gradcam_layer == "auto" and ctx.token_layout is None:
                 # Each call finds the last spatial layer of the model it is given: one probe.
                 total += Cost(forward=rounds + (0 if ctx.will_share(fn.key) else 1))
-        total += Cost(forward=2 * (len(map_fns) + 1) * q * (p.steps + 1))
+        curves = methods.trust.curve_passes(len(map_fns) + 1, q, p.steps, p.imputation)
+        total += Cost(forward=curves)
         return total
 
     def run(self, ctx: AnalysisContext, p: AttributionChecksParams) -> Result:

@@ -705,3 +705,31 @@ def test_randomisation_can_use_its_own_map_settings_and_the_curves_keep_theirs()
     last = mixed.grid_maps["occlusion"][:, -1]
     cells = last.reshape(len(last), 4, 4, 4, 4)
     assert np.allclose(cells, cells[:, :, :1, :, :1], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("imputation", ["constant", "road"])
+def test_both_curves_in_one_queue_equal_each_curve_alone(imputation: str) -> None:
+    """One queue for deletion and insertion of every map, the shared images (unchanged, fully
+    deleted, fully blurred) evaluated once: the same curves as each kind's own queue (which the
+    Quantus tests check), and the base probability is the model's on the unchanged image."""
+    torch.manual_seed(1)
+    model = TinyNet(3).eval()
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 2, 1])
+    maps = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    fill = torch.zeros(1, 3, 1, 1)
+    blurred = trust.gaussian_blur(x, 2.0)
+    kw = {"steps": 5, "batch_size": 7, "imputation": imputation, "road_noise": 0.0}
+    deletion, insertion, base = trust.deletion_insertion_curves(
+        model, x, t, maps, fill=fill, blurred=blurred, **kw
+    )
+    alone_d = trust.perturbation_curves(model, x, t, maps, kind="deletion", baseline=fill, **kw)
+    alone_i = trust.perturbation_curves(model, x, t, maps, kind="insertion", baseline=blurred, **kw)
+    np.testing.assert_allclose(deletion, alone_d, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(insertion, alone_i, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        expected = model(x).softmax(1)[torch.arange(3), t].numpy()
+    np.testing.assert_allclose(base, expected, rtol=1e-5)
+    np.testing.assert_allclose(deletion[:, :, 0], np.broadcast_to(expected, (4, 3)), rtol=1e-5)
+    assert trust.curve_passes(4, 3, 5, imputation) == (  # type: ignore[arg-type]
+        2 * 4 * 3 * 4 + 9 if imputation == "constant" else 2 * 4 * 3 * 6 + 3
+    )

@@ -45,9 +45,10 @@ def test_planned_passes_are_the_passes_the_sections_make(tmp_path: Path) -> None
     run_report(alone)
     t2 = json.loads((tmp_path / "alone" / "timings.json").read_text())
     assert t2["plan"] == t2["passes"]
-    extra = t2["plan"]["attribution_checks"]["backward"] - timings["plan"]["attribution_checks"][
-        "backward"
-    ]
+    extra = (
+        t2["plan"]["attribution_checks"]["backward"]
+        - timings["plan"]["attribution_checks"]["backward"]
+    )
     # gradient, SmoothGrad (25), guided backprop, Grad-CAM, IG (32) on the 3 queries.
     assert extra == 3 * (1 + 25 + 1 + 1 + 32)
 

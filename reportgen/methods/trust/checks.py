@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 from reportgen.errors import ReportgenError
-from reportgen.loading.models import extract_logits
 from reportgen.methods.names import RANDOM
 from reportgen.methods.trust.curves import (
     CurveKind,
     Imputation,
     curve_auc,
+    deletion_insertion_curves,
     gaussian_blur,
-    perturbation_curves,
     step_counts,
 )
 from reportgen.methods.trust.maps import MapFn, random_maps
@@ -264,22 +263,20 @@ def run_attribution_checks(
     sigma = default_blur_sigma(h, w) if insertion_blur_sigma is None else insertion_blur_sigma
     fill = mean_fill.to(device, inputs.dtype).reshape(1, c, 1, 1)
     blurred = gaussian_blur(inputs, sigma)
-    common: dict[str, Any] = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "imputation": imputation,
-        "road_noise": road_noise,
-        "seed": seed,
-    }
-    deletion = perturbation_curves(
-        model, inputs, targets, stacked, kind="deletion", baseline=fill, **common
-    )
-    insertion = perturbation_curves(
-        model, inputs, targets, stacked, kind="insertion", baseline=blurred, **common
+    deletion, insertion, base = deletion_insertion_curves(
+        model,
+        inputs,
+        targets,
+        stacked,
+        fill=fill,
+        blurred=blurred,
+        steps=steps,
+        batch_size=batch_size,
+        imputation=imputation,
+        road_noise=road_noise,
+        seed=seed,
     )
     fractions = step_counts(h * w, steps) / float(h * w)
-    with torch.inference_mode():
-        base = extract_logits(model(inputs)).float().softmax(1).gather(1, targets[:, None])[:, 0]
     return ChecksResult(
         methods=ran,
         unavailable=unavailable,
@@ -297,7 +294,7 @@ def run_attribution_checks(
         insertion={n: insertion[i] for i, n in enumerate(names)},
         deletion_auc={n: curve_auc(fractions, deletion[i]) for i, n in enumerate(names)},
         insertion_auc={n: curve_auc(fractions, insertion[i]) for i, n in enumerate(names)},
-        base_prob=base.cpu().numpy(),
+        base_prob=base,
         steps=steps,
         insertion_blur_sigma=float(sigma),
         imputation=imputation,

@@ -124,6 +124,131 @@ def step_counts(pixels: int, steps: int) -> np.ndarray:
     return np.rint(np.arange(steps + 1) * pixels / steps).astype(np.int64)
 
 
+def _evaluate_jobs(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    ranks: torch.Tensor,
+    counts: torch.Tensor,
+    jobs: torch.Tensor,
+    fill: torch.Tensor,
+    blurred: torch.Tensor,
+    *,
+    batch_size: int,
+    imputation: Imputation,
+    road_noise: float,
+    seed: int,
+) -> torch.Tensor:
+    """Probability of the target class for each job (J×4: kind 0 deletion / 1 insertion, map,
+    image, step), ``batch_size`` perturbed images per forward under inference mode.
+
+    Deletion's image replaces the first ``counts[step]`` pixels of the map's order by ``fill``;
+    insertion's starts from ``blurred`` and puts them back. Either way the pixels not taken from
+    the image are the unknown ones ROAD imputes (seeded, in job order).
+    """
+    h, w = int(inputs.shape[2]), int(inputs.shape[3])
+    probs = torch.empty(len(jobs), dtype=torch.float32, device=inputs.device)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        for start in range(0, len(jobs), batch_size):
+            job = jobs[start : start + batch_size]
+            kind, km, qi, si = job.unbind(1)
+            taken = ranks[km, qi] < counts[si][:, None]
+            unknown = torch.where(kind[:, None] == 0, taken, ~taken).view(-1, 1, h, w)
+            other = torch.where((kind == 0).view(-1, 1, 1, 1), fill[qi], blurred[qi])
+            batch = torch.where(unknown, other, inputs[qi])
+            if imputation == "road":
+                batch = noisy_linear_imputation(
+                    batch, unknown[:, 0], init=other, noise=road_noise, generator=gen
+                )
+            logits = extract_logits(model(batch)).float()
+            probs[start : start + len(job)] = logits.softmax(1).gather(1, targets[qi][:, None])[
+                :, 0
+            ]
+    return probs
+
+
+def _grid(*sizes: int) -> torch.Tensor:
+    """All index combinations of ``sizes`` (row-major), one per row."""
+    axes = [torch.arange(n) for n in sizes]
+    return torch.cartesian_prod(*axes).reshape(-1, len(sizes))
+
+
+def curve_passes(maps: int, images: int, steps: int, imputation: Imputation) -> int:
+    """Forward passes :func:`deletion_insertion_curves` makes for ``maps`` maps per image."""
+    if imputation == "constant":
+        return 2 * maps * images * (steps - 1) + 3 * images
+    return 2 * maps * images * (steps + 1) + images
+
+
+def deletion_insertion_curves(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    maps: torch.Tensor,
+    *,
+    fill: torch.Tensor,
+    blurred: torch.Tensor,
+    steps: int = 16,
+    batch_size: int = 64,
+    imputation: Imputation = "constant",
+    road_noise: float = 0.01,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(deletion, insertion: K×Q×(steps+1) probabilities of the target class; the Q unchanged
+    images' probabilities), both curves of every map through one queue of perturbed images.
+
+    ``maps``: K×Q×H×W (methods and the random control); ``fill``: broadcastable to Q×C×H×W
+    (what deleted pixels become); ``blurred``: Q×C×H×W (where insertion starts). With constant
+    imputation the images every map shares are evaluated once per image, not once per map and
+    curve: the unchanged image (deletion's first point, insertion's last, the base probability),
+    the fully deleted one and the fully blurred one. With ROAD every point is imputed with its
+    own noise, so only the unchanged image is shared.
+    """
+    k, q, h, w = maps.shape
+    device = inputs.device
+    counts = torch.as_tensor(step_counts(h * w, steps), device=device)
+    ranks = pixel_ranks(maps.reshape(k * q, h, w).to(device)).view(k, q, h * w)
+    fill_b = fill.to(device, inputs.dtype).expand_as(inputs)
+    blurred = blurred.to(device, inputs.dtype)
+    targets = targets.to(device)
+    shared = imputation == "constant"
+    inner = _grid(2, k, q, steps - 1 if shared else steps + 1)
+    inner[:, 3] += 1 if shared else 0
+    images = torch.arange(q)
+    zeros = torch.zeros(q, dtype=torch.long)
+    ends = [torch.stack([zeros, zeros, images, zeros], 1)]  # the unchanged image
+    if shared:
+        ends.append(torch.stack([zeros, zeros, images, zeros + steps], 1))  # all deleted
+        ends.append(torch.stack([zeros + 1, zeros, images, zeros], 1))  # all blurred
+    jobs = torch.cat([inner, *ends]).to(device)
+    probs = _evaluate_jobs(
+        model,
+        inputs,
+        targets,
+        ranks,
+        counts,
+        jobs,
+        fill_b,
+        blurred,
+        batch_size=batch_size,
+        imputation=imputation,
+        road_noise=road_noise,
+        seed=seed,
+    ).cpu()
+    tables = torch.empty(2, k, q, steps + 1)
+    n = len(inner)
+    first = 1 if shared else 0
+    tables[:, :, :, first : steps + 1 - first] = probs[:n].view(2, k, q, -1)
+    base = probs[n : n + q]
+    if shared:
+        tables[0, :, :, 0] = base
+        tables[0, :, :, steps] = probs[n + q : n + 2 * q]
+        tables[1, :, :, 0] = probs[n + 2 * q : n + 3 * q]
+        tables[1, :, :, steps] = base
+    return tables[0].numpy(), tables[1].numpy(), base.numpy()
+
+
 def perturbation_curves(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -146,37 +271,30 @@ def perturbation_curves(
     starts from ``baseline`` (the blurred images) and puts them back. With ``imputation="road"``
     the pixels not taken from the image are imputed from those that are (:func:`noisy_linear_imputation`,
     noise σ ``road_noise``, seeded) starting from ``baseline``. Every (map, image, step) is one job;
-    jobs run ``batch_size`` at a time under :func:`torch.inference_mode`.
+    jobs run ``batch_size`` at a time under :func:`torch.inference_mode`. (The report computes
+    both curves at once with :func:`deletion_insertion_curves`.)
     """
     k, q, h, w = maps.shape
     device = inputs.device
     counts = torch.as_tensor(step_counts(h * w, steps), device=device)
     ranks = pixel_ranks(maps.reshape(k * q, h, w).to(device)).view(k, q, h * w)
     base = baseline.to(device, inputs.dtype).expand_as(inputs)
-    targets = targets.to(device)
-    per_map = q * (steps + 1)
-    total = k * per_map
-    probs = torch.empty(total, dtype=torch.float32, device=device)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.inference_mode():
-        for start in range(0, total, batch_size):
-            job = torch.arange(start, min(start + batch_size, total), device=device)
-            km, rem = job // per_map, job % per_map
-            qi, si = rem // (steps + 1), rem % (steps + 1)
-            taken = (ranks[km, qi] < counts[si][:, None]).view(-1, 1, h, w)
-            image, other = inputs[qi], base[qi]
-            if kind == "deletion":
-                batch = torch.where(taken, other, image)
-                unknown = taken[:, 0]
-            else:
-                batch = torch.where(taken, image, other)
-                unknown = ~taken[:, 0]
-            if imputation == "road":
-                batch = noisy_linear_imputation(
-                    batch, unknown, init=other, noise=road_noise, generator=gen
-                )
-            logits = extract_logits(model(batch)).float()
-            probs[job] = logits.softmax(1).gather(1, targets[qi][:, None])[:, 0]
+    jobs = _grid(1, k, q, steps + 1)
+    jobs[:, 0] = 0 if kind == "deletion" else 1
+    probs = _evaluate_jobs(
+        model,
+        inputs,
+        targets.to(device),
+        ranks,
+        counts,
+        jobs.to(device),
+        base,
+        base,
+        batch_size=batch_size,
+        imputation=imputation,
+        road_noise=road_noise,
+        seed=seed,
+    )
     return probs.view(k, q, steps + 1).cpu().numpy()
 
 
