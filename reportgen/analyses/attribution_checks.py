@@ -104,8 +104,29 @@ class AttributionChecksParams(AnalysisParams):
     the window): occlusion costs one forward per window position per image per stage, so the
     test re-explains on a coarser grid (about a quarter of the positions); the original map it
     compares with uses the same grid, and the faithfulness curves keep the full one."""
+    randomization_smoothgrad_samples: int = field(default=8, metadata=rule(between(1, 1000)))
+    """SmoothGrad's noisy copies inside the randomisation test (at most ``smoothgrad_samples``).
+    Each costs a backward pass per image per stage; the original and the randomised maps use the
+    same seeded noise, so fewer copies do not decorrelate them by themselves."""
+    randomization_ig_steps: int = field(default=8, metadata=rule(between(1, 1000)))
+    """Integrated gradients' path points inside the randomisation test (at most ``ig_steps``;
+    Gauss–Legendre points stay close to the integral at a few points on a smooth path)."""
     image_size: int = field(default=64, metadata=rule(between(32, 256)))
     """On-screen size of each panel of the randomisation grid, in pixels."""
+
+
+@dataclass(frozen=True)
+class _CheckMaps:
+    """The map functions the checks use, and where the randomisation test's differ."""
+
+    window: int
+    stride: int
+    maps: dict[str, methods.trust.KeyedMap]
+    """Originals and faithfulness curves: the sections' settings."""
+    randomization: dict[str, methods.trust.KeyedMap]
+    """Method -> the randomisation test's own function where its settings are cheaper."""
+    changes: list[str]
+    """What the randomisation test does differently, in words."""
 
 
 HEADLINES = {
@@ -156,42 +177,47 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
     order = 80
 
     @staticmethod
-    def _maps(
-        ctx: AnalysisContext, p: AttributionChecksParams, h: int, w: int
-    ) -> tuple[int, int, int, dict[str, methods.trust.KeyedMap], dict[str, methods.trust.MapFn]]:
-        """(window, stride, randomisation stride, the methods' maps, the randomisation test's
-        own map functions where they differ)."""
+    def _maps(ctx: AnalysisContext, p: AttributionChecksParams, h: int, w: int) -> _CheckMaps:
         window, stride = methods.perturbation.resolve_geometry(
             h, w, p.occlusion_window, p.occlusion_stride
         )
-        map_fns = methods.trust.attribution_methods(
-            p.methods,
-            smoothgrad_samples=p.smoothgrad_samples,
-            smoothgrad_noise=p.smoothgrad_noise,
-            ig_steps=p.ig_steps,
-            ig_method=p.ig_method,
-            gradcam_layer=None if p.gradcam_layer == "auto" else p.gradcam_layer,
-            occlusion_window=window,
-            occlusion_stride=stride,
-            occlusion_fill=ctx.pass_result.mean_input,
-            occlusion_fill_name="mean",
-            seed=ctx.seed,
-            batch_size=32,
-            occlusion_batch_size=p.batch_size,
-        )
-        rand_fns: dict[str, methods.trust.MapFn] = {}
+        settings = {
+            "smoothgrad_samples": p.smoothgrad_samples,
+            "smoothgrad_noise": p.smoothgrad_noise,
+            "ig_steps": p.ig_steps,
+            "ig_method": p.ig_method,
+            "gradcam_layer": None if p.gradcam_layer == "auto" else p.gradcam_layer,
+            "occlusion_window": window,
+            "occlusion_stride": stride,
+            "occlusion_fill": ctx.pass_result.mean_input,
+            "occlusion_fill_name": "mean",
+            "seed": ctx.seed,
+            "batch_size": 32,
+            "occlusion_batch_size": p.batch_size,
+        }
+        map_fns = methods.trust.attribution_methods(p.methods, **settings)  # type: ignore[arg-type]
+        cheaper = dict(settings)
+        changes: list[str] = []
+        samples = min(p.randomization_smoothgrad_samples, p.smoothgrad_samples)
+        if "smoothgrad" in map_fns and samples != p.smoothgrad_samples:
+            cheaper["smoothgrad_samples"] = samples
+            changes.append(f"SmoothGrad {samples} noisy copies instead of {p.smoothgrad_samples}")
+        steps = min(p.randomization_ig_steps, p.ig_steps)
+        if "integrated_gradients" in map_fns and steps != p.ig_steps:
+            cheaper["ig_steps"] = steps
+            changes.append(f"integrated gradients {steps} path points instead of {p.ig_steps}")
         coarse = p.randomization_occlusion_stride or min(window, 2 * stride)
         if "occlusion" in map_fns and coarse != stride:
-            rand_fns = dict(
-                methods.trust.attribution_methods(
-                    ["occlusion"],
-                    occlusion_window=window,
-                    occlusion_stride=coarse,
-                    occlusion_fill=ctx.pass_result.mean_input,
-                    occlusion_batch_size=p.batch_size,
-                )
+            cheaper["occlusion_stride"] = coarse
+            rows, cols = methods.perturbation.grid_shape(h, w, window, coarse)
+            full = methods.perturbation.grid_shape(h, w, window, stride)
+            changes.append(
+                f"occlusion at stride {coarse} px instead of {stride} px ({rows}×{cols} instead "
+                f"of {full[0]}×{full[1]} window positions)"
             )
-        return window, stride, coarse, map_fns, rand_fns
+        rand = methods.trust.attribution_methods(p.methods, **cheaper)  # type: ignore[arg-type]
+        differ = {n: f for n, f in rand.items() if f.key != map_fns[n].key}
+        return _CheckMaps(window, stride, map_fns, differ, changes)
 
     def cost(self, ctx: AnalysisContext, p: AttributionChecksParams) -> Cost:
         """Originals not shared by another section, the randomisation test (R images per stage,
@@ -199,7 +225,8 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
         q = min(len(ctx.queries), p.max_images)
         r = min(q, p.randomization_images)
         h, w = ctx.input_size
-        _, _, _, map_fns, rand_fns = self._maps(ctx, p, h, w)
+        plan = self._maps(ctx, p, h, w)
+        map_fns, rand_fns = plan.maps, plan.randomization
         stage_names = None if p.stages == "auto" else list(p.stages)
         x = ctx.query_batch().inputs[:1]
         stages = len(methods.trust.randomization_stages(ctx.model.module, x, stage_names))
@@ -210,7 +237,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             if not ctx.will_share(fn.key):
                 total += Cost(q * f, q * b)
             rand = rand_fns.get(name)
-            if rand is not None and isinstance(rand, methods.trust.KeyedMap):
+            if rand is not None:
                 f, b = rand.passes(h, w)
                 total += Cost(r * f, r * b)  # its original on the randomisation test's grid
             total += Cost(rounds * r * f, rounds * r * b)
@@ -235,7 +262,9 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             fill = ctx.preprocessor.normalise(gray).flatten().to(ctx.device)
             fill_text = f"gray {float(p.deletion_fill):g}"
         h, w = int(x.shape[2]), int(x.shape[3])
-        window, stride, coarse, map_fns, rand_fns = self._maps(ctx, p, h, w)
+        plan = self._maps(ctx, p, h, w)
+        map_fns = plan.maps
+        rand_fns: dict[str, methods.trust.MapFn] = dict(plan.randomization)
         fns: dict[str, methods.trust.MapFn] = dict(map_fns)
         if ctx.token_layout is not None and "gradcam" in fns and p.gradcam_layer == "auto":
             fns["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
@@ -287,16 +316,15 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
                     "settings, computed once): " + ", ".join(LABELS[n] for n in reused) + "."
                 )
             )
-        if rand_fns:
-            rows, cols = methods.perturbation.grid_shape(h, w, window, coarse)
-            full = methods.perturbation.grid_shape(h, w, window, stride)
+        if plan.changes:
             section.add(
                 Text(
-                    f"Occlusion in the randomisation test runs on a coarser grid than in the "
-                    f"curves and the occlusion section: stride {coarse} px instead of {stride} px "
-                    f"({rows}×{cols} instead of {full[0]}×{full[1]} window positions per image "
-                    f"and stage), for the randomised and the original map alike "
-                    f"(analyses.attribution_checks.randomization_occlusion_stride)."
+                    "The randomisation test re-explains the images after every stage, so it runs "
+                    "the costlier methods at cheaper settings than the curves and the sections: "
+                    + "; ".join(plan.changes)
+                    + " — for the randomised and the original map alike, so like is compared "
+                    "with like (analyses.attribution_checks.randomization_smoothgrad_samples, "
+                    "randomization_ig_steps, randomization_occlusion_stride)."
                 )
             )
         return Result(
