@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ from PIL import Image
 from reportgen.api import load_config, pipeline
 from reportgen.config import Config
 from reportgen.contract import AnalysisContext
+
+# The measured batch sizes are cached per machine; the suite keeps its own cache, so a test
+# never depends on what an earlier run (or the user's reports) measured.
+os.environ.setdefault("REPORTGEN_CACHE_DIR", tempfile.mkdtemp(prefix="reportgen-test-cache-"))
 
 TESTS = Path(__file__).resolve().parent
 TINY_ARCH = f"{TESTS / 'tiny_models.py'}:tiny_net"

@@ -89,8 +89,15 @@ class AttributionChecksParams(AnalysisParams):
     """σ of the noise ROAD adds to imputed pixels (model input units)."""
     independent: bool = False
     """Also re-initialise each stage alone (the independent test): one more pass per stage."""
-    batch_size: int = field(default=64, metadata=rule(at_least(1)))
-    """Perturbed images per forward pass in the curves."""
+    batch_size: int | Literal["auto"] = field(
+        default="auto",
+        metadata=rule(
+            either(literal("auto"), at_least(1), text="must be 'auto' or a positive whole number")
+        ),
+    )
+    """Perturbed images per forward pass in the curves and occlusion (``auto``: measured for this
+    model and machine, ``run.memory_format``); the gradient methods take the measured
+    forward+backward batch."""
     smoothgrad_samples: int = field(default=25, metadata=rule(between(1, 1000)))
     smoothgrad_noise: float = field(default=0.15, metadata=rule(in_range(0, 1, lo_open=True)))
     ig_steps: int = field(default=32, metadata=rule(between(1, 1000)))
@@ -192,8 +199,8 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             "occlusion_fill": ctx.pass_result.mean_input,
             "occlusion_fill_name": "mean",
             "seed": ctx.seed,
-            "batch_size": 32,
-            "occlusion_batch_size": p.batch_size,
+            "batch_size": ctx.batch("auto", backward=True),
+            "occlusion_batch_size": ctx.batch(p.batch_size),
         }
         map_fns = methods.trust.attribution_methods(p.methods, **settings)  # type: ignore[arg-type]
         cheaper = dict(settings)
@@ -267,7 +274,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
         rand_fns: dict[str, methods.trust.MapFn] = dict(plan.randomization)
         fns: dict[str, methods.trust.MapFn] = dict(map_fns)
         if ctx.token_layout is not None and "gradcam" in fns and p.gradcam_layer == "auto":
-            fns["gradcam"] = _vit_gradcam(ctx.token_layout, 32)
+            fns["gradcam"] = _vit_gradcam(ctx.token_layout, ctx.batch("auto", backward=True))
         # The maps the saliency and occlusion sections drew with the same settings are the
         # originals (not computed twice); the rest are computed here.
         positions = batch.positions[:q]
@@ -289,7 +296,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             steps=p.steps,
             threshold=p.threshold,
             seed=ctx.seed,
-            batch_size=p.batch_size,
+            batch_size=ctx.batch(p.batch_size),
             randomization_images=p.randomization_images,
             grid_images=p.grid_images,
             independent=p.independent,

@@ -58,8 +58,14 @@ class OcclusionParams(AnalysisParams):
         ),
     )
     """``mean``: the dataset's mean pixel; a number: that gray value in [0, 1] pixel space."""
-    batch_size: int = field(default=64, metadata=rule(at_least(1)))
-    """Occluded copies per forward pass (bounds memory)."""
+    batch_size: int | Literal["auto"] = field(
+        default="auto",
+        metadata=rule(
+            either(literal("auto"), at_least(1), text="must be 'auto' or a positive whole number")
+        ),
+    )
+    """Occluded copies per forward pass (bounds memory); ``auto``: the batch measured fastest for
+    this model on this machine (``run.memory_format``)."""
     image_size: int = field(default=160, metadata=rule(between(32, 512)))
     """On-screen size of each panel, in pixels."""
 
@@ -205,7 +211,7 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
             window,
             stride,
             fill,
-            batch_size=p.batch_size,
+            batch_size=ctx.batch(p.batch_size),
             channels_last=ctx.device.type == "cuda",
             progress=ctx.progress,
         )

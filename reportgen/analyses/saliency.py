@@ -105,8 +105,14 @@ class SaliencyParams(AnalysisParams):
     """``zeros``: all-zero input in model space; a number: that gray value in [0, 1] pixel space."""
     gradcam_layer: str = field(default="auto", metadata=layer_ref(auto="auto", spatial=True))
     """Module name; ``auto`` = the last module whose output is a spatial map (last conv stage)."""
-    batch_size: int = field(default=32, metadata=rule(at_least(1)))
-    """Images (noisy copies, path points) per forward/backward pass."""
+    batch_size: int | Literal["auto"] = field(
+        default="auto",
+        metadata=rule(
+            either(literal("auto"), at_least(1), text="must be 'auto' or a positive whole number")
+        ),
+    )
+    """Images (noisy copies, path points) per forward/backward pass; ``auto``: the measured
+    forward+backward batch for this model on this machine."""
     image_size: int = field(default=150, metadata=rule(between(32, 512)))
     """On-screen size of each panel, in pixels."""
 
@@ -131,7 +137,7 @@ def _method_maps(
     when the method is not defined for this model."""
     model = ctx.model.module
     h, w = x.shape[2:]
-    bs = p.batch_size
+    bs = ctx.batch(p.batch_size, backward=True)
     layout = ctx.token_layout
     if method == "gradient":
         g = methods.attribution.input_gradients(model, x, t, bs)

@@ -115,6 +115,10 @@ class AnalysisContext:
     """False when the class folders cannot be the model's outputs (more folders than outputs,
     or folders numbered by position without data.labels): label-vs-prediction checks are then
     meaningless, and the per-image sections explain the prediction."""
+    forward_batch: int = 16
+    """Images per forward-only pass in the perturbation sections (measured: ``run.memory_format``)."""
+    backward_batch: int = 8
+    """Images per forward+backward pass in the gradient methods (measured)."""
     progress: Callable[..., Iterator[Any]] = _no_progress
     _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
     _maps: _MapStore = field(default_factory=_MapStore, repr=False)
@@ -222,6 +226,12 @@ class AnalysisContext:
         return entry[1][[index[p] for p in positions]]
 
     # ------------------------------------------------------------------ the model
+
+    def batch(self, value: int | str, backward: bool = False) -> int:
+        """A section's ``batch_size``: ``auto`` is the measured one."""
+        if value == "auto":
+            return self.backward_batch if backward else self.forward_batch
+        return int(value)
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -49,6 +49,7 @@ from reportgen.loading.types import LoadedModel
 from reportgen.methods.vit import TokenLayout, describe_vit
 from reportgen.pipeline import cost, distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
+from reportgen.pipeline.calibration import Throughput, calibrate
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
 from reportgen.pipeline.metadata import Resolved, apply_metadata
@@ -126,6 +127,15 @@ def token_layout(model: LoadedModel, pre: Preprocessor) -> TokenLayout | None:
         return None
 
 
+def input_size(folder: DataFolder, pre: Preprocessor) -> tuple[int, int] | None:
+    """(height, width) the model gets: the crop, else the first readable image resized."""
+    if pre.crop:
+        return pre.crop, pre.crop
+    first = next((it for it in folder.items if image_size(it.path)), None)
+    hw = image_size(first.path) if first is not None else None
+    return output_size(hw, pre.resize, None) if hw else None
+
+
 class _NotMainRank(Exception):
     """Raised inside a torchrun rank other than 0 once its shard of the pass is gathered."""
 
@@ -146,6 +156,10 @@ class Pipeline:
     """Things the reader must know (wrong-looking inputs, approximations): stderr, the top of the
     report and summary.json's ``warnings``."""
     resolved: Resolved | None = None
+    throughput: Throughput = field(
+        default_factory=lambda: Throughput(16, 8, "contiguous", None, "configured")
+    )
+    """The perturbation sections' batch sizes and the model's layout (set by ``prepare``)."""
 
     _told: int = 0
 
@@ -197,6 +211,15 @@ class Pipeline:
         dataset = ImageDataset(folder, pre)
         self.timings["load"] = perf_counter() - t
         raise_if_interrupted()
+        t = perf_counter()
+        size = input_size(folder, pre)
+        self.throughput = calibrate(
+            model.module,
+            None if size is None else (model.in_channels, *size),
+            device,
+            cfg.run.memory_format,
+        )
+        self.timings["calibration"] = perf_counter() - t
 
         collectors = self._collectors(plan, SetupContext(model, folder, device, layout))
         t = perf_counter()
@@ -222,6 +245,8 @@ class Pipeline:
             progress=self.progress,
             token_layout=layout,
             labels_are_model_classes=self._classes_trusted,
+            forward_batch=self.throughput.forward_batch,
+            backward_batch=self.throughput.backward_batch,
         )
         return Prepared(context, plan, collectors, baseline)
 
@@ -229,11 +254,7 @@ class Pipeline:
         """What can be told about the model before the pass: its output is N×classes logits
         (a ``(features, logits)`` model is made to return its logits), its weights are finite,
         it is in eval mode, and it was given weights at all."""
-        size: tuple[int, int] | None = (pre.crop, pre.crop) if pre.crop else None
-        if size is None:
-            first = next((it for it in folder.items if image_size(it.path)), None)
-            hw = image_size(first.path) if first is not None else None
-            size = output_size(hw, pre.resize, None) if hw else None
+        size = input_size(folder, pre)
         if size is not None and model.supports_hooks:
             for message in check_model_output(
                 model.module, model.in_channels, size, model.num_classes
@@ -451,6 +472,12 @@ class Pipeline:
             warnings=self.warnings,
         )
         summary["run"]["planned_passes"] = {n: cost.as_record(c) for n, c in costs.items()}
+        summary["run"]["batches"] = {
+            "forward": self.throughput.forward_batch,
+            "backward": self.throughput.backward_batch,
+            "memory_format": self.throughput.memory_format,
+            "source": "configured" if self.throughput.source == "configured" else "measured",
+        }
         for name, record in records.items():
             summary.setdefault(name, clean_floats(record))
         if compare is not None:

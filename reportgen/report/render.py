@@ -159,6 +159,15 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
     planned = summary["run"].get("planned_passes") or {}
     if planned:
         rows.append(("model passes planned", _planned_passes(planned)))
+    batches = summary["run"].get("batches")
+    if batches:
+        rows.append(
+            (
+                "perturbation batches",
+                f"{batches['forward']} per forward, {batches['backward']} per forward+backward, "
+                f"{batches['memory_format'].replace('_', ' ')} layout ({batches['source']})",
+            )
+        )
     rows += [
         ("device", summary["run"]["device"]),
         ("seed", str(summary["run"]["seed"])),
