@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from reportgen.pipeline import calibration
 class Timed(nn.Module):
     """A model whose forward takes a known time per batch size: fastest per image at 16."""
 
-    SECONDS = {8: 0.04, 16: 0.05, 32: 0.2, 64: 0.4}
+    SECONDS: ClassVar[dict[int, float]] = {8: 0.04, 16: 0.05, 32: 0.2, 64: 0.4}
 
     def __init__(self, conv: bool = True) -> None:
         super().__init__()
