@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from hub_models import hf_model, hf_vit_config, small_timm
 from scipy import ndimage
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
@@ -145,6 +146,21 @@ def test_stages_on_known_architectures() -> None:
         lambda: BlocksInAList(),
         lambda: torchvision.models.efficientnet_b0(num_classes=4),
         lambda: torchvision.models.densenet121(num_classes=4),
+        lambda: small_timm("convnext_atto"),
+        lambda: small_timm("vit_tiny_patch16_224"),
+        lambda: hf_model(hf_vit_config(num_labels=4)),
+    ],
+    ids=[
+        "resnet18",
+        "mobilenet_v2",
+        "head_first",
+        "tiny",
+        "blocks_in_a_list",
+        "efficientnet_b0",
+        "densenet121",
+        "timm_convnext",
+        "timm_vit",
+        "hf_vit",
     ],
 )
 def test_stages_cover_every_called_parameter_once(factory: object) -> None:
