@@ -93,6 +93,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
             fill,
             batch_size=s.batch_size,
             channels_last=True,
+            module=ours_model,
         )
         return maps.base_prob[:, None, None] - pixel_probability(
             maps.prob, s.size, s.size, s.window, s.stride

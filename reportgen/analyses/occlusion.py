@@ -214,6 +214,7 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
             batch_size=ctx.batch(p.batch_size),
             channels_last=ctx.device.type == "cuda",
             progress=ctx.progress,
+            module=ctx.model.module if ctx.model.supports_hooks and not ctx.autocasting else None,
         )
         pixel_prob = methods.perturbation.pixel_probability(maps.prob, h, w, window, stride)
         drops = maps.base_prob[:, None, None] - pixel_prob

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reportgen import methods
 from reportgen.contract import Analysis, Cost
 from reportgen.contract.context import AnalysisContext
 from reportgen.errors import ReportgenError
@@ -63,6 +64,8 @@ class Counted:
 
     forward: int = 0
     backward: int = 0
+    incremental: int = 0
+    """Of the forwards: occluded copies computed incrementally (recomputing changed regions)."""
 
     def record(self) -> dict[str, int]:
         return {"forward": self.forward, "backward": self.backward}
@@ -72,13 +75,18 @@ class Counted:
 def count_passes(model: nn.Module, enabled: bool = True) -> Iterator[Counted]:
     """Count the images through ``model``'s top-level forward (a forward pre-hook; copies of
     the model made meanwhile, e.g. the randomised ones, carry it too). A call with autograd on
-    counts as forward+backward: the sections only take gradients when they need them."""
+    counts as forward+backward: the sections only take gradients when they need them. Occluded
+    copies computed incrementally count as forwards too (``incremental`` says how many)."""
     counted = Counted()
     if not enabled:
         yield counted
         return
+    tally = methods.incremental.TALLY
+    before = tally.copies
 
     def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if tally.checking:
+            return  # a self-check of the incremental path, not planned work
         x = args[0] if args else next(iter(kwargs.values()), None)
         n = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim else 1
         if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
@@ -91,6 +99,8 @@ def count_passes(model: nn.Module, enabled: bool = True) -> Iterator[Counted]:
         yield counted
     finally:
         handle.remove()
+        counted.incremental = tally.copies - before
+        counted.forward += counted.incremental
 
 
 def eta_seconds(

@@ -442,6 +442,8 @@ class Pipeline:
             self.timings["analyses"][name] = perf_counter() - t
             if counting:
                 self.timings["passes"][name] = counted.record()
+                if counted.incremental:
+                    self.timings.setdefault("incremental_copies", {})[name] = counted.incremental
             left = cost.eta_seconds(costs, self.timings["analyses"], first_rate)
             if left is not None and len(self.timings["analyses"]) < len(pending):
                 self.progress.message(

@@ -171,7 +171,14 @@ def attribution_methods(
             else occlusion_fill.to(x.device).flatten()
         )
         maps = occlusion_maps(
-            lambda b: extract_logits(model(b)), x, t, window, stride, fill, occlusion_batch_size
+            lambda b: extract_logits(model(b)),
+            x,
+            t,
+            window,
+            stride,
+            fill,
+            occlusion_batch_size,
+            module=model,
         )
         pixel = pixel_probability(maps.prob, h, w, window, stride)
         return maps.base_prob[:, None, None] - pixel
