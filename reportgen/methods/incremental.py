@@ -17,7 +17,7 @@ All occluded copies of one image run as one batch of patches, ``batch_size`` at 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -454,24 +454,3 @@ def _full(v: Any, b: int) -> Any:
     if isinstance(v, _Const):
         return v.value
     return v
-
-
-def occluded_logits(
-    runner: IncrementalOcclusion,
-    inputs: torch.Tensor,
-    image_index: Sequence[int],
-    tops: torch.Tensor,
-    lefts: torch.Tensor,
-    window: int,
-    fill: torch.Tensor,
-    batch_size: int,
-) -> torch.Tensor:
-    """Logits of the occluded copies (job order), grouped by image."""
-    index = torch.as_tensor(list(image_index), device=tops.device)
-    out: list[torch.Tensor] = []
-    for i in index.unique_consecutive().tolist():
-        sel = index == i
-        out.append(
-            runner.logits(inputs[i : i + 1], tops[sel], lefts[sel], window, fill, batch_size)
-        )
-    return torch.cat(out)
