@@ -150,7 +150,7 @@ def occlusion_maps(
         if runner is not None:
             images: Iterable[int] = range(q)
             if progress is not None:
-                images = progress(images, desc="occlusion (incremental)", total=q)
+                images = progress(images, desc="occlusion", total=q)
             for i in images:
                 logits = runner.logits(
                     inputs[i : i + 1], all_tops, all_lefts, window, fill, 4 * batch_size

@@ -257,8 +257,8 @@ def test_params_defaults() -> None:
 
     p = AttributionChecksParams()
     assert p.methods == list(trust.METHODS)
-    assert (p.stages, p.max_images, p.randomization_images, p.grid_images) == ("auto", 8, 4, 2)
-    assert (p.steps, p.threshold, p.imputation, p.independent) == (16, 0.5, "constant", False)
+    assert (p.stages, p.max_images, p.randomization_images, p.grid_images) == ("auto", 8, 3, 2)
+    assert (p.steps, p.threshold, p.imputation, p.independent) == (12, 0.5, "constant", False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.steps = 3  # type: ignore[misc]
 
