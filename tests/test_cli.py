@@ -245,3 +245,15 @@ def test_demo_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "held-out accuracy" in result.output
     assert f"report written to {tmp_path / 'd' / 'report.html'}" in result.output
     assert (tmp_path / "d" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("out", ["images", "images/a/report"])
+def test_run_into_its_data_folder_is_an_input_error(project: Path, out: str) -> None:
+    """--out that is the data root or lies inside it would put report files among the images
+    (and the next run would read them): exit 2 before any work, nothing written."""
+    before = sorted(p.relative_to(project) for p in (project / "images").rglob("*"))
+    result = invoke("run", "--config", str(project / "config.yaml"), "--out", str(project / out))
+    assert result.exit_code == 2
+    relation = "is" if out == "images" else "lies inside"
+    assert f"{relation} data.root" in result.output, result.output
+    assert sorted(p.relative_to(project) for p in (project / "images").rglob("*")) == before

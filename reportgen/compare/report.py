@@ -27,6 +27,7 @@ from reportgen.report.render import (
     to_json,
 )
 from reportgen.report.section import Section
+from reportgen.runtime.outdir import check_apart_from_inputs
 from reportgen.runtime.writes import write_all_atomic
 from reportgen.version import __version__
 
@@ -80,6 +81,9 @@ def compare_reports(
     warn: Callable[[str], None] = lambda _m: None,
 ) -> CompareRun:
     """Compare ``new_dir`` against ``old_dir`` and write the comparison into ``out_dir``."""
+    check_apart_from_inputs(
+        out_dir, [("the old report folder", old_dir), ("the new report folder", new_dir)]
+    )
     old, new = read_report_folder(old_dir), read_report_folder(new_dir)
     known = known_metric_names(new.summary.get("metrics", {}), compare=True)
     parsed = parse_gates(list(gates), known, source="--fail-on")

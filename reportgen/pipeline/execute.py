@@ -61,7 +61,11 @@ from reportgen.report.gates import evaluate_gates, gates_failed
 from reportgen.report.render import Headline, clean_floats, to_json
 from reportgen.report.section import Section
 from reportgen.runtime.interrupts import raise_if_interrupted
-from reportgen.runtime.outdir import prepare_output_dir, remove_stale_outputs
+from reportgen.runtime.outdir import (
+    check_apart_from_inputs,
+    prepare_output_dir,
+    remove_stale_outputs,
+)
 from reportgen.runtime.progress import Progress
 from reportgen.runtime.writes import write_atomic
 
@@ -392,6 +396,10 @@ class Pipeline:
 
     def run(self) -> RunResult:
         # Checked (and locked) before any work: a folder that cannot take the report fails now.
+        if self.config.data.root:
+            check_apart_from_inputs(
+                self.config.output.dir, [("data.root", self.config.data.root)], may_contain=True
+            )
         out = prepare_output_dir(self.config.output.dir) if self._is_main_process() else None
         try:
             return self._run()

@@ -172,6 +172,36 @@ def _holder(fd: int) -> str:
     return f" (pid {text})" if text.isdigit() else ""
 
 
+def check_apart_from_inputs(
+    out: str | Path,
+    inputs: Iterable[tuple[str, str | Path]],
+    *,
+    may_contain: bool = False,
+    option: str = "--out (output.dir)",
+) -> None:
+    """The output folder must not be an input folder, lie inside one, or (unless
+    ``may_contain``: a run whose data sits in its own report folder, as the demo's) contain one:
+    writing there would replace what is being read (a run folder that compare or history reads)
+    or mix the report's files into the data. ``inputs``: (what it is, path). Raises ConfigError
+    naming both, before any work."""
+    o = Path(out).expanduser().resolve()
+    for what, path in inputs:
+        i = Path(path).expanduser().resolve()
+        if o == i:
+            relation = "is"
+        elif i in o.parents:
+            relation = "lies inside"
+        elif o in i.parents and not may_contain:
+            relation = "contains"
+        else:
+            continue
+        raise ConfigError(
+            f"{option}: {display_name(str(o))} {relation} {what} ({display_name(str(i))}); "
+            "writing the report there would overwrite or mix with what is being read — "
+            "choose an output folder outside it"
+        )
+
+
 def prepare_output_dir(path: str | Path) -> OutputDir:
     """Check that ``path`` can hold the report and lock it for this run (see the module docs).
 

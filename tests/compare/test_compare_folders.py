@@ -445,3 +445,23 @@ def test_read_report_folder_keeps_class_names_from_the_summary(pair: tuple[Path,
     (old / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     f = read_report_folder(old)
     assert f.predictions.class_names == ["p", "q", "r"] and f.arrays is None
+
+
+@pytest.mark.parametrize("where", ["old", "new", "old/sub", "parent"])
+def test_compare_never_writes_into_its_inputs(pair: tuple[Path, Path], where: str) -> None:
+    """--out that is, lies inside or contains an input report folder: exit 2 before any work,
+    the archived report left as it was (before, --out OLD replaced OLD's report)."""
+    from click.testing import CliRunner
+
+    from reportgen.cli import cli
+
+    old, new = pair
+    out = {"old": old, "new": new, "old/sub": old / "sub", "parent": old.parent}[where]
+    before = {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()}
+    result = CliRunner().invoke(cli, ["compare", str(old), str(new), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    relation = {"old": "is", "new": "is", "old/sub": "lies inside", "parent": "contains"}[where]
+    assert f" {relation} the " in result.output and "choose an output folder outside it" in (
+        result.output
+    )
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()} == before
