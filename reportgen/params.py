@@ -101,15 +101,31 @@ def rule(*rules: Rule) -> dict[str, Any]:
 
 
 def layer_ref(
-    *, auto: str | None = None, spatial: bool = False, also: Sequence[Rule] = ()
+    *,
+    auto: str | None = None,
+    spatial: bool = False,
+    parameters: bool = False,
+    also: Sequence[Rule] = (),
 ) -> dict[str, Any]:
     """Field metadata: the field names model layers (a name, or a list of names).
 
     ``auto``: a value that means "chosen automatically" and is not a layer name. ``spatial``:
-    the layers must output N×C×H×W maps. The plan checks every such name against the model
-    (and, for ``spatial``, with one probe forward pass) before the dataset pass.
+    the layers must output N×C×H×W maps. ``parameters``: each layer must own parameters (a
+    randomisation stage). The plan checks every such name against the model (and, for
+    ``spatial``, with one probe forward pass) before the dataset pass.
     """
-    return {"rules": tuple(also), "layer": True, "auto": auto, "spatial": spatial}
+    return {
+        "rules": tuple(also),
+        "layer": True,
+        "auto": auto,
+        "spatial": spatial,
+        "parameters": parameters,
+    }
+
+
+def needs_parameters(params: AnalysisParams, field_name: str) -> bool:
+    """True when the layers named by ``field_name`` must own parameters."""
+    return bool(params.__dataclass_fields__[field_name].metadata.get("parameters"))
 
 
 def field_rules(f: dataclasses.Field[Any]) -> tuple[Rule, ...]:

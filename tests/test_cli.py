@@ -257,3 +257,26 @@ def test_run_into_its_data_folder_is_an_input_error(project: Path, out: str) -> 
     relation = "is" if out == "images" else "lies inside"
     assert f"{relation} data.root" in result.output, result.output
     assert sorted(p.relative_to(project) for p in (project / "images").rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([], "analyses.attribution_checks.stages: needs at least one stage"),
+        (["relu1"], "analyses.attribution_checks.stages: relu1 has no parameters"),
+        (["nope"], "analyses.attribution_checks.stages:"),
+    ],
+)
+def test_randomisation_stages_that_randomise_nothing_are_input_errors(
+    project: Path, stages: list[str], message: str
+) -> None:
+    """An empty stage list made "0 methods fail randomisation" and a gate on it pass with
+    nothing randomised; a module without weights re-initialises nothing. Both exit 2 before
+    the dataset pass."""
+    small_config(project, analyses__attribution_checks={"stages": stages})
+    result = invoke(
+        "run", "--config", str(project / "config.yaml"), "--analyses", "attribution_checks"
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (project / "out" / "summary.json").exists()

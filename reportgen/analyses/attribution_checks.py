@@ -59,7 +59,19 @@ class AttributionChecksParams(AnalysisParams):
     )
     """Maps to check, from: gradient, smoothgrad, guided_backprop, gradcam, integrated_gradients,
     occlusion."""
-    stages: Literal["auto"] | list[str] = field(default="auto", metadata=layer_ref(auto="auto"))
+    stages: Literal["auto"] | list[str] = field(
+        default="auto",
+        metadata=layer_ref(
+            auto="auto",
+            parameters=True,
+            also=(
+                non_empty(
+                    "needs at least one stage (an empty list would randomise nothing and "
+                    "pass every method); use auto or name modules"
+                ),
+            ),
+        ),
+    )
     """Randomisation stages: ``auto`` (blocks found from the model's call order, logits first:
     fc, layer4, …, conv1+bn1 on a ResNet) or a list of module names, one stage each."""
     max_images: int = field(default=8, metadata=rule(between(1, 256)))

@@ -16,7 +16,7 @@ from reportgen.config import Config
 from reportgen.contract import Analysis, Needs
 from reportgen.errors import ConfigError, LayerError
 from reportgen.loading.types import LoadedModel
-from reportgen.params import layer_fields
+from reportgen.params import layer_fields, needs_parameters
 from reportgen.report.gates import COMPARE_PREFIX, Gate, known_metric_names, parse_gates
 from reportgen.report.section import Section
 
@@ -72,9 +72,16 @@ def check_layers(
         for field_name, layers in layer_fields(params):
             for layer in layers:
                 try:
-                    model.layer(layer)
+                    module = model.layer(layer)
                 except LayerError as exc:
                     raise LayerError(f"analyses.{name}.{field_name}: {exc}") from None
+                if needs_parameters(params, field_name) and not any(
+                    True for _ in module.parameters()
+                ):
+                    raise LayerError(
+                        f"analyses.{name}.{field_name}: {layer} has no parameters to "
+                        "re-initialise; name modules that own weights (or use auto)"
+                    )
 
 
 def make_plan(config: Config, model: LoadedModel, registry: Mapping[str, type[Analysis]]) -> Plan:
