@@ -280,3 +280,30 @@ def test_randomisation_stages_that_randomise_nothing_are_input_errors(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (project / "out" / "summary.json").exists()
+
+
+def test_labels_lists_that_would_shift_classes_are_input_errors(project: Path) -> None:
+    """A duplicate name shifted every later class (96.7 % → 44.4 %); more names than outputs
+    passed silently; a byte-order mark made the first name '\\ufeffa'."""
+    labels = project / "labels.txt"
+    cases = [
+        ("a\nb\na\n", "class name 'a' appears twice (entries 1 and 3)"),
+        ("a\nb\nc\nd\n", "data.labels has 4 class names but the model has 3 outputs"),
+        ("x\ny\n", "data.labels has 2 class names but the model has 3 outputs"),
+    ]
+    for text, message in cases:
+        labels.write_text(text, encoding="utf-8")
+        small_config(project, data__labels=str(labels))
+        result = invoke("run", "--config", str(project / "config.yaml"), "--analyses", "filters")
+        assert result.exit_code == 2, (text, result.output)
+        assert message in result.output, result.output
+    small_config(project, data__labels=["a", "b", "b"])
+    result = invoke("run", "--config", str(project / "config.yaml"), "--analyses", "filters")
+    assert result.exit_code == 2 and "data.labels: class name 'b' appears twice" in result.output
+    # A byte-order mark is not part of the first name: folder "a" still matches it.
+    labels.write_bytes("\ufeffa\nb\nc\n".encode())
+    small_config(project, data__labels=str(labels))
+    result = invoke("run", "--config", str(project / "config.yaml"), "--analyses", "filters")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((project / "out" / "summary.json").read_text())
+    assert summary["data"]["class_names"] == ["a", "b", "c"]

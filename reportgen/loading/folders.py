@@ -242,16 +242,35 @@ def read_labels(labels: str | list[str] | None) -> list[str] | None:
     if labels is None:
         return None
     if isinstance(labels, list):
-        return [str(x) for x in labels]
+        names = [str(x) for x in labels]
+        _no_duplicate_labels(names, "data.labels")
+        return names
     path = Path(labels)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first name.
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
         raise DataError(f"{path}: cannot read data.labels ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: data.labels is not UTF-8 text ({exc.reason})") from None
     names = [line.strip() for line in lines if line.strip()]
     if not names:
         raise DataError(f"{path}: data.labels file has no class names (one per line)")
+    _no_duplicate_labels(names, f"{display_name(str(path))} (data.labels)")
     return names
+
+
+def _no_duplicate_labels(names: list[str], where: str) -> None:
+    """A name given twice would shift every later class by one: an input error."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(
+                f"{where}: class name {display_name(name)!r} appears twice (entries "
+                f"{seen[name] + 1} and {i + 1}); every later class would take the wrong output "
+                "index — give each output one distinct name"
+            )
+        seen[name] = i
 
 
 def _class_index(

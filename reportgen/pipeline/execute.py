@@ -30,12 +30,13 @@ from reportgen.contract import (
     SetupContext,
     SkipSection,
 )
-from reportgen.errors import ReportgenError
+from reportgen.errors import DataError, ReportgenError
 from reportgen.loading.folders import (
     DataFolder,
     check_uniform_size,
     image_size,
     output_size,
+    read_labels,
     scan_folder,
 )
 from reportgen.loading.images import ImageDataset, Preprocessor
@@ -205,6 +206,7 @@ class Pipeline:
             if device.type == "cuda":
                 m.module.to(memory_format=torch.channels_last)
         folder = scan_folder(effective.data)
+        self._check_label_count(model, effective.data.labels)
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
         check_uniform_size(folder, pre.resize, pre.crop)  # one size, or what to set: before work
         self._check_model(model, folder, pre)
@@ -253,6 +255,19 @@ class Pipeline:
             backward_batch=self.throughput.backward_batch,
         )
         return Prepared(context, plan, collectors, baseline)
+
+    def _check_label_count(self, model: LoadedModel, labels: str | list[str] | None) -> None:
+        """data.labels names the model's outputs in order: one name per output, or the names
+        cannot be the outputs (extra names pass as classes nothing predicts, missing ones leave
+        outputs unnamed). Class names from the model's own metadata are the model's."""
+        if self.config.data.labels is None or labels is None:
+            return
+        names, k = len(read_labels(labels) or []), model.num_classes
+        if names != k:
+            raise DataError(
+                f"data.labels has {names} class names but the model has {k} outputs; give one "
+                "name per output, in output order"
+            )
 
     def _check_model(self, model: LoadedModel, folder: DataFolder, pre: Preprocessor) -> None:
         """What can be told about the model before the pass: its output is N×classes logits
