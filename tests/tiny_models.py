@@ -35,3 +35,17 @@ def tiny_net(num_classes: int = 3) -> TinyNet:
 def tiny_gray_net(num_classes: int = 3) -> TinyNet:
     torch.manual_seed(0)
     return TinyNet(num_classes, in_channels=1)
+
+
+class NaNOnRed(TinyNet):
+    """TinyNet whose logits are NaN on mostly-red images (class ``a`` of the test folders)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        red = x[:, 0].mean((1, 2)) > x[:, 1:].mean((1, 2, 3)) + 0.3
+        return torch.where(red[:, None], torch.full_like(out, float("nan")), out)
+
+
+def nan_on_red(num_classes: int = 3) -> NaNOnRed:
+    torch.manual_seed(0)
+    return NaNOnRed(num_classes)

@@ -190,7 +190,7 @@ class AuditAnalysis(Analysis[AuditParams]):
         probs = torch.softmax(res.logits.float(), dim=1)
         confidence, preds = probs.max(dim=1)
         labels = res.labels.to(preds.device)
-        known = (labels >= 0) & (labels < n_classes)
+        known = res.scored().to(preds.device)  # non-finite outputs have nothing to score
         if not ctx.labels_are_model_classes:
             known = torch.zeros_like(known)  # folder positions are not model classes
         checks: list[list[Any]] = []
@@ -210,6 +210,16 @@ class AuditAnalysis(Analysis[AuditParams]):
             else None
         )
 
+        labelled = (labels >= 0) & (labels < n_classes)
+        if not bool(known.any()) and bool(labelled.any()) and ctx.labels_are_model_classes:
+            checks.append(
+                [
+                    "calibration (ECE)",
+                    "n/a (non-finite logits)",
+                    "warn",
+                    f"none of the {int(labelled.sum())} labelled images has finite outputs",
+                ]
+            )
         if bool(known.any()):
             y, yhat, conf = labels[known], preds[known], confidence[known]
             correct = yhat == y

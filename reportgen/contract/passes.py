@@ -41,6 +41,19 @@ class PassResult:
     def predictions(self) -> torch.Tensor:
         return self.logits.argmax(dim=1)
 
+    @property
+    def finite(self) -> torch.Tensor:
+        """N bools, on the logits' device: the image's outputs are all finite. An image with a
+        NaN or infinite logit has no prediction or confidence to score: every metric leaves it
+        out (and says how many it left out)."""
+        return torch.isfinite(self.logits).all(dim=1)
+
+    def scored(self) -> torch.Tensor:
+        """N bools, on the CPU: labelled with a class the model can output, and finite outputs
+        — the images accuracy, calibration and the label checks are computed over."""
+        labels = self.labels
+        return (labels >= 0) & (labels < self.logits.shape[1]) & self.finite.cpu()
+
     def __len__(self) -> int:
         return len(self.item_index)
 

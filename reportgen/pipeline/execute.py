@@ -232,6 +232,7 @@ class Pipeline:
         pass_result = self._dataset_pass(model, dataset, device, collectors, baseline)
         self.timings["dataset_pass"] = perf_counter() - t
         raise_if_interrupted()
+        self._check_outputs(pass_result, folder)
         self._check_accuracy(pass_result, folder)
         self._tell()
 
@@ -329,6 +330,20 @@ class Pipeline:
                 "the other label checks are only right if the folders are exactly the model's "
                 f"first {folders} classes in that order; set data.labels to say which they are"
             )
+
+    def _check_outputs(self, pass_result: PassResult, folder: DataFolder) -> None:
+        """Images whose logits are NaN or infinite: counted, named, left out of every metric."""
+        bad = (~pass_result.finite).nonzero().flatten().cpu().tolist()
+        if not bad:
+            return
+        names = ", ".join(folder.items[pass_result.item_index[i]].display for i in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        self._warn(
+            f"the model's outputs are not finite (NaN or Inf) on {len(bad)} of "
+            f"{len(pass_result)} images ({names}{more}): they have no prediction or confidence, "
+            "so accuracy, calibration and the label checks leave them out (summary.json "
+            "data.num_nonfinite_outputs)"
+        )
 
     def _check_accuracy(self, pass_result: PassResult, folder: DataFolder) -> None:
         """Accuracy at chance level usually means the folders are not the model's classes."""

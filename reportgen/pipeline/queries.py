@@ -19,7 +19,6 @@ def select_queries(
     A count picks round-robin across classes (a seeded shuffle within each class); unlabelled data
     gets evenly spaced images. A list names images by their path relative to the data root.
     """
-    n = len(result)
     if isinstance(spec, list):
         by_path = {folder.items[i].relpath: pos for pos, i in enumerate(result.item_index)}
         skipped = {p for p, _ in result.skipped}
@@ -36,15 +35,17 @@ def select_queries(
                 )
             out.append(by_path[rel_norm])
         return out
-    count = min(spec, n)
+    # An image whose outputs are not finite has nothing to explain: never picked.
+    finite = result.finite.cpu().numpy()
+    count = min(spec, int(finite.sum()))
     if count == 0:
         return []
     rng = np.random.default_rng(seed)
     labels = result.labels.numpy()
     if folder.labelled:
         groups = {
-            c: rng.permutation(np.flatnonzero(labels == c)).tolist()
-            for c in sorted(set(labels.tolist()))
+            c: rng.permutation(np.flatnonzero((labels == c) & finite)).tolist()
+            for c in sorted(set(labels[finite].tolist()))
         }
         picks: list[int] = []
         depth = 0
@@ -54,4 +55,5 @@ def select_queries(
                     picks.append(groups[c][depth])
             depth += 1
         return picks
-    return np.linspace(0, n - 1, count).round().astype(int).tolist()
+    usable = np.flatnonzero(finite)
+    return usable[np.linspace(0, len(usable) - 1, count).round().astype(int)].tolist()

@@ -47,7 +47,7 @@ def _relative_paths(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 def accuracy_metrics(pass_result: PassResult) -> dict[str, Any]:
     """Top-1 accuracy over the labelled images the model can predict, and their number."""
     labels = pass_result.labels
-    known = (labels >= 0) & (labels < pass_result.logits.shape[1])
+    known = pass_result.scored()
     accuracy = (
         float((pass_result.predictions.cpu()[known] == labels[known]).float().mean())
         if bool(known.any())
@@ -109,6 +109,7 @@ def build_summary(
             "class_names": folder.class_names,
             "class_names_source": resolved.class_names_source if resolved else None,
             "num_skipped": len(pass_result.skipped),
+            "num_nonfinite_outputs": int((~pass_result.finite).sum()),
             "skipped": [{"path": p, "reason": r} for p, r in pass_result.skipped],
             "ignored": [{"path": p, "reason": r} for p, r in folder.ignored],
             "manifest_sha256": manifest,

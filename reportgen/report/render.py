@@ -144,7 +144,12 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
             "accuracy (top-1)",
             "n/a (unlabelled)"
             if met["accuracy"] is None
-            else f"{100 * met['accuracy']:.2f} % of {met['num_labelled']} labelled images",
+            else f"{100 * met['accuracy']:.2f} % of {met['num_labelled']} labelled images"
+            + (
+                f" ({d['num_nonfinite_outputs']} with non-finite outputs left out)"
+                if d.get("num_nonfinite_outputs")
+                else ""
+            ),
         ),
     ]
     rows += [(h.label, format_metric(met.get(h.key), h.kind)) for h in headlines]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from conftest import make_config, write_image_folder
 from tiny_models import TinyNet, tiny_net
@@ -106,3 +107,39 @@ def test_a_features_then_logits_model_reports_on_its_logits(tmp_path: Path) -> N
     logits = np.load(tmp_path / "out" / "arrays.npz")["logits"]
     assert logits.shape[1] == 3  # the 12-wide features were not taken as logits
     assert any("12" in w or "logits" in w for w in summary["warnings"]), summary["warnings"]
+
+
+def test_images_with_non_finite_outputs_are_left_out_of_every_metric(tmp_path: Path) -> None:
+    """NaN logits on a third of the images were predicted as class 0 and counted in accuracy;
+    ECE silently became None. Now they are counted, named, and left out — and the metrics are
+    the ones computed on the other images alone."""
+    from conftest import TESTS
+
+    write_image_folder(tmp_path / "images", {"a": 8, "b": 8, "c": 8})
+    arch = f"{TESTS / 'tiny_models.py'}:nan_on_red"
+    torch.manual_seed(0)
+    torch.save(tiny_net(3).state_dict(), tmp_path / "w.pt")
+    summary = run(
+        tmp_path, {"model.arch": arch, "model.weights": str(tmp_path / "w.pt")}, ["audit"]
+    )
+    assert summary["data"]["num_nonfinite_outputs"] == 8
+    warning = next(w for w in summary["warnings"] if "not finite (NaN or Inf) on 8 of 24" in w)
+    assert "a/" in warning
+    # The reference: predictions.csv's rows of the 16 other images (their logits are TinyNet's).
+    preds = summary_predictions(tmp_path / "out" / "predictions.csv")
+    finite = [r for r in preds if not r["path"].startswith("a/")]
+    assert len(finite) == 16
+    expected = sum(r["label"] == r["prediction"] for r in finite) / len(finite)
+    assert summary["metrics"]["accuracy"] == pytest.approx(expected)
+    assert summary["metrics"]["ece"] is not None
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "of 16 labelled images (8 with non-finite outputs left out)" in html
+    # No image without finite outputs is a query (nothing to explain on it).
+    assert not any(q.startswith("a/") for q in summary["data"]["queries"])
+
+
+def summary_predictions(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
