@@ -93,7 +93,19 @@ def parse_gate(expr: str, known: Iterable[str], *, source: str = "gate") -> Gate
     known_list = list(known)
     text = expr.strip()
     where = f"{source} {text!r}"
+    typeset = [c for c in ("≥", "≤", "≠", "＝", "＜", "＞") if c in text]
+    if typeset:
+        ascii_ops = {"≥": ">=", "≤": "<=", "≠": "!=", "＝": "==", "＜": "<", "＞": ">"}
+        raise ConfigError(
+            f"{where}: {typeset[0]!r} is not an operator here; write "
+            f"{ascii_ops[typeset[0]]!r} (one of < <= > >= == !=)"
+        )
     m = _EXPR.fullmatch(text)
+    if m is not None and not math.isfinite(float(m["number"])):
+        raise ConfigError(
+            f"{where}: the threshold {m['number']!r} is too large to be a finite number; "
+            "write a finite threshold"
+        )
     if m is None:
         loose = _LOOSE.fullmatch(text)
         if loose is None or not loose["metric"]:
