@@ -204,3 +204,22 @@ def test_knn_and_torch_tsne_refuse_non_finite_points() -> None:
     ref_d, ref_i = reference.topk(2, largest=False)
     assert torch.equal(idx, ref_i)
     torch.testing.assert_close(dist.double(), ref_d, rtol=1e-5, atol=1e-5)
+
+
+def test_a_single_image_gets_every_section_ok_or_skipped_with_a_reason(tmp_path: Path) -> None:
+    """One image: the audit's label-error check needs neighbours; it failed with 'k-NN needs at
+    least two points'. Now it says n/a and why, and its metric is None (not 0: 'ok')."""
+    from conftest import make_config, write_image_folder
+    from tiny_models import tiny_net
+
+    from reportgen.api import run_report
+
+    write_image_folder(tmp_path / "images", {"a": 1})
+    torch.save(tiny_net(3).state_dict(), tmp_path / "tiny.pt")
+    result = run_report(make_config(tmp_path, {"model.weights": str(tmp_path / "tiny.pt")}))
+    statuses = {s.name: (s.status, s.reason) for s in result.sections}
+    assert all(st in ("ok", "skipped") for st, _ in statuses.values()), statuses
+    assert all(reason for st, reason in statuses.values() if st == "skipped"), statuses
+    assert result.summary["metrics"]["possible_label_errors"] is None
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "needs at least two labelled images to have neighbours" in html

@@ -249,20 +249,28 @@ class AuditAnalysis(Analysis[AuditParams]):
                     f"{min_count}–{max_count} images per class",
                 ]
             )
+            # Neighbours need features and at least two labelled images: otherwise the check
+            # is not made, and says so (never "0 possible label errors: ok").
+            why_not = (
+                "needs penultimate features (not available for this model)"
+                if res.features is None
+                else "needs at least two labelled images to have neighbours"
+                if int(known.sum()) < 2
+                else None
+            )
             suspects, majority, share = (
                 suspect_labels(res.features, res.labels, preds, min(p.k, len(res) - 1))
-                if res.features is not None
+                if why_not is None and res.features is not None
                 else ([], [], [])
             )
-            metrics["possible_label_errors"] = len(suspects)
+            metrics["possible_label_errors"] = None if why_not else len(suspects)
             checks.append(
                 [
                     "possible label errors",
-                    str(len(suspects)),
-                    "warn" if suspects else "ok",
-                    "label disagrees with the prediction and with most feature-space neighbours"
-                    if res.features is not None
-                    else "needs penultimate features (not available for this model)",
+                    "n/a" if why_not else str(len(suspects)),
+                    "n/a" if why_not else "warn" if suspects else "ok",
+                    why_not
+                    or "label disagrees with the prediction and with most feature-space neighbours",
                 ]
             )
             mistakes = (~correct).nonzero().flatten()
