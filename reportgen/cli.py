@@ -36,7 +36,7 @@ def fail_on_option(example: str) -> Callable[[Callable[..., Any]], Callable[...,
 def _fail(exc: ReportgenError) -> NoReturn:
     # One line, whatever the library's message held (users grep logs; CI shows the last line).
     click.echo(f"reportgen: error: {' '.join(str(exc).split())}", err=True)
-    sys.exit(EXIT_INPUT_ERROR)
+    sys.exit(exc.exit_code)
 
 
 def _warn(message: str) -> None:

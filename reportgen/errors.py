@@ -9,6 +9,9 @@ from collections.abc import Iterable
 class ReportgenError(Exception):
     """An input problem the user can fix. The message is shown as one line, without a traceback."""
 
+    exit_code = 2
+    """The command's exit status for this error (2: bad input, before any work)."""
+
 
 class ConfigError(ReportgenError):
     """A bad configuration key or value."""
@@ -24,6 +27,13 @@ class DataError(ReportgenError):
 
 class LayerError(ReportgenError):
     """A layer name that is not in the model."""
+
+
+class OutputWriteError(ReportgenError):
+    """The outputs could not be written (disk full, a file-size limit, an I/O error): the work
+    was done, the previous report is unchanged, and nothing of the new one replaced it."""
+
+    exit_code = 4
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:

@@ -223,3 +223,48 @@ def test_a_single_image_gets_every_section_ok_or_skipped_with_a_reason(tmp_path:
     assert result.summary["metrics"]["possible_label_errors"] is None
     html = (tmp_path / "out" / "report.html").read_text()
     assert "needs at least two labelled images to have neighbours" in html
+
+
+def test_a_write_that_hits_a_file_size_limit_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    """Disk full or a file-size limit while writing: the previous report survives, and the user
+    gets one line naming the file and the cause with its own exit code (was: a raw OSError
+    traceback and exit 1, 'a section failed')."""
+    import resource
+
+    from conftest import write_image_folder
+    from tiny_models import tiny_net
+
+    write_image_folder(tmp_path / "images", {"a": 3, "b": 3})
+    torch.save(tiny_net(3).state_dict(), tmp_path / "tiny.pt")
+    # No DataLoader workers: their shared-memory files would meet the limit first.
+    (tmp_path / "config.yaml").write_text("run: {workers: 0}\n")
+    args = [
+        sys.executable, "-m", "reportgen", "run", "--config", str(tmp_path / "config.yaml"),
+        "--model", TINY_ARCH, "--weights", str(tmp_path / "tiny.pt"),
+        "--data", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--device", "cpu",
+        "--quiet", "--format", "html", "--analyses", "filters,neighbors",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "out" / "report.html").read_bytes()
+    assert len(before) > 20_000
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    second = subprocess.run(
+        [*args, "--seed", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert second.returncode == 4, second.stderr
+    lines = [line for line in second.stderr.splitlines() if line.startswith("reportgen: error:")]
+    assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+    assert "cannot be written (the file is larger than the file-size limit)" in lines[0]
+    assert "previous outputs in that folder are unchanged" in lines[0]
+    assert (tmp_path / "out" / "report.html").read_bytes() == before
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]

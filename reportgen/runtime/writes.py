@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import suppress
 from pathlib import Path
 
+from reportgen.errors import OutputWriteError
+from reportgen.report.text import display_name
 from reportgen.runtime.interrupts import deferred_interrupts, raise_if_interrupted
 
 
@@ -27,8 +30,10 @@ def write_all_atomic(files: dict[Path, bytes | str]) -> None:
     """
     raise_if_interrupted()
     staged: list[tuple[str, Path]] = []
+    current: Path | None = None
     try:
         for path, data in files.items():
+            current = path
             payload = data.encode("utf-8") if isinstance(data, str) else data
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -43,13 +48,31 @@ def write_all_atomic(files: dict[Path, bytes | str]) -> None:
             raise_if_interrupted()  # recorded (perhaps swallowed) while staging: replace nothing
             while staged:
                 tmp, path = staged[0]
+                current = path
                 os.replace(tmp, path)
                 staged.pop(0)
-    except BaseException:
+    except BaseException as exc:
         for tmp, _ in staged:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)
+        if isinstance(exc, OSError) and current is not None:
+            raise OutputWriteError(
+                f"{display_name(str(current))}: cannot be written ({_why(exc)}); the previous "
+                "outputs in that folder are unchanged — free space, raise the limit or choose "
+                "another --out, then run again"
+            ) from None
         raise
+
+
+def _why(exc: OSError) -> str:
+    names = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EFBIG: "the file is larger than the file-size limit",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+    }
+    return names.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
 def _umask() -> int:
