@@ -150,6 +150,12 @@ class Preprocessor:
             h, w = t.shape[1:]
             scale = self.resize / min(h, w)
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            if size[0] * size[1] > MAX_RESIZED_PIXELS:
+                raise DecodeFailure(
+                    f"a {w}×{h} image would be {size[1]}×{size[0]} after resizing the shorter "
+                    f"side to {self.resize} px, over the {MAX_RESIZED_PIXELS:,}-pixel cap "
+                    "(an extreme aspect ratio); skipped"
+                )
             if size != (h, w):
                 if self.interpolation == "nearest":
                     t = F.interpolate(t[None], size=size, mode="nearest-exact")[0]
@@ -203,6 +209,11 @@ class Sample:
     input: torch.Tensor | None
     error: str | None
     sha256: str
+
+
+MAX_RESIZED_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+"""No image is resized to more pixels than Pillow agrees to decode (its decompression-bomb
+limit): a 469-byte 1×400000 PNG resized to a 32-px shorter side would be 409 megapixels."""
 
 
 class ImageDataset(torch.utils.data.Dataset[Sample]):

@@ -453,3 +453,29 @@ def test_a_file_as_the_data_folder_is_one_clear_line(tmp_path: Path, tiny_weight
     assert out.exit_code == 2
     assert out.output.count("\n") == 1 and "is a file, not a folder" in out.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_extreme_aspect_ratio_is_skipped_before_it_is_resized(tmp_path: Path) -> None:
+    """A 469-byte 1×400000 PNG made a 2.9 GB process at resize 32 (and an 80 GB allocation at
+    224): now it is skipped and listed like an unreadable image, and the run goes on."""
+    import resource
+
+    from PIL import Image
+    from tiny_models import tiny_net
+
+    from reportgen.api import run_report
+
+    write_image_folder(tmp_path / "images", {"a": 3, "b": 3})
+    strip = tmp_path / "images" / "a" / "strip.png"
+    Image.new("RGB", (400_000, 1), (200, 10, 10)).save(strip, optimize=True)
+    assert strip.stat().st_size < 2_000
+    torch.save(tiny_net(3).state_dict(), tmp_path / "tiny.pt")
+    cfg = make_config(tmp_path, {"model.weights": str(tmp_path / "tiny.pt")}, ["filters"])
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_report(cfg)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    skipped = {s["path"]: s["reason"] for s in result.summary["data"]["skipped"]}
+    assert "a/strip.png" in skipped, result.summary["data"]
+    assert "over the 89,478,485-pixel cap" in skipped["a/strip.png"]
+    assert result.summary["data"]["num_images"] == 6
+    assert grown_mb < 1_000  # the resize would have needed ~4.9 GB
