@@ -27,7 +27,11 @@ from reportgen.report.render import (
     to_json,
 )
 from reportgen.report.section import Section
-from reportgen.runtime.outdir import check_apart_from_inputs
+from reportgen.runtime.outdir import (
+    check_apart_from_inputs,
+    prepare_output_dir,
+    remove_stale_outputs,
+)
 from reportgen.runtime.writes import write_all_atomic
 from reportgen.version import __version__
 
@@ -80,10 +84,41 @@ def compare_reports(
     max_html_mb: float = 15.0,
     warn: Callable[[str], None] = lambda _m: None,
 ) -> CompareRun:
-    """Compare ``new_dir`` against ``old_dir`` and write the comparison into ``out_dir``."""
+    """Compare ``new_dir`` against ``old_dir`` and write the comparison into ``out_dir``.
+
+    The output folder gets the run's rules: apart from the inputs, checked and locked before any
+    work (a second comparison into it fails at once), written atomically, and left describing
+    this comparison only (a report.pdf of an earlier one with more formats is removed).
+    """
     check_apart_from_inputs(
         out_dir, [("the old report folder", old_dir), ("the new report folder", new_dir)]
     )
+    with prepare_output_dir(out_dir):
+        return _compare_into(
+            old_dir,
+            new_dir,
+            out_dir,
+            formats=formats,
+            gates=gates,
+            seed=seed,
+            allow_version_mismatch=allow_version_mismatch,
+            max_html_mb=max_html_mb,
+            warn=warn,
+        )
+
+
+def _compare_into(
+    old_dir: str | Path,
+    new_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    formats: Sequence[str],
+    gates: Sequence[str],
+    seed: int,
+    allow_version_mismatch: bool,
+    max_html_mb: float,
+    warn: Callable[[str], None],
+) -> CompareRun:
     old, new = read_report_folder(old_dir), read_report_folder(new_dir)
     known = known_metric_names(new.summary.get("metrics", {}), compare=True)
     parsed = parse_gates(list(gates), known, source="--fail-on")
@@ -153,6 +188,5 @@ def compare_reports(
     payloads[out / "summary.md"] = title + body.rstrip("\n") + "\n"
     out.mkdir(parents=True, exist_ok=True)
     write_all_atomic(payloads)
-    if output.get("failed"):
-        (out / "report.pdf").unlink(missing_ok=True)
+    remove_stale_outputs(out, list(payloads))  # e.g. the PDF of an earlier comparison
     return CompareRun(out, summary, [section], list(payloads), warnings)

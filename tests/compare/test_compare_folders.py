@@ -465,3 +465,24 @@ def test_compare_never_writes_into_its_inputs(pair: tuple[Path, Path], where: st
         result.output
     )
     assert {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()} == before
+
+
+def test_compare_locks_its_folder_and_leaves_no_stale_file(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A second comparison with fewer formats kept the first one's report.pdf; two at once
+    wrote over each other. compare now uses the run's output-folder rules."""
+    from reportgen.compare.report import compare_reports
+    from reportgen.runtime.outdir import OutputBusy, prepare_output_dir
+
+    old, new = pair
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "report.pdf").write_bytes(b"%PDF- an earlier comparison")
+    (out / "notes.txt").write_text("mine")
+    compare_reports(old, new, out, formats=["html"])
+    assert not (out / "report.pdf").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # only reportgen's own files go
+    assert {"report.html", "summary.json", "summary.md"} <= {p.name for p in out.iterdir()}
+    with prepare_output_dir(out), pytest.raises(OutputBusy, match="in use by another"):
+        compare_reports(old, new, out, formats=["html"])
