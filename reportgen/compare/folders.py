@@ -487,6 +487,10 @@ def compare_folders(
 # --------------------------------------------------------------------------- thumbnails
 
 
+THUMBNAIL_SOURCE_BYTES = 256 * 1024 * 1024
+"""The largest image file compare reads for a thumbnail."""
+
+
 def folder_thumbnails(root: str | Path, sha256: Mapping[str, str], size: int = 72) -> Thumbnails:
     """Thumbnails read from a data folder (for ``reportgen compare``, which loads no model).
 
@@ -494,15 +498,26 @@ def folder_thumbnails(root: str | Path, sha256: Mapping[str, str], size: int = 7
     or whose bytes changed since gives None (so a gallery never shows a different image).
     Decoding follows the run's rules (Pillow limits, EXIF orientation, first frame).
     """
-    from reportgen.loading.folders import DecodeFailure
+    from reportgen.loading.folders import DecodeFailure, read_file
     from reportgen.loading.images import decode_image
 
-    base = Path(root)
+    try:
+        base = Path(root).resolve()
+    except OSError:
+        return lambda paths: [None] * len(paths)
 
     def read(path: str) -> np.ndarray | None:
+        # The paths come from an archived predictions.csv: only regular files inside the data
+        # root, opened without blocking (a FIFO), at most THUMBNAIL_SOURCE_BYTES (/dev/zero).
         try:
-            data = (base / path).read_bytes()
-        except OSError:
+            target = (base / path).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return None
+        if base not in target.parents:
+            return None
+        try:
+            data = read_file(target, max_bytes=THUMBNAIL_SOURCE_BYTES)
+        except DecodeFailure:
             return None
         if hashlib.sha256(data).hexdigest() != sha256.get(path):
             return None

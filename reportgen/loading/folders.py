@@ -530,13 +530,19 @@ def _open_regular(path: Path) -> int:
     return fd
 
 
-def read_file(path: Path) -> bytes:
+def read_file(path: Path, max_bytes: int | None = None) -> bytes:
     """The bytes of a regular file. Raises :class:`DecodeFailure` with the reason.
 
     A file the process may not read (no permission), or that is not a regular file, is a failure
     with the reason, like a corrupt image: skipped and listed, never an exception that ends the run.
+    ``max_bytes``: a larger file is a failure too, found before reading it.
     """
     fd = _open_regular(path)
+    if max_bytes is not None:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            os.close(fd)
+            raise DecodeFailure(f"{size:,} bytes, more than the {max_bytes:,} allowed")
     try:
         with os.fdopen(fd, "rb") as f:
             return f.read()

@@ -486,3 +486,36 @@ def test_compare_locks_its_folder_and_leaves_no_stale_file(
     assert {"report.html", "summary.json", "summary.md"} <= {p.name for p in out.iterdir()}
     with prepare_output_dir(out), pytest.raises(OutputBusy, match="in use by another"):
         compare_reports(old, new, out, formats=["html"])
+
+
+def test_thumbnails_read_only_regular_files_inside_the_data_root(tmp_path: Path) -> None:
+    """predictions.csv is archived input: '../x', '/dev/zero' and a FIFO were read (until
+    MemoryError, or forever). Only regular files inside the root with the matched SHA-256."""
+    import hashlib
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from reportgen.compare.folders import folder_thumbnails
+
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(root / "a" / "ok.png")
+    Image.fromarray(np.full((8, 8, 3), 50, np.uint8)).save(tmp_path / "outside.png")
+    os.mkfifo(root / "a" / "pipe.png")
+    (root / "a" / "escape.png").symlink_to(tmp_path / "outside.png")
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    shas = {
+        "a/ok.png": digest(root / "a" / "ok.png"),
+        "../outside.png": digest(tmp_path / "outside.png"),
+        "a/escape.png": digest(tmp_path / "outside.png"),
+        "/dev/zero": "0" * 64,
+        "a/pipe.png": "0" * 64,
+    }
+    thumbs = folder_thumbnails(root, shas)(list(shas))
+    assert thumbs[0] is not None and thumbs[0].shape[:2] == (8, 8)
+    assert thumbs[1:] == [None, None, None, None]
