@@ -438,6 +438,56 @@ def load_config(
     return cfg
 
 
+def validate_preprocess(
+    p: PreprocessConfig, sources: Mapping[str, str] | None = None, channels: int | None = None
+) -> None:
+    """The preprocessing values' checks, for the config and again once the model's metadata
+    (timm's pretrained_cfg, a preprocessor_config.json) filled in what the config left open:
+    ``sources``: key -> where the value came from, named in the message (a value the metadata
+    gave is the metadata's fault, not the config's). ``channels``: the model's input channels."""
+
+    def name(key: str) -> str:
+        src = (sources or {}).get(key)
+        if src and src not in ("config", "reportgen default"):
+            return f"preprocess.{key} (from the model's metadata: {src})"
+        return f"preprocess.{key}"
+
+    def fix(key: str) -> str:
+        src = (sources or {}).get(key)
+        if src and src not in ("config", "reportgen default"):
+            return f"; set preprocess.{key} to override it"
+        return ""
+
+    for key in ("resize", "crop"):
+        v = getattr(p, key)
+        if v is not None and not 1 <= v <= MAX_SIDE:
+            raise ConfigError(
+                f"{name(key)} must be between 1 and {MAX_SIDE} pixels or null (got {v}){fix(key)}"
+            )
+    for key in ("mean", "std"):
+        values = getattr(p, key)
+        if not values:
+            raise ConfigError(f"{name(key)} is empty; give one value per input channel{fix(key)}")
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise ConfigError(f"{name(key)} must hold finite numbers (got {values}){fix(key)}")
+        if (
+            channels is not None
+            and len(values) not in (1, channels)
+            and not (channels == 1 and len(values) == 3)
+        ):
+            raise ConfigError(
+                f"{name(key)} has {len(values)} values but the model takes {channels} input "
+                f"channel(s); give {channels} value(s){fix(key)}"
+            )
+    if len(p.mean) != len(p.std):
+        raise ConfigError(
+            f"{name('mean')} and {name('std')} must be lists of the same length "
+            f"(got {len(p.mean)} and {len(p.std)}){fix('mean') or fix('std')}"
+        )
+    if any(s <= 0 for s in p.std):
+        raise ConfigError(f"{name('std')} values must be positive (got {p.std}){fix('std')}")
+
+
 def validate(cfg: Config) -> None:
     """Value checks that the types alone do not express."""
     m, d, p, r, o = cfg.model, cfg.data, cfg.preprocess, cfg.run, cfg.output
@@ -463,16 +513,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.max_images must be at least 1")
     if isinstance(d.queries, int) and d.queries < 0:
         raise ConfigError("data.queries must be 0 or more")
-    for key in ("resize", "crop"):
-        v = getattr(p, key)
-        if v is not None and not 1 <= v <= MAX_SIDE:
-            raise ConfigError(
-                f"preprocess.{key} must be between 1 and {MAX_SIDE} pixels or null (got {v})"
-            )
-    if len(p.mean) != len(p.std) or not p.mean:
-        raise ConfigError("preprocess.mean and preprocess.std must be lists of the same length")
-    if any(s <= 0 for s in p.std):
-        raise ConfigError("preprocess.std values must be positive")
+    validate_preprocess(p)
     if not 1 <= p.pixel_size <= 256:
         raise ConfigError(f"preprocess.pixel_size must be between 1 and 256 (got {p.pixel_size})")
     if not 0 <= r.seed < 2**64:

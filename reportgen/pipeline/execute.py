@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from reportgen.compare.present import SECTION_NAME, TITLE
-from reportgen.config import Config
+from reportgen.config import Config, validate_preprocess
 from reportgen.contract import (
     Analysis,
     AnalysisContext,
@@ -198,6 +198,11 @@ class Pipeline:
         for message in self.resolved.warnings:
             self._warn(message)
         effective = self.resolved.config
+        # Metadata values meet the same checks as config values, before any work, and the
+        # message names the file and key they came from.
+        validate_preprocess(
+            effective.preprocess, self.resolved.preprocess_sources, model.in_channels
+        )
         baseline = load_baseline(cfg)
         for m in (model, baseline):
             if m is None:

@@ -559,3 +559,40 @@ def test_extract_logits_of_a_real_transformers_output() -> None:
     with torch.no_grad():
         assert torch.equal(wrapped(x), out.logits)
     assert isinstance(wrapped, nn.Module)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("image_std", [0.2, 0.0, 0.3], "preprocess.std (from the model's metadata: "),
+        ("image_mean", [0.4, float("nan"), 0.5], "must hold finite numbers"),
+        ("image_mean", [0.4, 0.5], "image_mean) has 2 values but the model takes 3"),
+        ("size", {"height": 60000, "width": 60000}, "between 1 and 4096 pixels"),
+    ],
+)
+def test_metadata_values_are_validated_like_config_values(
+    tmp_path: Path, key: str, value: Any, message: str
+) -> None:
+    """std 0, a NaN mean, a 60000-px size or a 2-value mean from preprocessor_config.json used
+    to bypass the validator (a 43 GB allocation, or the 2-value mean blamed on
+    preprocess.mean): now one line naming the metadata file and key, exit 2, before the pass."""
+    from click.testing import CliRunner
+    from conftest import write_image_folder
+
+    from reportgen.cli import cli
+
+    folder = tiny_hf_vit_folder(tmp_path / "pets-vit")
+    proc = folder / "preprocessor_config.json"
+    data = json.loads(proc.read_text())
+    data[key] = value
+    proc.write_text(json.dumps(data))
+    write_image_folder(tmp_path / "images", {"cat": 2, "dog": 2, "fox": 2})
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--model", str(folder), "--data", str(tmp_path / "images"),
+         "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet", "--analyses", "filters"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.output, result.output
+    assert "preprocessor_config.json" in result.output
+    assert not (tmp_path / "out" / "summary.json").exists()
