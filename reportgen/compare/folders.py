@@ -107,6 +107,23 @@ def _read_summary(folder: Path) -> dict[str, Any]:
             )
     if not all(isinstance(c, str) for c in data["class_names"]):
         raise _fail(path, "data.class_names must be a list of strings")
+    # What compare reads besides data: the shape of each, checked here once (not a traceback
+    # deep inside the comparison).
+    for key in ("model", "metrics", "run", "provenance"):
+        if key in summary and not isinstance(summary[key], dict):
+            raise _fail(
+                path,
+                f"{key} is a {type(summary[key]).__name__}, not an object; the file is damaged "
+                "or from another tool",
+            )
+    model = summary.get("model", {})
+    for key in ("arch", "sha256"):
+        if key in model and model[key] is not None and not isinstance(model[key], str):
+            raise _fail(path, f"model.{key} is not a string; the file is damaged")
+    metrics = summary.get("metrics", {})
+    bad = [k for k, v in metrics.items() if not (v is None or isinstance(v, int | float | str))]
+    if bad:
+        raise _fail(path, f"metrics.{bad[0]} is not a number, text or null; the file is damaged")
     return summary
 
 
@@ -160,6 +177,12 @@ def _read_arrays(folder: Path, ps: PredictionSet) -> dict[str, np.ndarray] | Non
     if feats is not None and (feats.ndim != 2 or feats.shape[0] != len(ps)):
         raise _fail(
             path, f"features have shape {feats.shape}, expected {len(ps)} rows (one per image)"
+        )
+    if feats is not None and feats.size and not bool(np.isfinite(feats).any()):
+        raise _fail(
+            path,
+            "features are NaN or infinite everywhere; nothing to compare them by — delete "
+            "arrays.npz to compare predictions only, or re-run `reportgen run`",
         )
     return out
 

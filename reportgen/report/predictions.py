@@ -224,12 +224,22 @@ class _BadRow(Exception):
     pass
 
 
+MAX_CLASS_INDEX = 1_000_000
+"""No classifier reportgen reads has more outputs; a larger index is a damaged file (a class
+index of 10^10 would otherwise build a 10^10-entry class list)."""
+
+
 def _parse_int(text: str, column: str, minimum: int) -> int:
-    if not re.fullmatch(r"-?\d+", text):
-        raise _BadRow(f"{column} {text!r} is not a whole number")
+    if not re.fullmatch(r"-?\d+", text) or len(text) > 12:
+        raise _BadRow(f"{column} {text[:20]!r} is not a whole number of at most 12 digits")
     value = int(text)
     if value < minimum:
         raise _BadRow(f"{column} {value} is below {minimum}")
+    if value >= MAX_CLASS_INDEX:
+        raise _BadRow(
+            f"{column} {value} is not a class index (at most {MAX_CLASS_INDEX - 1:,}); "
+            "the file is damaged"
+        )
     return value
 
 

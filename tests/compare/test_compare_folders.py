@@ -519,3 +519,45 @@ def test_thumbnails_read_only_regular_files_inside_the_data_root(tmp_path: Path)
     thumbs = folder_thumbnails(root, shas)(list(shas))
     assert thumbs[0] is not None and thumbs[0].shape[:2] == (8, 8)
     assert thumbs[1:] == [None, None, None, None]
+
+
+def test_damaged_archives_are_one_line_before_any_work(pair: tuple[Path, Path]) -> None:
+    """A class index of 10^10 built a 10^10-entry list; "model": "resnet" or "metrics": 5 in
+    summary.json ended in a traceback; all-NaN features were compared as numbers."""
+    old, new = pair
+    good = (new / "summary.json").read_text(encoding="utf-8")
+    for key, value, message in [
+        ("model", "resnet", "model is a str, not an object"),
+        ("metrics", 5, "metrics is a int, not an object"),
+    ]:
+        damaged = json.loads(good)
+        damaged[key] = value
+        (new / "summary.json").write_text(json.dumps(damaged), encoding="utf-8")
+        assert message in _error(old, new)
+    damaged = json.loads(good)
+    damaged["metrics"] = {"accuracy": [1, 2]}
+    (new / "summary.json").write_text(json.dumps(damaged), encoding="utf-8")
+    assert "metrics.accuracy is not a number, text or null" in _error(old, new)
+    (new / "summary.json").write_text(good, encoding="utf-8")
+
+    csv_text = (new / "predictions.csv").read_text(encoding="utf-8")
+    lines = csv_text.splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("prediction")] = "10000000000"
+    (new / "predictions.csv").write_text(
+        "\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n", encoding="utf-8"
+    )
+    assert "prediction 10000000000 is not a class index" in _error(old, new)
+
+
+def test_all_nan_features_are_refused(tmp_path: Path) -> None:
+    paths = ["a.png", "b.png"]
+    shas = [sha(p) for p in paths]
+    ids = np.array(paths, dtype=np.str_)
+    old = write_report(
+        tmp_path / "old", paths, shas, [0, 1], ["p", "q"], onehot([0, 1], 2),
+        arrays={"dataset_ids": ids, "features": np.full((2, 4), np.nan, np.float32)},
+    )  # fmt: skip
+    new = write_report(tmp_path / "new", paths, shas, [0, 1], ["p", "q"], onehot([0, 1], 2))
+    assert "features are NaN or infinite everywhere" in _error(old, new)
