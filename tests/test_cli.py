@@ -307,3 +307,20 @@ def test_labels_lists_that_would_shift_classes_are_input_errors(project: Path) -
     assert result.exit_code == 0, result.output
     summary = json.loads((project / "out" / "summary.json").read_text())
     assert summary["data"]["class_names"] == ["a", "b", "c"]
+
+
+def test_a_trusted_half_precision_checkpoint_runs_in_float32(project: Path) -> None:
+    """An fp16 whole-model checkpoint was told to 'set preprocess.resize and preprocess.crop';
+    its weights are now converted to float32, and the run says so."""
+    import torch
+    from tiny_models import tiny_net
+
+    torch.save(tiny_net(3).half(), project / "half.pt")
+    result = invoke(
+        "run", "--checkpoint", str(project / "half.pt"), "--trust-checkpoint",
+        "--data", str(project / "images"), "--out", str(project / "out"),
+        *SMALL, "--analyses", "filters,neighbors",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((project / "out" / "summary.json").read_text())
+    assert any("float16; they were converted to float32" in w for w in summary["warnings"])

@@ -136,10 +136,12 @@ def check_model_output(
     except Exception as exc:
         msg = " ".join(str(exc).split())[:200]
         raise CheckpointError(
-            f"the model cannot run on a batch of {in_channels}×{h}×{w} inputs "
-            f"({type(exc).__name__}: {msg}); set preprocess.resize and preprocess.crop to the "
-            "input size it was trained on (and model.in_channels if it is not read from the "
-            "first convolution)"
+            f"the model cannot run on a batch of {in_channels}×{h}×{w} inputs (a batch of 2 "
+            f"images; {type(exc).__name__}: {msg}); set preprocess.resize and "
+            "preprocess.crop to the input size it was trained on (and model.in_channels if "
+            "it is not read from the first convolution) — or, if it was traced or exported "
+            "for one fixed batch size, it cannot take the batches reportgen makes: export it "
+            "with a dynamic batch dimension"
         ) from None
     warnings: list[str] = []
     described = describe_output(output)

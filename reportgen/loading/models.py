@@ -7,6 +7,7 @@ folder or a Hugging Face ``save_pretrained`` folder (see :mod:`reportgen.loading
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -273,13 +274,43 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     # Exported programs are switched to inference when loaded (ExportedModule); eval() is then
     # a no-op on them but keeps every kind on the same path.
     module.eval()
+    half = _to_float32(module)
     for p in module.parameters():
         p.requires_grad_(False)
     if in_ch not in (1, 3):
         raise CheckpointError(f"the model takes {in_ch} input channels; reportgen supports 1 or 3")
     loaded = LoadedModel(module, arch, kind, sha, source, num_classes, in_ch, family, hub)
-    loaded.metadata = model_metadata(cfg.arch, loaded)
+    meta = model_metadata(cfg.arch, loaded)
+    if half:
+        meta = dataclasses.replace(
+            meta,
+            notes=(
+                *meta.notes,
+                f"the checkpoint's weights are {half}; they were converted to float32, the "
+                "precision every section computes in (predictions may differ from the "
+                "half-precision model's in the last digits)",
+            ),
+        )
+    loaded.metadata = meta
     return loaded
+
+
+def _to_float32(module: nn.Module) -> str | None:
+    """Half-precision weights (a trusted fp16/bf16 whole-model checkpoint) to float32, since
+    every input the tool makes is float32; returns what they were, or None. Scripted and
+    exported graphs keep their types (their code may cast)."""
+    if isinstance(module, torch.jit.ScriptModule) or not isinstance(module, nn.Module):
+        return None
+    kinds = sorted(
+        {str(t.dtype).removeprefix("torch.") for t in module.parameters()} & {"float16", "bfloat16"}
+    )
+    if not kinds:
+        return None
+    try:
+        module.float()
+    except (RuntimeError, TypeError):
+        return None
+    return " and ".join(kinds)
 
 
 def _weights_source(path: Path | None, kind: str) -> str | None:

@@ -264,7 +264,7 @@ def test_a_model_that_cannot_run_on_the_input_size() -> None:
     fixed = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 30 * 30, 3)).eval()
     with pytest.raises(
         CheckpointError,
-        match=r"cannot run on a batch of 3×16×16 inputs \(RuntimeError: .*set preprocess\.resize",
+        match=r"cannot run on a batch of 3×16×16 inputs \(a batch of 2 images; RuntimeError: .*set preprocess\.resize.*fixed batch size",
     ):
         check_model_output(fixed, 3, 16, 3)
     assert check_model_output(fixed, 3, 32, 3) == []
