@@ -215,6 +215,16 @@ class Pipeline:
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
         check_uniform_size(folder, pre.resize, pre.crop)  # one size, or what to set: before work
         self._check_model(model, folder, pre)
+        if baseline is not None:
+            # The baseline gets the model's checks, on the inputs made for the model.
+            self._check_model(baseline, folder, pre, "baseline", channels=model.in_channels)
+            if baseline.num_classes != model.num_classes:
+                self._warn(
+                    f"baseline: it has {baseline.num_classes} outputs but the model has "
+                    f"{model.num_classes}: the comparison pairs classes by index, so classes "
+                    "past the shorter head have no counterpart; check that the two models "
+                    "predict the same classes"
+                )
         layout = token_layout(model, pre)
         if pre.crop and layout is None:  # a transformer's token outputs are read on their grid
             check_spatial_layers(cfg, model, self.registry, (pre.crop, pre.crop))
@@ -275,24 +285,40 @@ class Pipeline:
                 "name per output, in output order"
             )
 
-    def _check_model(self, model: LoadedModel, folder: DataFolder, pre: Preprocessor) -> None:
-        """What can be told about the model before the pass: its output is N×classes logits
+    def _check_model(
+        self,
+        model: LoadedModel,
+        folder: DataFolder,
+        pre: Preprocessor,
+        role: str = "model",
+        channels: int | None = None,
+    ) -> None:
+        """What can be told about a model before the pass: its output is N×classes logits
         (a ``(features, logits)`` model is made to return its logits), its weights are finite,
-        it is in eval mode, and it was given weights at all."""
+        it is in eval mode, and it was given weights at all. The same checks for the baseline
+        (``role="baseline"``, on the inputs made for the model: ``channels``), its messages
+        naming it."""
+        prefix = "" if role == "model" else f"{role}: "
         size = input_size(folder, pre)
         if size is not None and model.supports_hooks:
-            for message in check_model_output(
-                model.module, model.in_channels, size, model.num_classes
-            ):
-                self._warn(message)
+            try:
+                found = check_model_output(
+                    model.module, channels or model.in_channels, size, model.num_classes
+                )
+            except ReportgenError as exc:
+                raise type(exc)(f"{prefix}{exc}") from None
+            for message in found:
+                self._warn(prefix + message)
         bad = nonfinite_parameters(model.module)
         if bad:
             self._warn(
-                "the model's weights are not finite (" + "; ".join(bad[:3]) + "): every "
-                "number in this report is unreliable; check the checkpoint"
+                f"{prefix}the {role}'s weights are not finite (" + "; ".join(bad[:3]) + "): "
+                f"every number computed from them is unreliable; check the {role}'s checkpoint"
             )
         for message in train_mode_modules(model.module):
-            self._warn(message)
+            self._warn(prefix + message)
+        if role != "model":
+            return
         if model.kind == "state_dict" and model.source is None:
             self._warn(
                 f"no weights were given: {model.arch} is randomly initialised, so this report "

@@ -221,3 +221,63 @@ def test_compare_bad_folders_are_one_line_errors(
     )
     assert result.exit_code == 2 and "predictions.csv" in result.output
     assert not (tmp_path / "c").exists()
+
+
+def test_the_baseline_gets_the_models_checks(
+    tmp_path: Path, two_models: tuple[Path, Path, Path]
+) -> None:
+    """A (features, logits) baseline had its features scored as logits (accuracy 0, McNemar
+    p 4e-9 for identical weights); NaN weights, a head of another size and a baseline that
+    cannot take the model's inputs passed without a word or ended in a traceback."""
+    from conftest import TESTS
+
+    images, _old, new = two_models
+    (tmp_path / "tuple_models.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "from tiny_models import TinyNet\n"
+        "import torch\n"
+        "class Pair(TinyNet):\n"
+        "    def forward(self, x):\n"
+        "        out = super().forward(x)\n"
+        "        return torch.zeros(len(x), 7), out\n"
+        "def pair(num_classes=3):\n"
+        "    return Pair(num_classes)\n"
+    )
+    arch = f"{tmp_path / 'tuple_models.py'}:pair"
+    same = run(
+        tmp_path, images, new, "same", "--baseline-model", arch, "--baseline-weights", str(new)
+    )
+    assert same.exit_code == 0, same.output
+    summary = json.loads((tmp_path / "same" / "summary.json").read_text())
+    # Identical weights: the logits element was taken, so the baseline scores as the model.
+    assert summary["compare"]["accuracy_baseline"] == pytest.approx(summary["metrics"]["accuracy"])
+    assert any(w.startswith("baseline: ") for w in summary["warnings"])  # which element
+
+    broken = tiny_net(3)
+    with torch.no_grad():
+        broken.fc2.bias[1] = float("nan")
+    torch.save(broken.state_dict(), tmp_path / "nan.pt")
+    result = run(tmp_path, images, new, "nan", "--baseline-weights", str(tmp_path / "nan.pt"))
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert any("baseline: the baseline's weights are not finite" in w for w in summary["warnings"])
+
+    torch.save(tiny_net(5).state_dict(), tmp_path / "five.pt")
+    result = run(tmp_path, images, new, "five", "--baseline-weights", str(tmp_path / "five.pt"))
+    summary = json.loads((tmp_path / "five" / "summary.json").read_text())
+    assert any("baseline: it has 5 outputs but the model has 3" in w for w in summary["warnings"])
+
+    gray = f"{TESTS / 'tiny_models.py'}:tiny_gray_net"
+    torch.save(tiny_net(3).state_dict(), tmp_path / "rgb.pt")
+    cfg_gray = [
+        "--baseline-model", TINY_ARCH, "--baseline-weights", str(tmp_path / "rgb.pt"),
+    ]  # fmt: skip
+    from tiny_models import tiny_gray_net
+
+    torch.save(tiny_gray_net(3).state_dict(), tmp_path / "gray.pt")
+    result = invoke(
+        "run", "--model", gray, "--weights", str(tmp_path / "gray.pt"), "--data", str(images),
+        "--out", str(tmp_path / "gray"), "--device", "cpu", *FAST, *cfg_gray,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("reportgen: error: baseline: the model cannot run")
