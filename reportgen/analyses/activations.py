@@ -99,8 +99,9 @@ class ActivationsAnalysis(Analysis[ActivationsParams]):
             raise SkipSection(
                 "the model has no conv layers; list layers under analyses.activations.layers"
             )
-        queries = ctx.queries[: p.max_queries]
-        inputs = ctx.load_inputs(queries)
+        batch = ctx.query_batch()  # the queries as read once, a file changed since left out
+        queries = batch.positions[: p.max_queries]
+        inputs = batch.inputs[: p.max_queries]
         try:
             outputs = layer_outputs(model, layers, inputs, ctx.batch_size)
         except LayerNotCalled as exc:

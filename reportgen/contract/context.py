@@ -16,7 +16,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
+from reportgen.contract.analysis import SkipSection
 from reportgen.contract.passes import PassResult
+from reportgen.errors import DataError
 from reportgen.loading.folders import DataFolder
 from reportgen.loading.images import ImageDataset, Preprocessor, to_display
 from reportgen.loading.models import extract_logits
@@ -78,6 +80,16 @@ class QueryBatch:
 @dataclass
 class _QueryCache:
     batch: QueryBatch | None = None
+    shas: dict[str, str] | None = None
+    """Relative path -> the SHA-256 the dataset pass read (built on first use)."""
+    changed: list[str] = field(default_factory=list)
+    """Images whose bytes changed between the pass and a re-read (display paths)."""
+    for_queries: list[int] | None = None
+    """The query positions ``batch`` was read for."""
+
+
+class ChangedFile(DataError):
+    """An image re-read after the dataset pass is not the one the pass read."""
 
 
 @dataclass
@@ -143,16 +155,42 @@ class AnalysisContext:
             return names[index]
         return str(index) if index >= 0 else "—"
 
+    def read_checked(self, position: int) -> torch.Tensor:
+        """Re-read one image, preprocessed, checking its bytes against the SHA-256 the dataset
+        pass recorded: a file replaced during the run raises :class:`ChangedFile` naming it
+        (its prediction, hash and neighbours are the old picture's)."""
+        cache = self._queries_cache
+        if cache.shas is None:
+            cache.shas = {rel: sha for rel, _, sha in self.pass_result.manifest}
+        x, digest = self.dataset.read(self.pass_result.item_index[position])
+        expected = cache.shas.get(self.image_id(position))
+        if expected and digest != expected:
+            shown = self.relpath(position)
+            if shown not in cache.changed:
+                cache.changed.append(shown)
+            raise ChangedFile(
+                f"{shown}: changed since the dataset pass (its SHA-256 is not the one the "
+                "pass recorded); it is left out — re-run the report so that every section "
+                "sees the same image"
+            )
+        return x
+
+    @property
+    def changed_files(self) -> list[str]:
+        """Images found changed on a re-read (left out where they were re-read)."""
+        return list(self._queries_cache.changed)
+
     def load_inputs(self, positions: Sequence[int]) -> torch.Tensor:
-        """Re-read and preprocess these images (normalised model inputs, on the device)."""
-        xs = [self.dataset.read(self.pass_result.item_index[p])[0] for p in positions]
+        """Re-read and preprocess these images (normalised model inputs, on the device);
+        raises :class:`ChangedFile` for a file replaced since the pass."""
+        xs = [self.read_checked(p) for p in positions]
         return torch.stack(xs).to(self.device)
 
     def display_images(self, positions: Sequence[int], size: int | None = None) -> list[np.ndarray]:
         """The images as the model saw them (after resize/crop), H×W×3 uint8, longer side ``size``."""
         out = []
         for p in positions:
-            x, _ = self.dataset.read(self.pass_result.item_index[p])
+            x = self.read_checked(p)
             img = self.preprocessor.denormalise(x).clamp(0, 1)
             if size is not None and max(img.shape[1:]) != size:
                 h, w = img.shape[1:]
@@ -179,18 +217,32 @@ class AnalysisContext:
 
     def query_batch(self) -> QueryBatch:
         """The query images and their targets, read once per run and shared by the analyses."""
-        cached = self._queries_cache.batch
-        if cached is not None and cached.positions == list(self.queries):
-            return cached
-        positions = list(self.queries)
+        cache = self._queries_cache
+        if cache.batch is not None and cache.for_queries == list(self.queries):
+            return cache.batch
+        # A query replaced since the pass is left out (and listed in the run's warnings).
+        positions: list[int] = []
+        xs: list[torch.Tensor] = []
+        for p in self.queries:
+            try:
+                xs.append(self.read_checked(p))
+            except ChangedFile:
+                continue
+            positions.append(p)
+        if self.queries and not positions:
+            raise SkipSection(
+                "every query image changed since the dataset pass ("
+                + ", ".join(cache.changed[:3])
+                + "); re-run the report"
+            )
         if positions:
-            inputs = self.load_inputs(positions).float()
+            inputs = torch.stack(xs).to(self.device).float()
             targets = self.targets(positions).to(self.device)
         else:
             inputs = torch.empty(0, device=self.device)
             targets = torch.empty(0, dtype=torch.long, device=self.device)
         batch = QueryBatch(positions, [self.image_id(p) for p in positions], inputs, targets)
-        self._queries_cache.batch = batch
+        cache.batch, cache.for_queries = batch, list(self.queries)
         return batch
 
     # ------------------------------------------------------------------ shared maps

@@ -519,6 +519,13 @@ class Pipeline:
                     f"{name}: {self.timings['analyses'][name]:.1f} s; about {left:.0f} s left"
                 )
         ordered = [sections[name] for name, _ in plan.analyses]
+        for shown in prepared.context.changed_files:
+            self._warn(
+                f"{shown} changed during the run (its bytes are not the ones the dataset pass "
+                "read): it is left out of the per-image sections that re-read it; re-run the "
+                "report"
+            )
+        self._tell()
 
         ctx = prepared.context
         compare: dict[str, Any] | None = None

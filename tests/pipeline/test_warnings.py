@@ -143,3 +143,38 @@ def summary_predictions(path: Path) -> list[dict[str, str]]:
 
     with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def test_a_query_replaced_during_the_run_is_left_out_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query image replaced between the pass and the re-read was explained as the new
+    picture beside the old prediction and hash. Now every re-read checks the SHA-256 the pass
+    recorded: the file is left out of the per-image sections and named in the warnings."""
+    from PIL import Image
+
+    from reportgen.pipeline import execute
+
+    write_image_folder(tmp_path / "images", {"a": 4, "b": 4, "c": 4})
+    torch.save(tiny_net(3).state_dict(), tmp_path / "w.pt")
+    real = execute.select_queries
+    replaced: list[str] = []
+
+    def select_then_replace(result: Any, folder: Any, spec: Any, seed: int) -> list[int]:
+        queries = real(result, folder, spec, seed)
+        item = folder.items[result.item_index[queries[0]]]
+        Image.new("RGB", (40, 40), (0, 0, 0)).save(item.path)  # another picture, same name
+        replaced.append(item.relpath)
+        return queries
+
+    monkeypatch.setattr(execute, "select_queries", select_then_replace)
+    summary = run(
+        tmp_path,
+        {"model.weights": str(tmp_path / "w.pt")},
+        ["activations", "occlusion", "saliency"],
+    )
+    assert any(f"{replaced[0]} changed during the run" in w for w in summary["warnings"])
+    statuses = {s["name"]: s["status"] for s in summary["sections"]}
+    assert statuses == {"activations": "ok", "occlusion": "ok", "saliency": "ok"}
+    arrays = np.load(tmp_path / "out" / "arrays.npz")
+    assert replaced[0] not in arrays["image_ids"].tolist()  # not among the explained queries
