@@ -30,27 +30,20 @@ from reportgen.contract import (
     SetupContext,
     SkipSection,
 )
-from reportgen.errors import DataError, ReportgenError
+from reportgen.errors import ReportgenError
 from reportgen.loading.folders import (
     DataFolder,
     check_uniform_size,
-    image_size,
-    output_size,
-    read_labels,
     scan_folder,
 )
 from reportgen.loading.images import ImageDataset, Preprocessor
-from reportgen.loading.model_checks import (
-    check_model_output,
-    nonfinite_parameters,
-    train_mode_modules,
-)
 from reportgen.loading.models import load_model
 from reportgen.loading.types import LoadedModel
 from reportgen.methods.vit import TokenLayout, describe_vit
 from reportgen.pipeline import cost, distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.calibration import Throughput, calibrate
+from reportgen.pipeline.checks import check_label_count, check_model, check_outputs, input_size
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
 from reportgen.pipeline.metadata import Resolved, apply_metadata
@@ -132,15 +125,6 @@ def token_layout(model: LoadedModel, pre: Preprocessor) -> TokenLayout | None:
         return None
 
 
-def input_size(folder: DataFolder, pre: Preprocessor) -> tuple[int, int] | None:
-    """(height, width) the model gets: the crop, else the first readable image resized."""
-    if pre.crop:
-        return pre.crop, pre.crop
-    first = next((it for it in folder.items if image_size(it.path)), None)
-    hw = image_size(first.path) if first is not None else None
-    return output_size(hw, pre.resize, None) if hw else None
-
-
 class _NotMainRank(Exception):
     """Raised inside a torchrun rank other than 0 once its shard of the pass is gathered."""
 
@@ -211,13 +195,15 @@ class Pipeline:
             if device.type == "cuda":
                 m.module.to(memory_format=torch.channels_last)
         folder = scan_folder(effective.data)
-        self._check_label_count(model, effective.data.labels)
+        check_label_count(model, effective.data.labels, self.config.data.labels)
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
         check_uniform_size(folder, pre.resize, pre.crop)  # one size, or what to set: before work
-        self._check_model(model, folder, pre)
+        check_model(self._warn, self.config, model, folder, pre)
         if baseline is not None:
             # The baseline gets the model's checks, on the inputs made for the model.
-            self._check_model(baseline, folder, pre, "baseline", channels=model.in_channels)
+            check_model(
+                self._warn, self.config, baseline, folder, pre, "baseline", model.in_channels
+            )
             if baseline.num_classes != model.num_classes:
                 self._warn(
                     f"baseline: it has {baseline.num_classes} outputs but the model has "
@@ -247,7 +233,7 @@ class Pipeline:
         pass_result = self._dataset_pass(model, dataset, device, collectors, baseline)
         self.timings["dataset_pass"] = perf_counter() - t
         raise_if_interrupted()
-        self._check_outputs(pass_result, folder)
+        check_outputs(self._warn, pass_result, folder)
         self._check_accuracy(pass_result, folder)
         self._tell()
 
@@ -271,64 +257,6 @@ class Pipeline:
             backward_batch=self.throughput.backward_batch,
         )
         return Prepared(context, plan, collectors, baseline)
-
-    def _check_label_count(self, model: LoadedModel, labels: str | list[str] | None) -> None:
-        """data.labels names the model's outputs in order: one name per output, or the names
-        cannot be the outputs (extra names pass as classes nothing predicts, missing ones leave
-        outputs unnamed). Class names from the model's own metadata are the model's."""
-        if self.config.data.labels is None or labels is None:
-            return
-        names, k = len(read_labels(labels) or []), model.num_classes
-        if names != k:
-            raise DataError(
-                f"data.labels has {names} class names but the model has {k} outputs; give one "
-                "name per output, in output order"
-            )
-
-    def _check_model(
-        self,
-        model: LoadedModel,
-        folder: DataFolder,
-        pre: Preprocessor,
-        role: str = "model",
-        channels: int | None = None,
-    ) -> None:
-        """What can be told about a model before the pass: its output is N×classes logits
-        (a ``(features, logits)`` model is made to return its logits), its weights are finite,
-        it is in eval mode, and it was given weights at all. The same checks for the baseline
-        (``role="baseline"``, on the inputs made for the model: ``channels``), its messages
-        naming it."""
-        prefix = "" if role == "model" else f"{role}: "
-        size = input_size(folder, pre)
-        if size is not None and model.supports_hooks:
-            try:
-                found = check_model_output(
-                    model.module, channels or model.in_channels, size, model.num_classes
-                )
-            except ReportgenError as exc:
-                raise type(exc)(f"{prefix}{exc}") from None
-            for message in found:
-                self._warn(prefix + message)
-        bad = nonfinite_parameters(model.module)
-        if bad:
-            self._warn(
-                f"{prefix}the {role}'s weights are not finite (" + "; ".join(bad[:3]) + "): "
-                f"every number computed from them is unreliable; check the {role}'s checkpoint"
-            )
-        for message in train_mode_modules(model.module):
-            self._warn(prefix + message)
-        if role != "model":
-            return
-        if model.kind == "state_dict" and model.source is None:
-            self._warn(
-                f"no weights were given: {model.arch} is randomly initialised, so this report "
-                "describes an untrained network (pass --weights FILE to report on your model)"
-            )
-        if self.config.model.checkpoint and self.config.model.arch:
-            self._warn(
-                f"model.arch ({self.config.model.arch}) is ignored with a whole-model checkpoint; "
-                f"the report records the checkpoint's own class, {model.arch}"
-            )
 
     def _check_classes(self, model: LoadedModel, folder: DataFolder) -> None:
         """Can the class folders be the model's outputs? Say so loudly when they cannot."""
@@ -361,20 +289,6 @@ class Pipeline:
                 "the other label checks are only right if the folders are exactly the model's "
                 f"first {folders} classes in that order; set data.labels to say which they are"
             )
-
-    def _check_outputs(self, pass_result: PassResult, folder: DataFolder) -> None:
-        """Images whose logits are NaN or infinite: counted, named, left out of every metric."""
-        bad = (~pass_result.finite).nonzero().flatten().cpu().tolist()
-        if not bad:
-            return
-        names = ", ".join(folder.items[pass_result.item_index[i]].display for i in bad[:3])
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        self._warn(
-            f"the model's outputs are not finite (NaN or Inf) on {len(bad)} of "
-            f"{len(pass_result)} images ({names}{more}): they have no prediction or confidence, "
-            "so accuracy, calibration and the label checks leave them out (summary.json "
-            "data.num_nonfinite_outputs)"
-        )
 
     def _check_accuracy(self, pass_result: PassResult, folder: DataFolder) -> None:
         """Accuracy at chance level usually means the folders are not the model's classes."""

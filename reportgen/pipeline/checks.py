@@ -1,0 +1,105 @@
+"""What the pipeline checks before and after the dataset pass, for the model and the baseline
+alike: what the model outputs, its weights, its mode, the class names, non-finite outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from reportgen.config import Config
+from reportgen.contract import PassResult
+from reportgen.errors import DataError, ReportgenError
+from reportgen.loading.folders import DataFolder, image_size, output_size, read_labels
+from reportgen.loading.images import Preprocessor
+from reportgen.loading.model_checks import (
+    check_model_output,
+    nonfinite_parameters,
+    train_mode_modules,
+)
+from reportgen.loading.types import LoadedModel
+
+
+def input_size(folder: DataFolder, pre: Preprocessor) -> tuple[int, int] | None:
+    """(height, width) the model gets: the crop, else the first readable image resized."""
+    if pre.crop:
+        return pre.crop, pre.crop
+    first = next((it for it in folder.items if image_size(it.path)), None)
+    hw = image_size(first.path) if first is not None else None
+    return output_size(hw, pre.resize, None) if hw else None
+
+
+def check_label_count(
+    model: LoadedModel, labels: str | list[str] | None, user_labels: object
+) -> None:
+    """data.labels names the model's outputs in order: one name per output, or the names
+    cannot be the outputs (extra names pass as classes nothing predicts, missing ones leave
+    outputs unnamed). Class names from the model's own metadata are the model's."""
+    if user_labels is None or labels is None:
+        return
+    names, k = len(read_labels(labels) or []), model.num_classes
+    if names != k:
+        raise DataError(
+            f"data.labels has {names} class names but the model has {k} outputs; give one "
+            "name per output, in output order"
+        )
+
+
+def check_model(
+    warn: Callable[[str], None],
+    config: Config,
+    model: LoadedModel,
+    folder: DataFolder,
+    pre: Preprocessor,
+    role: str = "model",
+    channels: int | None = None,
+) -> None:
+    """What can be told about a model before the pass: its output is N×classes logits
+    (a ``(features, logits)`` model is made to return its logits), its weights are finite,
+    it is in eval mode, and it was given weights at all. The same checks for the baseline
+    (``role="baseline"``, on the inputs made for the model: ``channels``), its messages
+    naming it."""
+    prefix = "" if role == "model" else f"{role}: "
+    size = input_size(folder, pre)
+    if size is not None and model.supports_hooks:
+        try:
+            found = check_model_output(
+                model.module, channels or model.in_channels, size, model.num_classes
+            )
+        except ReportgenError as exc:
+            raise type(exc)(f"{prefix}{exc}") from None
+        for message in found:
+            warn(prefix + message)
+    bad = nonfinite_parameters(model.module)
+    if bad:
+        warn(
+            f"{prefix}the {role}'s weights are not finite (" + "; ".join(bad[:3]) + "): "
+            f"every number computed from them is unreliable; check the {role}'s checkpoint"
+        )
+    for message in train_mode_modules(model.module):
+        warn(prefix + message)
+    if role != "model":
+        return
+    if model.kind == "state_dict" and model.source is None:
+        warn(
+            f"no weights were given: {model.arch} is randomly initialised, so this report "
+            "describes an untrained network (pass --weights FILE to report on your model)"
+        )
+    if config.model.checkpoint and config.model.arch:
+        warn(
+            f"model.arch ({config.model.arch}) is ignored with a whole-model checkpoint; "
+            f"the report records the checkpoint's own class, {model.arch}"
+        )
+
+
+def check_outputs(warn: Callable[[str], None], pass_result: PassResult, folder: DataFolder) -> None:
+    """Images whose logits are NaN or infinite: counted, named, left out of every metric."""
+    bad = (~pass_result.finite).nonzero().flatten().cpu().tolist()
+    if not bad:
+        return
+    names = ", ".join(folder.items[pass_result.item_index[i]].display for i in bad[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    warn(
+        f"the model's outputs are not finite (NaN or Inf) on {len(bad)} of "
+        f"{len(pass_result)} images ({names}{more}): they have no prediction or confidence, "
+        "so accuracy, calibration and the label checks leave them out (summary.json "
+        "data.num_nonfinite_outputs)"
+    )
