@@ -19,7 +19,7 @@ import torch
 from reportgen.contract.analysis import SkipSection
 from reportgen.contract.passes import PassResult
 from reportgen.errors import DataError
-from reportgen.loading.folders import DataFolder
+from reportgen.loading.folders import DataFolder, DecodeFailure
 from reportgen.loading.images import ImageDataset, Preprocessor, to_display
 from reportgen.loading.models import extract_logits
 from reportgen.loading.types import LoadedModel
@@ -162,10 +162,18 @@ class AnalysisContext:
         cache = self._queries_cache
         if cache.shas is None:
             cache.shas = {rel: sha for rel, _, sha in self.pass_result.manifest}
-        x, digest = self.dataset.read(self.pass_result.item_index[position])
+        shown = self.relpath(position)
+        try:
+            x, digest = self.dataset.read(self.pass_result.item_index[position])
+        except DecodeFailure as exc:  # deleted or damaged since the pass
+            if shown not in cache.changed:
+                cache.changed.append(shown)
+            raise ChangedFile(
+                f"{shown}: no longer readable since the dataset pass ({exc}); it is left out "
+                "— re-run the report"
+            ) from None
         expected = cache.shas.get(self.image_id(position))
         if expected and digest != expected:
-            shown = self.relpath(position)
             if shown not in cache.changed:
                 cache.changed.append(shown)
             raise ChangedFile(

@@ -435,9 +435,9 @@ class Pipeline:
         ordered = [sections[name] for name, _ in plan.analyses]
         for shown in prepared.context.changed_files:
             self._warn(
-                f"{shown} changed during the run (its bytes are not the ones the dataset pass "
-                "read): it is left out of the per-image sections that re-read it; re-run the "
-                "report"
+                f"{shown} changed or was deleted during the run (its bytes are not the ones "
+                "the dataset pass read): it is left out of the per-image sections that re-read "
+                "it; re-run the report"
             )
         self._tell()
 

@@ -145,8 +145,9 @@ def summary_predictions(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.parametrize("change", ["replace", "delete"])
 def test_a_query_replaced_during_the_run_is_left_out_and_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     """A query image replaced between the pass and the re-read was explained as the new
     picture beside the old prediction and hash. Now every re-read checks the SHA-256 the pass
@@ -163,7 +164,10 @@ def test_a_query_replaced_during_the_run_is_left_out_and_named(
     def select_then_replace(result: Any, folder: Any, spec: Any, seed: int) -> list[int]:
         queries = real(result, folder, spec, seed)
         item = folder.items[result.item_index[queries[0]]]
-        Image.new("RGB", (40, 40), (0, 0, 0)).save(item.path)  # another picture, same name
+        if change == "delete":
+            item.path.unlink()
+        else:
+            Image.new("RGB", (40, 40), (0, 0, 0)).save(item.path)  # another picture
         replaced.append(item.relpath)
         return queries
 
@@ -173,7 +177,7 @@ def test_a_query_replaced_during_the_run_is_left_out_and_named(
         {"model.weights": str(tmp_path / "w.pt")},
         ["activations", "occlusion", "saliency"],
     )
-    assert any(f"{replaced[0]} changed during the run" in w for w in summary["warnings"])
+    assert any(f"{replaced[0]} changed or was deleted" in w for w in summary["warnings"])
     statuses = {s["name"]: s["status"] for s in summary["sections"]}
     assert statuses == {"activations": "ok", "occlusion": "ok", "saliency": "ok"}
     arrays = np.load(tmp_path / "out" / "arrays.npz")
