@@ -137,6 +137,16 @@ def timm_preprocessing(pretrained_cfg: Mapping[str, Any], source: str) -> Prepro
     notes: list[str] = []
     resize = crop = None
     input_size = pretrained_cfg.get("input_size")
+    if input_size is not None and not (
+        isinstance(input_size, list | tuple)
+        and len(input_size) == 3
+        and _positive_int(input_size[1]) is not None
+    ):
+        notes.append(
+            f"{source}: input_size {input_size!r} is not channels × height × width with a "
+            "positive size, so it is not used; set preprocess.resize and preprocess.crop to the "
+            "size the model was trained at"
+        )
     if isinstance(input_size, list | tuple) and len(input_size) == 3:
         height, width = input_size[1], input_size[2]
         size = _positive_int(height)

@@ -596,3 +596,15 @@ def test_metadata_values_are_validated_like_config_values(
     assert message in result.output, result.output
     assert "preprocessor_config.json" in result.output
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("input_size", [[3, 0, 0], [3, -5, 224], [224, 224], "224"])
+def test_an_unusable_timm_input_size_is_said_not_dropped(input_size: Any) -> None:
+    """input_size [3, 0, 0] was dropped silently (the run then used reportgen's defaults)."""
+    pre = timm_preprocessing({"input_size": input_size, "mean": [0.5] * 3}, "cfg.json")
+    assert pre.crop is None and pre.resize is None
+    assert any(n.startswith(f"cfg.json: input_size {input_size!r} is not") for n in pre.notes), (
+        pre.notes
+    )
+    fine = timm_preprocessing({"input_size": [3, 224, 224]}, "cfg.json")
+    assert not fine.notes and fine.crop is not None and fine.crop.value == 224
