@@ -202,6 +202,18 @@ def read_report_folder(path: str | Path) -> ReportFolder:
             f"has no {FILE_NAME} (written by `reportgen run` since predictions.csv was added); "
             "re-run `reportgen run` for this model to write one",
         )
+    recorded = (summary.get("output") or {}).get("predictions_sha256")
+    if isinstance(recorded, str):
+        try:
+            actual = hashlib.sha256(csv_file.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise _fail(csv_file, f"cannot be read ({exc.strerror or exc})") from None
+        if actual != recorded:
+            raise _fail(
+                folder,
+                f"its {FILE_NAME} is not the one {SUMMARY} was written with: the folder mixes "
+                "two runs (a write was interrupted) or a file was edited; re-run `reportgen run`",
+            )
     ps = read_predictions(csv_file)
     expected = summary["data"]["num_images"]
     if len(ps) != expected:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -126,13 +127,18 @@ def write_outputs(
         else:
             output["pdf_bytes"] = len(pdf)
             payloads[out_dir / "report.pdf"] = pdf
-    summary["output"] = output
-    payloads[out_dir / "summary.json"] = to_json(summary)
-    payloads[out_dir / "summary.md"] = render_markdown(report)
     if predictions is not None:
         payloads[out_dir / FILE_NAME] = predictions
+        # The generation check: summary.json names the predictions.csv written with it, so a
+        # folder left mixing two runs (a kill between the renames) is found by any reader.
+        output["predictions_sha256"] = hashlib.sha256(predictions.encode("utf-8")).hexdigest()
     if cfg.output.save_arrays:
         payloads[out_dir / "arrays.npz"] = arrays()
+    summary["output"] = output
+    payloads[out_dir / "summary.md"] = render_markdown(report)
+    # Renamed in this order, summary.json last: until it lands, the folder's summary.json is the
+    # old one, which the new predictions.csv does not match.
+    payloads[out_dir / "summary.json"] = to_json(summary)
     write_all_atomic(payloads)
     if output.get("failed"):
         # An older report.pdf would no longer match the report beside it.

@@ -281,3 +281,43 @@ def test_the_baseline_gets_the_models_checks(
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert result.output.startswith("reportgen: error: baseline: the model cannot run")
+
+
+def test_a_folder_mixing_two_runs_is_refused(
+    tmp_path: Path, two_models: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between the commit renames could leave the new predictions.csv beside the old
+    summary.json. summary.json is renamed last and names the predictions.csv written with it,
+    so such a folder is one line, exit 2, for any reader (compare, history)."""
+    import os
+
+    from reportgen.runtime import writes
+    from reportgen.runtime.outdir import REPORT_FILES
+
+    images, old, new = two_models
+    renamed: list[str] = []
+    real_replace = os.replace
+
+    def recording(src: str, dst: Path) -> None:
+        renamed.append(Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(writes.os, "replace", recording)
+    assert run(tmp_path, images, old, "old").exit_code == 0
+    # timings.json follows once the write is timed; compare and history never read it.
+    outputs = [n for n in renamed if n in REPORT_FILES and n != "timings.json"]
+    assert outputs[-1] == "summary.json" and "predictions.csv" in outputs
+    assert run(tmp_path, images, new, "new").exit_code == 0
+    summary = json.loads((tmp_path / "old" / "summary.json").read_text())
+    assert len(summary["output"]["predictions_sha256"]) == 64
+    # The state a kill between the renames leaves: the new predictions, the old summary.
+    (tmp_path / "old" / "predictions.csv").write_bytes(
+        (tmp_path / "new" / "predictions.csv").read_bytes()
+    )
+    result = invoke(
+        "compare", str(tmp_path / "old"), str(tmp_path / "new"), "--out", str(tmp_path / "cmp")
+    )
+    assert result.exit_code == 2
+    assert "is not the one summary.json was written with: the folder mixes two runs" in (
+        result.output
+    )
