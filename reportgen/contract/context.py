@@ -195,10 +195,18 @@ class AnalysisContext:
         return torch.stack(xs).to(self.device)
 
     def display_images(self, positions: Sequence[int], size: int | None = None) -> list[np.ndarray]:
-        """The images as the model saw them (after resize/crop), H×W×3 uint8, longer side ``size``."""
+        """The images as the model saw them (after resize/crop), H×W×3 uint8, longer side ``size``.
+
+        A file changed or deleted since the pass is not shown: a plain gray tile stands in its
+        place (the numbers beside it are the pass's), and the run's warnings name the file."""
         out = []
         for p in positions:
-            x = self.read_checked(p)
+            try:
+                x = self.read_checked(p)
+            except ChangedFile:
+                side = size or self.preprocessor.crop or self.preprocessor.resize or 32
+                out.append(np.full((side, side, 3), 128, np.uint8))
+                continue
             img = self.preprocessor.denormalise(x).clamp(0, 1)
             if size is not None and max(img.shape[1:]) != size:
                 h, w = img.shape[1:]

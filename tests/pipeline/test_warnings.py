@@ -182,3 +182,21 @@ def test_a_query_replaced_during_the_run_is_left_out_and_named(
     assert statuses == {"activations": "ok", "occlusion": "ok", "saliency": "ok"}
     arrays = np.load(tmp_path / "out" / "arrays.npz")
     assert replaced[0] not in arrays["image_ids"].tolist()  # not among the explained queries
+
+
+def test_a_changed_thumbnail_is_a_gray_tile_and_named(tmp_path: Path) -> None:
+    """Galleries re-read images after the pass: a replaced file is not shown as the new picture
+    beside the old numbers, but as a plain tile, and the run names it."""
+    from conftest import make_config, make_context
+    from PIL import Image
+
+    write_image_folder(tmp_path / "images", {"a": 3, "b": 3})
+    torch.save(tiny_net(3).state_dict(), tmp_path / "w.pt")
+    ctx = make_context(make_config(tmp_path, {"model.weights": str(tmp_path / "w.pt")}))
+    item = ctx.folder.items[ctx.pass_result.item_index[4]]
+    before = ctx.display_images([4, 5], size=24)
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(item.path)
+    after = ctx.display_images([4, 5], size=24)
+    assert np.array_equal(after[1], before[1])
+    assert after[0].shape == (24, 24, 3) and (after[0] == 128).all()
+    assert ctx.changed_files == [item.display]
