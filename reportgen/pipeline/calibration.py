@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,7 +64,12 @@ def cache_dir() -> Path:
     explicit = os.environ.get("REPORTGEN_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory (a bare container user): measure each run
+            base = os.path.join(tempfile.gettempdir(), f"reportgen-cache-{os.getuid()}")
     return Path(base) / "reportgen"
 
 

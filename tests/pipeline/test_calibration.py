@@ -77,3 +77,16 @@ def test_an_unreadable_cache_means_measuring_again(cache: Path) -> None:
         "measured"
     )
     assert json.loads(cache.read_text())  # rewritten whole
+
+
+def test_the_cache_folder_without_a_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REPORTGEN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(calibration.Path, "home", staticmethod(no_home))
+    assert calibration.cache_dir().name == "reportgen"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x/cache")
+    assert calibration.cache_dir() == Path("/x/cache/reportgen")
