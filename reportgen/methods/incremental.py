@@ -328,13 +328,7 @@ class IncrementalOcclusion:
     def _patched(self, node: fx.Node, args: Any, kwargs: Any, base_out: Any) -> _Patch | None:
         """The node on patches, or None when it is not one computed on regions."""
         if kwargs or not args or not isinstance(args[0], _Patch):
-            if node.target in _ADDS and len(args) == 2 and not kwargs:
-                if isinstance(args[1], _Patch) and isinstance(args[0], _Patch):
-                    pass
-                else:
-                    return None
-            else:
-                return None
+            return None
         p: _Patch = args[0]
         if node.op == "call_module":
             m = self.modules[str(node.target)]

@@ -168,6 +168,16 @@ def _evaluate_jobs(
     return probs
 
 
+def _ranked(
+    maps: torch.Tensor, steps: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels changed after each step, K×Q×(H·W) rank of each pixel) for K×Q×H×W maps."""
+    k, q, h, w = maps.shape
+    counts = torch.as_tensor(step_counts(h * w, steps), device=device)
+    ranks = pixel_ranks(maps.reshape(k * q, h, w).to(device)).view(k, q, h * w)
+    return counts, ranks
+
+
 def _grid(*sizes: int) -> torch.Tensor:
     """All index combinations of ``sizes`` (row-major), one per row."""
     axes = [torch.arange(n) for n in sizes]
@@ -205,10 +215,9 @@ def deletion_insertion_curves(
     the fully deleted one and the fully blurred one. With ROAD every point is imputed with its
     own noise, so only the unchanged image is shared.
     """
-    k, q, h, w = maps.shape
+    k, q, _, _ = maps.shape
     device = inputs.device
-    counts = torch.as_tensor(step_counts(h * w, steps), device=device)
-    ranks = pixel_ranks(maps.reshape(k * q, h, w).to(device)).view(k, q, h * w)
+    counts, ranks = _ranked(maps, steps, device)
     fill_b = fill.to(device, inputs.dtype).expand_as(inputs)
     blurred = blurred.to(device, inputs.dtype)
     targets = targets.to(device)
@@ -274,10 +283,9 @@ def perturbation_curves(
     jobs run ``batch_size`` at a time under :func:`torch.inference_mode`. (The report computes
     both curves at once with :func:`deletion_insertion_curves`.)
     """
-    k, q, h, w = maps.shape
+    k, q, _, _ = maps.shape
     device = inputs.device
-    counts = torch.as_tensor(step_counts(h * w, steps), device=device)
-    ranks = pixel_ranks(maps.reshape(k * q, h, w).to(device)).view(k, q, h * w)
+    counts, ranks = _ranked(maps, steps, device)
     base = baseline.to(device, inputs.dtype).expand_as(inputs)
     jobs = _grid(1, k, q, steps + 1)
     jobs[:, 0] = 0 if kind == "deletion" else 1
