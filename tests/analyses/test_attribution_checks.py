@@ -333,3 +333,10 @@ def test_checks_reuse_the_maps_the_saliency_and_occlusion_sections_drew(
     assert not any(
         "reused" in s for s in (b.text for b in alone.section.blocks if isinstance(b, Text))
     )
+
+
+def test_a_small_stage_share_never_reads_as_zero() -> None:
+    assert present._share(9_408, 23_530_571) == "< 0.1 %"  # ResNet-50's conv1+bn1
+    assert present._share(0, 10) == "0.0 %"
+    assert present._share(1, 8) == "12.5 %"
+    assert present._share(1, 0) == "n/a"
