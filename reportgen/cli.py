@@ -82,7 +82,14 @@ def cli() -> None:
     default=None,
     help="Allow --checkpoint files, which run code when loaded.",
 )
-@click.option("--data", "data_root", help="Image folder (one sub-folder per class, or flat).")
+@click.option(
+    "--data",
+    "data_root",
+    help="Image folder (class sub-folders or flat), WebDataset shards, or a Hugging Face dataset.",
+)
+@click.option(
+    "--manifest", help="CSV/TSV/JSONL/Parquet listing the images (path, label, metadata)."
+)
 @click.option("--out", "out_dir", help="Output folder (default: report/).")
 @click.option(
     "--analyses", help="Comma-separated analyses to run (default: all; see list-analyses)."
@@ -119,6 +126,7 @@ def run_command(
     checkpoint: str | None,
     trust_checkpoint: bool | None,
     data_root: str | None,
+    manifest: str | None,
     out_dir: str | None,
     analyses: str | None,
     device: str | None,
@@ -140,6 +148,7 @@ def run_command(
         "model.checkpoint": checkpoint,
         "model.trust_checkpoint": trust_checkpoint,
         "data.root": data_root,
+        "data.manifest": manifest,
         "output.dir": out_dir,
         "run.device": device,
         "run.seed": seed,

@@ -57,8 +57,26 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class ColumnsConfig:
+    """Which manifest (or dataset) columns hold the image path, the label and the label set."""
+
+    path: str = "path"
+    label: str = "label"
+    labels: str = "labels"
+
+
+@dataclass(frozen=True)
 class DataConfig:
     root: str | None = None
+    """An image folder; a folder of WebDataset ``.tar`` shards or a brace pattern
+    (``shards/val-{000000..000031}.tar``); a Hugging Face dataset (``save_to_disk`` folder,
+    Parquet file or folder; ``hf:PATH`` to say so). With ``manifest``: the folder its paths are
+    relative to (default: the manifest's folder)."""
+    manifest: str | None = None
+    """A CSV, TSV, JSONL or Parquet table: one row per image (path, label, metadata columns)."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    split: str | None = None
+    """A Hugging Face dataset's split (``validation``, ``test`` ...) when it holds several."""
     labels: str | list[str] | None = None
     """Class names in model-output order: a text file (one per line) or a list."""
     max_images: int | None = None
@@ -266,6 +284,7 @@ _PATH_KEYS = (
     ("baseline", "weights"),
     ("baseline", "checkpoint"),
     ("data", "root"),
+    ("data", "manifest"),
     ("output", "dir"),
 )
 
@@ -322,9 +341,11 @@ def _resolve_relative(data: dict[str, Any], base: Path) -> None:
     for section, key in _PATH_KEYS:
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
-            p = Path(sec[key]).expanduser()
+            value = sec[key]
+            prefix = "hf:" if key == "root" and value.startswith("hf:") else ""
+            p = Path(value[len(prefix) :]).expanduser()
             if not p.is_absolute():
-                sec[key] = str(base / p)
+                sec[key] = prefix + str(base / p)
     for section in ("model", "baseline"):
         model = data.get(section)
         if isinstance(model, dict) and isinstance(model.get("arch"), str):
@@ -505,8 +526,10 @@ def validate(cfg: Config) -> None:
         )
     if not m.checkpoint and not m.arch:
         raise ConfigError("model.arch is missing: name a torchvision model or 'module:factory'")
-    if not d.root:
-        raise ConfigError("data.root is missing: give --data DIR or data.root in the config")
+    if not d.root and not d.manifest:
+        raise ConfigError(
+            "data.root is missing: give --data DIR (or --manifest FILE) or data.root in the config"
+        )
     if m.num_classes is not None and m.num_classes < 1:
         raise ConfigError("model.num_classes must be at least 1")
     if d.max_images is not None and d.max_images < 1:

@@ -35,10 +35,10 @@ import hashlib
 import os
 import stat
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -55,6 +55,22 @@ _BACKGROUND = 255  # alpha is composited onto white
 
 
 @dataclass(frozen=True)
+class Member:
+    """An image that is part of a larger file: a WebDataset tar member or a table row."""
+
+    kind: Literal["tar", "arrow", "parquet"]
+    position: int
+    """tar: byte offset of the member's data; arrow: row in the table; parquet: row in its
+    row group."""
+    length: int = 0
+    """tar: the member's size in bytes."""
+    group: int = 0
+    """parquet: the row group."""
+    column: str = ""
+    """arrow/parquet: the image column (a struct with ``bytes`` and ``path``, or binary)."""
+
+
+@dataclass(frozen=True)
 class ImageItem:
     path: Path
     relpath: str
@@ -63,6 +79,13 @@ class ImageItem:
     label: int
     """Class index in the model's output order; -1 when unlabelled."""
     size: int
+    """Bytes on disk when scanned (a file's size); -1 when the source does not tell before the
+    read (manifest rows, table rows). The manifest hash uses the bytes actually read."""
+    member: Member | None = None
+    """Where the bytes lie inside ``path`` (a tar member, a table row); None: ``path`` is the
+    image file itself."""
+    row: int = -1
+    """The item's row in :attr:`DataFolder.metadata` (-1: no metadata)."""
 
     @property
     def display(self) -> str:
@@ -91,6 +114,27 @@ class DataFolder:
     empty_classes: list[str] = field(default_factory=list)
     """Display names of class folders that gave no image (empty, unreadable or a link not
     followed); their class index is kept, so the caller can warn."""
+    source: Literal["folder", "manifest", "hf", "webdataset"] = "folder"
+    """What the images came from (see :mod:`reportgen.loading.sources`)."""
+    source_file: str | None = None
+    """The manifest, dataset or shard pattern read (display string); None for a folder."""
+    metadata: dict[str, list[str]] = field(default_factory=dict)
+    """Metadata column -> one text value per source row (``ImageItem.row``); empty cells ``""``."""
+    label_note: str | None = None
+    """How the labels were read (class names or output indices, from which column/file)."""
+    contain: Path | None = None
+    """Resolved root that every file read must lie in (manifest rows: a path or a link that
+    leads out of it is not followed); None for folders, whose scan already applied the rule."""
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return list(self.metadata)
+
+    def metadata_of(self, item: ImageItem) -> dict[str, str]:
+        """The item's metadata values by column ({} when the source has none)."""
+        if item.row < 0:
+            return dict.fromkeys(self.metadata, "")
+        return {k: v[item.row] for k, v in self.metadata.items()}
 
     @property
     def root_display(self) -> str:
@@ -444,10 +488,16 @@ def _header_size(path: Path) -> tuple[int, int] | None:
     Pillow's ``open`` is lazy: it reads the header (and the EXIF block), not the pixels.
     """
     try:
-        with (
-            os.fdopen(_open_regular(path), "rb") as f,
-            warnings.catch_warnings(),
-        ):
+        with os.fdopen(_open_regular(path), "rb") as f:
+            return header_size_of(f)
+    except Exception:  # unreadable in any way: the dataset pass skips it with the reason
+        return None
+
+
+def header_size_of(f: Any) -> tuple[int, int] | None:
+    """(height, width) of the image in the open binary file ``f`` (see :func:`_header_size`)."""
+    try:
+        with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(f, formats=PIL_FORMATS) as img:
                 w, h = img.size
@@ -470,7 +520,12 @@ def output_size(hw: tuple[int, int], resize: int | None, crop: int | None) -> tu
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def check_uniform_size(folder: DataFolder, resize: int | None, crop: int | None) -> None:
+def check_uniform_size(
+    folder: DataFolder,
+    resize: int | None,
+    crop: int | None,
+    size_of: Callable[[ImageItem], tuple[int, int] | None] | None = None,
+) -> None:
     """Raise ConfigError when the images would not come out of preprocessing at one size.
 
     Batching needs one size. With ``preprocess.crop`` set every image is cropped (or padded) to
@@ -483,7 +538,7 @@ def check_uniform_size(folder: DataFolder, resize: int | None, crop: int | None)
         return
     first: tuple[ImageItem, tuple[int, int], tuple[int, int]] | None = None
     for it in folder.items:
-        hw = _header_size(it.path)
+        hw = size_of(it) if size_of is not None else _header_size(it.path)
         if hw is None:
             continue
         out = output_size(hw, resize, crop)

@@ -27,8 +27,8 @@ from reportgen.loading.folders import (
     PIL_FORMATS,
     DataFolder,
     DecodeFailure,
-    read_file,
 )
+from reportgen.loading.sources import read_item
 
 # --------------------------------------------------------------------------- decoding
 
@@ -209,6 +209,8 @@ class Sample:
     input: torch.Tensor | None
     error: str | None
     sha256: str
+    size: int = -1
+    """Bytes read (-1 when the read failed)."""
 
 
 MAX_RESIZED_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -229,22 +231,22 @@ class ImageDataset(torch.utils.data.Dataset[Sample]):
     def read(self, index: int) -> tuple[torch.Tensor, str]:
         """The preprocessed input of one image and its SHA-256. Raises DecodeFailure."""
         item = self.folder.items[index]
-        data = read_file(item.path)
+        data = read_item(self.folder, item)
         digest = hashlib.sha256(data).hexdigest()
         return self.pre(decode_image(data, self.pre.channels, item.relpath)), digest
 
     def __getitem__(self, index: int) -> Sample:
         item = self.folder.items[index]
         try:
-            data = read_file(item.path)
+            data = read_item(self.folder, item)
         except DecodeFailure as exc:
             return Sample(index, None, str(exc), "")
         digest = hashlib.sha256(data).hexdigest()
         try:
             x = self.pre(decode_image(data, self.pre.channels, item.relpath))
         except DecodeFailure as exc:
-            return Sample(index, None, str(exc), digest)
-        return Sample(index, x, None, digest)
+            return Sample(index, None, str(exc), digest, len(data))
+        return Sample(index, x, None, digest, len(data))
 
 
 def collate_samples(
@@ -274,6 +276,7 @@ def collate_samples(
                     f"comes out of preprocessing at {size(s)}, not {want} like the other images; "
                     "set preprocess.crop",
                     s.sha256,
+                    s.size,
                 )
                 if id(s) in odd
                 else s

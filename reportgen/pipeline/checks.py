@@ -8,13 +8,14 @@ from collections.abc import Callable
 from reportgen.config import Config
 from reportgen.contract import PassResult
 from reportgen.errors import DataError, ReportgenError
-from reportgen.loading.folders import DataFolder, image_size, output_size, read_labels
+from reportgen.loading.folders import DataFolder, output_size, read_labels
 from reportgen.loading.images import Preprocessor
 from reportgen.loading.model_checks import (
     check_model_output,
     nonfinite_parameters,
     train_mode_modules,
 )
+from reportgen.loading.sources import item_header_size
 from reportgen.loading.types import LoadedModel
 
 
@@ -22,8 +23,7 @@ def input_size(folder: DataFolder, pre: Preprocessor) -> tuple[int, int] | None:
     """(height, width) the model gets: the crop, else the first readable image resized."""
     if pre.crop:
         return pre.crop, pre.crop
-    first = next((it for it in folder.items if image_size(it.path)), None)
-    hw = image_size(first.path) if first is not None else None
+    hw = next((h for h in (item_header_size(folder, it) for it in folder.items) if h), None)
     return output_size(hw, pre.resize, None) if hw else None
 
 

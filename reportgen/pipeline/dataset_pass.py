@@ -166,7 +166,7 @@ def dataset_pass(
         ):
             for s in samples:
                 item = items[s.index]
-                manifest.append((item.relpath, item.size, s.sha256))
+                manifest.append((item.relpath, s.size if s.size >= 0 else item.size, s.sha256))
                 if s.error is not None:
                     skipped.append((item.relpath, s.error))
             if batch is None:

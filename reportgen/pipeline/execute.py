@@ -31,13 +31,10 @@ from reportgen.contract import (
     SkipSection,
 )
 from reportgen.errors import ReportgenError
-from reportgen.loading.folders import (
-    DataFolder,
-    check_uniform_size,
-    scan_folder,
-)
+from reportgen.loading.folders import DataFolder, check_uniform_size
 from reportgen.loading.images import ImageDataset, Preprocessor
 from reportgen.loading.models import load_model
+from reportgen.loading.sources import item_header_size, open_source
 from reportgen.loading.types import LoadedModel
 from reportgen.methods.vit import TokenLayout, describe_vit
 from reportgen.pipeline import cost, distributed
@@ -46,7 +43,7 @@ from reportgen.pipeline.calibration import Throughput, calibrate
 from reportgen.pipeline.checks import check_label_count, check_model, check_outputs, input_size
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
-from reportgen.pipeline.metadata import Resolved, apply_metadata
+from reportgen.pipeline.metadata import SOURCE_LABELS, Resolved, apply_metadata
 from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outputs
 from reportgen.pipeline.plan import Plan, check_spatial_layers, config_gates, make_plan
 from reportgen.pipeline.queries import select_queries
@@ -194,10 +191,11 @@ class Pipeline:
             m.module.to(device)
             if device.type == "cuda":
                 m.module.to(memory_format=torch.channels_last)
-        folder = scan_folder(effective.data)
+        folder = open_source(effective.data)
         check_label_count(model, effective.data.labels, self.config.data.labels)
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
-        check_uniform_size(folder, pre.resize, pre.crop)  # one size, or what to set: before work
+        # One size, or what to set: before work.
+        check_uniform_size(folder, pre.resize, pre.crop, lambda it: item_header_size(folder, it))
         check_model(self._warn, self.config, model, folder, pre)
         if baseline is not None:
             # The baseline gets the model's checks, on the inputs made for the model.
@@ -270,23 +268,25 @@ class Pipeline:
                 + ", ".join(folder.empty_classes[:5])
                 + " (they keep their class index, so later classes do not shift)"
             )
-        positional = self.resolved is not None and self.resolved.class_names_source.startswith(
-            "class folder names"
+        what = "class folders" if folder.source == "folder" else "label names"
+        source = self.resolved.class_names_source if self.resolved is not None else ""
+        positional = source.startswith("class folder names") or (
+            source == SOURCE_LABELS and bool(folder.class_folders)
         )
         if folders > k:
             self._classes_trusted = False  # labels past the outputs cannot be model classes
             self._warn(
-                f"{folders} class folders but the model has {k} outputs: images in the folders "
-                f"after the first {k} cannot be scored, and the folders cannot be the model's classes; "
+                f"{folders} {what} but the model has {k} outputs: images of the {what} "
+                f"after the first {k} cannot be scored, and they cannot be the model's classes; "
                 "set data.labels (the model's class names in output order). Occlusion and "
                 "saliency explain the predicted class."
             )
         elif positional and folders != k:
             self._positional_mismatch = True
             self._warn(
-                f"{folders} class folders, numbered in sorted order, but the model has {k} "
-                "outputs and no data.labels maps the folders to them: accuracy, calibration and "
-                "the other label checks are only right if the folders are exactly the model's "
+                f"{folders} {what}, numbered in sorted order, but the model has {k} "
+                "outputs and no data.labels maps them to the outputs: accuracy, calibration and "
+                f"the other label checks are only right if the {what} are exactly the model's "
                 f"first {folders} classes in that order; set data.labels to say which they are"
             )
 

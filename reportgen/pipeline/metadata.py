@@ -15,9 +15,12 @@ from typing import Any
 
 from reportgen.config import Config
 from reportgen.loading.metadata import imagenet_class_names
+from reportgen.loading.sources import source_kind
 from reportgen.loading.types import LoadedModel
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+SOURCE_LABELS = "the data source's labels"
+"""Class names taken from a manifest's, dataset's or shards' labels (see ``DataFolder.label_note``)."""
 IMAGENET = "imagenet"
 
 
@@ -86,6 +89,10 @@ def apply_metadata(cfg: Config, model: LoadedModel) -> Resolved:
         names_source = "torchvision's ImageNet categories (data.labels: imagenet)"
     elif labels is not None:
         names_source = "data.labels"
+    elif meta.class_names and source_kind(cfg.data) != "folder":
+        # A manifest, shards or a dataset: its label names (or indices) must be the model's.
+        labels = list(meta.class_names)
+        names_source = meta.class_names_source or "model metadata"
     elif meta.class_names:
         folders = _class_folders(cfg.data.root)
         if _folders_match(folders, meta.class_names):
@@ -99,6 +106,8 @@ def apply_metadata(cfg: Config, model: LoadedModel) -> Resolved:
                 "data.labels to map them to the model's outputs"
             )
             names_source = "class folder names (the model's own names do not match them)"
+    elif source_kind(cfg.data) != "folder":
+        names_source = SOURCE_LABELS
     else:
         names_source = "class folder names" if _class_folders(cfg.data.root) else "class indices"
 

@@ -179,6 +179,10 @@ def run_predictions(
         folder.class_names,
         logits.float().cpu().numpy(),
         source=source,
+        metadata={
+            name: [values[it.row] if it.row >= 0 else "" for it in items]
+            for name, values in folder.metadata.items()
+        },
     )
 
 

@@ -103,6 +103,10 @@ def build_summary(
         },
         "data": {
             "root": display_root(folder.root, out_dir),
+            "source": folder.source,
+            "source_file": folder.source_file,
+            "labels_read_as": folder.label_note,
+            "metadata_columns": folder.metadata_columns,
             "labelled": folder.labelled,
             "num_images": len(pass_result),
             "num_classes": len(set(labels[labels >= 0].tolist())) if folder.labelled else None,

@@ -27,7 +27,7 @@ import io
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ COLUMNS = (
     "correct",
 )
 FILE_NAME = "predictions.csv"
+META_PREFIX = "meta:"
+"""Metadata columns follow :data:`COLUMNS` as ``meta:<column>`` (so a metadata column named like
+one of reportgen's, ``label`` or ``path``, cannot be mistaken for it)."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
@@ -73,6 +76,9 @@ class PredictionSet:
     """int8: 1 right, 0 wrong, -1 not scored (unlabelled, or a label the model has no output for)."""
     class_names: list[str]
     """Class index -> name; may be shorter than the largest index (see :meth:`class_name`)."""
+    metadata: dict[str, list[str]] = field(default_factory=dict)
+    """Metadata column -> one text value per row (a manifest's or dataset's extra columns);
+    written as ``meta:<column>`` columns after :data:`COLUMNS`."""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -131,6 +137,7 @@ def prediction_set(
     *,
     probabilities: bool = False,
     source: str = "this run",
+    metadata: dict[str, list[str]] | None = None,
 ) -> PredictionSet:
     """Predictions from N×K scores: logits (softmax in float64 here) or, with
     ``probabilities=True``, probabilities as they are.
@@ -165,6 +172,7 @@ def prediction_set(
         p_label=p_label,
         correct=correct,
         class_names=list(class_names),
+        metadata=dict(metadata or {}),
     )
 
 
@@ -180,7 +188,8 @@ def _float(x: float) -> str:
 
 def format_predictions(ps: PredictionSet) -> str:
     """The text of predictions.csv for a prediction set (see the module docstring)."""
-    lines = [",".join(COLUMNS)]
+    meta = list(ps.metadata.items())
+    lines = [",".join([*COLUMNS, *(_field(META_PREFIX + name) for name, _ in meta)])]
     for i in range(len(ps)):
         label = int(ps.labels[i])
         pred = int(ps.predictions[i])
@@ -195,6 +204,7 @@ def format_predictions(ps: PredictionSet) -> str:
             _float(ps.confidence[i]),
             _float(ps.p_label[i]) if ok >= 0 else "",
             str(ok) if ok >= 0 else "",
+            *(values[i] for _, values in meta),
         ]
         lines.append(",".join(_field(c) for c in cells))
     return "\n".join(lines) + "\n"
@@ -286,10 +296,15 @@ def read_predictions(path: str | Path) -> PredictionSet:
         raise ReportgenError(f"{where}, line 1: malformed CSV ({exc})") from None
     if header is None:
         raise ReportgenError(f"{where}: empty file; expected a header line {','.join(COLUMNS)}")
-    if tuple(header) != COLUMNS:
+    extra = header[len(COLUMNS) :]
+    if (
+        tuple(header[: len(COLUMNS)]) != COLUMNS
+        or any(not h.startswith(META_PREFIX) or len(h) == len(META_PREFIX) for h in extra)
+        or len(set(extra)) != len(extra)
+    ):
         raise ReportgenError(
             f"{where}: header is {','.join(header)!r}; expected {','.join(COLUMNS)!r} "
-            "(a predictions.csv written by `reportgen run`)"
+            "and then meta:<column> columns only (a predictions.csv written by `reportgen run`)"
         )
     paths: list[str] = []
     shas: list[str] = []
@@ -300,6 +315,8 @@ def read_predictions(path: str | Path) -> PredictionSet:
     correct: list[int] = []
     names: dict[int, str] = {}
     seen: dict[str, int] = {}
+    meta: list[list[str]] = [[] for _ in extra]
+    width = len(header)
     line = 1
 
     def name(index: int, value: str, column: str) -> None:
@@ -312,9 +329,13 @@ def read_predictions(path: str | Path) -> PredictionSet:
     try:
         for row in reader:
             line = reader.line_num
-            if len(row) != len(COLUMNS):
-                raise _BadRow(f"{len(row)} fields, expected {len(COLUMNS)}")
-            rel, sha, label_s, label_name, pred_s, pred_name, conf_s, p_label_s, correct_s = row
+            if len(row) != width:
+                raise _BadRow(f"{len(row)} fields, expected {width}")
+            for values, value in zip(meta, row[len(COLUMNS) :], strict=True):
+                values.append(value)
+            rel, sha, label_s, label_name, pred_s, pred_name, conf_s, p_label_s, correct_s = row[
+                : len(COLUMNS)
+            ]
             if not rel:
                 raise _BadRow("empty path")
             if rel in seen:
@@ -367,4 +388,5 @@ def read_predictions(path: str | Path) -> PredictionSet:
         p_label=np.array(p_label, dtype=np.float64),
         correct=np.array(correct, dtype=np.int8),
         class_names=class_names,
+        metadata={h[len(META_PREFIX) :]: values for h, values in zip(extra, meta, strict=True)},
     )

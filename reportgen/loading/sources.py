@@ -1,0 +1,110 @@
+"""One data interface under every source: a :class:`DataFolder` of :class:`ImageItem`.
+
+Four sources give the same thing — items with an id (``relpath``), a label, a metadata row and a
+way to read their bytes — so the dataset pass, queries, thumbnails, max-patch re-reads,
+neighbours, the manifest hash and predictions.csv never ask where an image came from:
+
+* an image folder (class sub-folders or flat): :func:`reportgen.loading.folders.scan_folder`;
+* a manifest (``data.manifest``, CSV/TSV/JSONL/Parquet): :mod:`reportgen.loading.manifest`;
+* WebDataset tar shards and Hugging Face datasets: :mod:`reportgen.loading.containers`.
+
+:func:`source_kind` decides from the config alone (no scan), so the model's metadata can be
+applied knowing whether class folders exist.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Literal
+
+from reportgen.config import DataConfig
+from reportgen.loading.containers import (
+    is_hf_folder,
+    is_shard_pattern,
+    read_member,
+    scan_hf,
+    scan_shards,
+)
+from reportgen.loading.folders import (
+    DataFolder,
+    DecodeFailure,
+    ImageItem,
+    _header_size,
+    header_size_of,
+    read_file,
+    scan_folder,
+)
+from reportgen.loading.manifest import scan_manifest
+from reportgen.report.text import display_name
+
+SourceKind = Literal["folder", "manifest", "hf", "webdataset"]
+
+
+def source_kind(cfg: DataConfig) -> SourceKind:
+    """Which source the data config names (see the module docstring)."""
+    if cfg.manifest:
+        return "manifest"
+    root = cfg.root or ""
+    if root.startswith("hf:"):
+        return "hf"
+    path = Path(root).expanduser()
+    if is_shard_pattern(root) and not path.is_dir():
+        return "webdataset"
+    if path.is_file() and path.suffix == ".parquet":
+        return "hf"
+    if is_hf_folder(path):
+        return "hf"
+    if path.is_dir():
+        try:
+            names = [n for n in os.listdir(path) if not n.startswith(".")]
+        except OSError:
+            return "folder"
+        if names and all(n.endswith(".tar") for n in names):
+            return "webdataset"
+        if names and all(n.endswith(".parquet") for n in names):
+            return "hf"
+    return "folder"
+
+
+def open_source(cfg: DataConfig) -> DataFolder:
+    """Scan the configured source; input errors (one line, exit 2) before any work."""
+    kind = source_kind(cfg)
+    if kind == "manifest":
+        return scan_manifest(cfg)
+    if kind == "hf":
+        return scan_hf(cfg)
+    if kind == "webdataset":
+        return scan_shards(cfg)
+    return scan_folder(cfg)
+
+
+def _contained(folder: DataFolder, item: ImageItem) -> None:
+    """A manifest row's file must resolve inside the data root (a link out is not followed)."""
+    if folder.contain is None:
+        return
+    real = Path(os.path.realpath(item.path))
+    if real != folder.contain and not real.is_relative_to(folder.contain):
+        raise DecodeFailure(
+            f"leads to {display_name(str(real))}, outside the data folder: not followed"
+        )
+
+
+def read_item(folder: DataFolder, item: ImageItem, max_bytes: int | None = None) -> bytes:
+    """An image's bytes from whatever source holds it. Raises :class:`DecodeFailure`."""
+    if item.member is not None:
+        return read_member(item, max_bytes)
+    _contained(folder, item)
+    return read_file(item.path, max_bytes)
+
+
+def item_header_size(folder: DataFolder, item: ImageItem) -> tuple[int, int] | None:
+    """(height, width) of an image from its header (None when unreadable)."""
+    if item.member is None and folder.contain is None:
+        return _header_size(item.path)
+    try:
+        data = read_item(folder, item)
+    except DecodeFailure:
+        return None
+    return header_size_of(io.BytesIO(data))
