@@ -33,6 +33,7 @@ def test_every_sample_config_is_exercised() -> None:
         "custom.yaml",
         "demo.yaml",
         "hf.yaml",
+        "imagenet_val_manifest.yaml",
         "resnet50.yaml",
         "timm.yaml",
     ]
@@ -184,3 +185,72 @@ def test_hf_yaml_with_a_tiny_save_pretrained_folder(tmp_path: Path) -> None:
     assert summary["model"]["feature_layer"] == "model.classifier"
     html = (tmp_path / "out" / "report.html").read_text()
     assert "model.vit.embeddings.patch_embeddings.projection" in html
+
+
+def test_imagenet_val_manifest_recipe_on_a_flat_folder(tmp_path: Path) -> None:
+    """The ImageNet recipe: the script turns Kaggle's LOC_val_solution.csv into a manifest with
+    class indices in sorted-WordNet-id order; the sample config reads the flat folder with it."""
+    import subprocess
+    import sys
+
+    from tiny_models import tiny_net
+
+    plain = load_config(SAMPLES / "imagenet_val_manifest.yaml")
+    assert plain.data.manifest == str(SAMPLES / "imagenet_val.csv")  # relative to the file
+    flat = write_image_folder(tmp_path / "val", {"x": 6}, flat=True)
+    names = sorted(p.stem for p in flat.iterdir())
+    wnids = ["n02", "n01", "n03"]  # the sorted order is n01 (0), n02 (1), n03 (2)
+    solution = tmp_path / "LOC_val_solution.csv"
+    solution.write_text(
+        "ImageId,PredictionString\n"
+        + "".join(f"{n},{wnids[i % 3]} 1 2 3 4\n" for i, n in enumerate(names)),
+        encoding="utf-8",
+    )
+    # The flat folder's files are .png here; ImageNet's are .JPEG (the script appends that).
+    for p in flat.iterdir():
+        p.rename(p.with_suffix(".JPEG"))
+    manifest = tmp_path / "imagenet_val.csv"
+    subprocess.run(
+        [
+            sys.executable,
+            str(SAMPLES / "imagenet_val_manifest.py"),
+            "--solution",
+            str(solution),
+            "--out",
+            str(manifest),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "path,label,wnid"
+    expected = {"n01": 0, "n02": 1, "n03": 2}
+    for line, (i, n) in zip(lines[1:], enumerate(names), strict=True):
+        assert line == f"{n}.JPEG,{expected[wnids[i % 3]]},{wnids[i % 3]}"
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_net(3).state_dict(), weights)
+    cfg = load_config(
+        SAMPLES / "imagenet_val_manifest.yaml",
+        fast(
+            tmp_path,
+            **{
+                "model.arch": str(Path(__file__).parent / "tiny_models.py") + ":tiny_net",
+                "model.weights": str(weights),
+                "data.root": str(flat),
+                "data.manifest": str(manifest),
+                "data.labels": ["a", "b", "c"],
+                "preprocess.resize": 32,
+                "preprocess.crop": 32,
+            },
+        ),
+        analyses=["neighbors"],
+    )
+    assert cfg.data.max_images == 1000
+    result = run_report(cfg)
+    assert result.exit_code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["data"]["source"] == "manifest"
+    assert summary["data"]["metadata_columns"] == ["wnid"]
+    assert summary["data"]["labels_read_as"] == "column 'label' read as output indices"
+    assert summary["data"]["num_images"] == 6

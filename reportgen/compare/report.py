@@ -127,8 +127,12 @@ def _compare_into(
     )
     root = _data_root(new)
     matched = dict(zip(result.new.paths, result.new.sha256, strict=True))
+    # Images named by path under the root (a folder, a manifest's root) can be shown; shard
+    # members and dataset rows are listed by name (reading them needs the source, not a path).
+    files = new.summary.get("data", {}).get("source", "folder") in ("folder", "manifest")
     section = compare_section(
-        result, thumbnails=folder_thumbnails(root, matched) if root.is_dir() else None
+        result,
+        thumbnails=folder_thumbnails(root, matched) if files and root.is_dir() else None,
     )
     compare = clean_floats(compare_summary(result))
     summary: dict[str, Any] = {

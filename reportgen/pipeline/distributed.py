@@ -109,12 +109,34 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def shard_indices(num_items: int, batch_size: int, rank: int, world_size: int) -> list[int]:
-    """Dataset indices of this rank's shard: whole batches, dealt round-robin."""
+def shard_indices(
+    num_items: int,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    groups: Sequence[int] | None = None,
+) -> list[int]:
+    """Dataset indices of this rank's shard: whole batches, dealt round-robin.
+
+    ``groups``: the file each item lies in (WebDataset shards, :func:`item_groups`); with at
+    least as many files as ranks, whole files are dealt round-robin instead, so that each rank
+    reads its own tar files.
+    """
+    if groups is not None and len(set(groups)) >= world_size:
+        order = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+        return [i for i, g in enumerate(groups) if order[g] % world_size == rank]
     out: list[int] = []
     for start in range(rank * batch_size, num_items, world_size * batch_size):
         out.extend(range(start, min(start + batch_size, num_items)))
     return out
+
+
+def item_groups(items: Sequence[Any], source: str) -> list[int] | None:
+    """Per item, the index of the tar shard it lies in (None unless the source is shards)."""
+    if source != "webdataset":
+        return None
+    index: dict[Any, int] = {}
+    return [index.setdefault(it.path, len(index)) for it in items]
 
 
 def tensors_to(obj: Any, device: torch.device | str) -> Any:
@@ -253,8 +275,9 @@ def merge_shards(
         return torch.cat([s[key] for s in full])[perm].to(device)
 
     manifest_by_index: list[tuple[int, tuple[str, int, str]]] = []
+    groups = item_groups(items, dataset.folder.source)
     for r, s in enumerate(shards):
-        shard = shard_indices(n_items, batch_size, r, world_size)
+        shard = shard_indices(n_items, batch_size, r, world_size, groups)
         manifest_by_index.extend(zip(shard, s["manifest"], strict=True))
     where = {item.relpath: i for i, item in enumerate(items)}
     skipped = sorted((x for s in shards for x in s["skipped"]), key=lambda x: where[x[0]])

@@ -349,7 +349,11 @@ class Pipeline:
                 cfg, model, dataset, device, collectors, self.progress, baseline=baseline
             )
         shard = distributed.shard_indices(
-            len(dataset), cfg.run.batch_size, self.dist.rank, self.dist.world_size
+            len(dataset),
+            cfg.run.batch_size,
+            self.dist.rank,
+            self.dist.world_size,
+            distributed.item_groups(dataset.folder.items, dataset.folder.source),
         )
         local = dataset_pass(
             cfg,

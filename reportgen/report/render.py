@@ -117,6 +117,23 @@ def format_metric(value: Any, kind: str = "number") -> str:
     return str(value)
 
 
+_SOURCE_WORDS = {
+    "manifest": "manifest",
+    "hf": "Hugging Face dataset",
+    "webdataset": "WebDataset shards",
+}
+
+
+def _data_source(d: dict[str, Any]) -> str:
+    """Where the images came from: the folder, or the manifest / dataset / shards and root."""
+    kind = _SOURCE_WORDS.get(str(d.get("source")))
+    if kind is None or not d.get("source_file"):
+        return str(d["root"])
+    if d.get("source") == "manifest":
+        return f"{kind} {d['source_file']} (paths under {d['root']})"
+    return f"{kind} {d['source_file']}"
+
+
 def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tuple[str, str]]:
     """The run summary's key/value table (presentation of summary.json)."""
     m, d, met = summary["model"], summary["data"], summary["metrics"]
@@ -133,8 +150,14 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
             if m["feature_layer"]
             else "unavailable",
         ),
-        ("data", d["root"]),
+        ("data", _data_source(d)),
         ("class names", d.get("class_names_source") or "class folder names"),
+        *([("labels", d["labels_read_as"])] if d.get("labels_read_as") else []),
+        *(
+            [("metadata columns", ", ".join(d["metadata_columns"]))]
+            if d.get("metadata_columns")
+            else []
+        ),
         (
             "images",
             f"{d['num_images']} read, {d['num_skipped']} skipped"

@@ -19,6 +19,7 @@ from reportgen.contract import MergeableCollector
 from reportgen.loading.folders import scan_folder
 from reportgen.loading.images import ImageDataset, Preprocessor
 from reportgen.loading.models import load_model
+from reportgen.loading.sources import open_source
 from reportgen.pipeline import distributed
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.runtime.progress import Progress
@@ -123,6 +124,50 @@ def test_merged_shards_equal_one_pass(tmp_path: Path, tiny_weights: Path, world_
     assert single_col.values is not None and cols[0].values is not None
     assert torch.equal(cols[0].values, single_col.values)
     assert torch.equal(cols[0].positions, single_col.positions)  # type: ignore[arg-type]
+
+
+def test_webdataset_shards_are_dealt_whole_files_per_rank() -> None:
+    groups = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
+    ranks = [distributed.shard_indices(10, 2, r, 2, groups) for r in range(2)]
+    assert ranks == [[0, 1, 2, 5, 6, 7, 8], [3, 4, 9]]  # files 0 and 2 / 1 and 3
+    # Fewer files than ranks: whole batches again, so that no rank sits idle.
+    assert distributed.shard_indices(10, 2, 2, 3, [0] * 5 + [1] * 5) == [4, 5]
+
+
+def test_merged_webdataset_shards_equal_one_pass(tmp_path: Path, tiny_weights: Path) -> None:
+    from data_sources import write_shards
+
+    root = write_image_folder(tmp_path / "images", {"0": 5, "1": 4, "2": 6})
+    write_shards(root, tmp_path / "shards", shards=3)
+    cfg = make_config(
+        tmp_path,
+        {
+            "model.weights": str(tiny_weights),
+            "run.batch_size": 4,
+            "data.root": str(tmp_path / "shards"),
+        },
+    )
+    model = load_model(cfg.model)
+    pre = Preprocessor.from_config(cfg.preprocess, model.in_channels)
+    dataset = ImageDataset(open_source(cfg.data), pre)
+    device = torch.device("cpu")
+    assert dataset.folder.source == "webdataset"
+    single = dataset_pass(cfg, model, dataset, device, {}, Progress(quiet=True))
+    groups = distributed.item_groups(dataset.folder.items, "webdataset")
+    payloads = []
+    for r in range(2):
+        shard = distributed.shard_indices(len(dataset), 4, r, 2, groups)
+        assert {dataset.folder.items[i].path.name for i in shard} == (
+            {"val-000000.tar", "val-000002.tar"} if r == 0 else {"val-000001.tar"}
+        )
+        local = dataset_pass(cfg, model, dataset, device, {}, Progress(quiet=True), shard, True)
+        payloads.append(distributed.shard_payload(local, {}))
+    merged = distributed.merge_shards(payloads, single.feature_layer, {}, dataset, 4, device)
+    assert merged.item_index == single.item_index
+    assert merged.manifest == single.manifest
+    assert torch.equal(merged.labels, single.labels)
+    # Other batches than one process's: equal up to float rounding.
+    torch.testing.assert_close(merged.logits, single.logits)
 
 
 def test_torchrun_two_cpu_ranks_match_one_process(tmp_path: Path, tiny_weights: Path) -> None:
