@@ -90,6 +90,7 @@ def cli() -> None:
 @click.option(
     "--manifest", help="CSV/TSV/JSONL/Parquet listing the images (path, label, metadata)."
 )
+@click.option("--split", help="A Hugging Face dataset's split (validation, test ...).")
 @click.option("--out", "out_dir", help="Output folder (default: report/).")
 @click.option(
     "--analyses", help="Comma-separated analyses to run (default: all; see list-analyses)."
@@ -127,6 +128,7 @@ def run_command(
     trust_checkpoint: bool | None,
     data_root: str | None,
     manifest: str | None,
+    split: str | None,
     out_dir: str | None,
     analyses: str | None,
     device: str | None,
@@ -149,6 +151,7 @@ def run_command(
         "model.trust_checkpoint": trust_checkpoint,
         "data.root": data_root,
         "data.manifest": manifest,
+        "data.split": split,
         "output.dir": out_dir,
         "run.device": device,
         "run.seed": seed,

@@ -73,6 +73,8 @@ class Member:
 @dataclass(frozen=True)
 class ImageItem:
     path: Path
+    """The image file; for a tar member or table row, the file that holds it; for a manifest
+    row, the data root (the file is ``path / relpath``: :func:`item_file`)."""
     relpath: str
     """Path relative to the data root, with forward slashes (the image's stable id). Exact: bytes
     that are not UTF-8 are lone surrogates here; show :attr:`display` to people."""
@@ -96,6 +98,11 @@ class ImageItem:
     def relpath_bytes(self) -> bytes:
         """The relative path's exact bytes on disk (what the manifest hashes)."""
         return os.fsencode(self.relpath)
+
+
+def item_file(folder: DataFolder, item: ImageItem) -> Path:
+    """The file an item's bytes are read from (a manifest row's path is joined here)."""
+    return item.path / item.relpath if folder.source == "manifest" else item.path
 
 
 @dataclass(frozen=True)

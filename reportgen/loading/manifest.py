@@ -307,17 +307,18 @@ def split_label_set(value: Any) -> list[str]:
 # --------------------------------------------------------------------------- the source
 
 
-def _relative(cell: str, root: Path) -> tuple[str | None, str | None]:
+def _relative(cell: str, root: str) -> tuple[str | None, str | None]:
     """(relative path, None) inside the root, or (None, reason) for a path that leads out."""
     if "\x00" in cell:
         return None, "the path holds a NUL byte"
-    text = cell
-    if posixpath.isabs(text):
-        rel = os.path.relpath(posixpath.normpath(text), os.path.normpath(str(root)))
+    if cell.startswith("/"):
+        rel = os.path.relpath(posixpath.normpath(cell), root)
         if rel == ".." or rel.startswith("../"):
             return None, "an absolute path outside data.root: not read (set data.root to hold it)"
         return rel.replace(os.sep, "/"), None
-    rel = posixpath.normpath(text)
+    # Most manifests hold plain relative paths: normalise only where "." or "//" could change it.
+    needs = "//" in cell or cell.startswith(".") or "/." in cell or cell.endswith("/")
+    rel = posixpath.normpath(cell) if needs else cell
     if rel == ".." or rel.startswith("../"):
         return None, "a path that leads out of data.root: not read"
     if rel == ".":
@@ -356,11 +357,13 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
                 f"{where}: no column {names[role]!r} (data.columns.{role})"
                 f"{did_you_mean(names[role], present)}; columns: {', '.join(present[:12])}"
             )
-    paths = [cell_text(v) for v in table.columns[names["path"]]]
+    paths = [v if isinstance(v, str) else cell_text(v) for v in table.columns[names["path"]]]
     items: list[ImageItem] = []
     ignored: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     keep: list[int] = []
+    rels: list[str] = []
+    root_text = os.path.normpath(str(root))
     for i, cell in enumerate(paths):
         line = table.lines[i]
         if not cell.strip():
@@ -368,7 +371,7 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
                 f"{where}, {table.line_word()} {line}: empty {names['path']!r} cell; every row "
                 "names its image file"
             )
-        rel, reason = _relative(cell, root)
+        rel, reason = _relative(cell, root_text)
         if rel is None:
             ignored.append((display_name(cell), str(reason)))
             continue
@@ -379,6 +382,7 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
             )
         seen[rel] = line
         keep.append(i)
+        rels.append(rel)
     labels_model = read_labels(cfg.labels)
     label_col = names["label"] if names["label"] in table.columns else None
     if label_col is not None:
@@ -400,10 +404,12 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
         for name, values in table.columns.items()
         if name not in roles
     }
-    for row, i in enumerate(keep):
-        rel, _ = _relative(paths[i], root)
-        assert rel is not None
-        items.append(ImageItem(root / rel, rel, resolved.indices[row], -1, None, row))
+    # ``path`` is the root for every row (one shared object): the file, root / relpath, is
+    # joined when it is read (1M Path objects would be most of a large manifest's cost).
+    items = [
+        ImageItem(root, rel, label, -1, None, row)
+        for row, (rel, label) in enumerate(zip(rels, resolved.indices, strict=True))
+    ]
     if not items:
         raise DataError(
             f"{where}: no image the manifest lists can be read"

@@ -33,6 +33,7 @@ from reportgen.loading.folders import (
     ImageItem,
     _header_size,
     header_size_of,
+    item_file,
     read_file,
     scan_folder,
 )
@@ -84,7 +85,7 @@ def _contained(folder: DataFolder, item: ImageItem) -> None:
     """A manifest row's file must resolve inside the data root (a link out is not followed)."""
     if folder.contain is None:
         return
-    real = Path(os.path.realpath(item.path))
+    real = Path(os.path.realpath(item_file(folder, item)))
     if real != folder.contain and not real.is_relative_to(folder.contain):
         raise DecodeFailure(
             f"leads to {display_name(str(real))}, outside the data folder: not followed"
@@ -96,7 +97,7 @@ def read_item(folder: DataFolder, item: ImageItem, max_bytes: int | None = None)
     if item.member is not None:
         return read_member(item, max_bytes)
     _contained(folder, item)
-    return read_file(item.path, max_bytes)
+    return read_file(item_file(folder, item), max_bytes)
 
 
 def item_header_size(folder: DataFolder, item: ImageItem) -> tuple[int, int] | None:
