@@ -487,15 +487,17 @@ def _read_columns(path: Path, kind: str, columns: list[str]) -> tuple[Any, list[
 
 # --------------------------------------------------------------------------- reading members
 
-_TABLES: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+_TABLES: OrderedDict[tuple[str, int, str, int, int], Any] = OrderedDict()
 """Per process: the last few Arrow tables / Parquet row groups read (an image column each)."""
 _KEEP = 4
 
 
-def _cached(key: tuple[str, int, str], load: Any) -> Any:
+def _cached(key: tuple[str, int, str, int, int], load: Any) -> Any:
     if key in _TABLES:
         _TABLES.move_to_end(key)
         return _TABLES[key]
+    for stale in [k for k in _TABLES if k[:3] == key[:3]]:
+        del _TABLES[stale]
     value = load()
     _TABLES[key] = value
     while len(_TABLES) > _KEEP:
@@ -524,7 +526,15 @@ def read_member(item: ImageItem, max_bytes: int | None = None) -> bytes:
         raise DecodeFailure(f"cannot read file ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
         raise DecodeFailure("not a regular file")
-    key = (str(item.path), member.group if member.kind == "parquet" else -1, member.column)
+    # The file's size and time are in the key: a file rewritten or truncated since a table was
+    # opened (memory-mapped) is opened afresh, never read through the stale mapping (SIGBUS).
+    key = (
+        str(item.path),
+        member.group if member.kind == "parquet" else -1,
+        member.column,
+        st.st_size,
+        st.st_mtime_ns,
+    )
     try:
         if member.kind == "arrow":
             column = _cached(key, lambda: _open_arrow(item.path).column(member.column))

@@ -150,7 +150,10 @@ def _read_jsonl(path: Path, where: str) -> Table:
     text = _read_text(path, where)
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also split inside a value holding U+2028,
+    # U+2029 or U+0085, which JSON writers leave unescaped.
+    for number, raw_line in enumerate(text.split("\n"), start=1):
+        line = raw_line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -238,7 +241,7 @@ def resolve_labels(
     values = sorted({v for v in raw if v != ""})
     if not values:
         return Labels([-1] * len(raw), list(names or []), None, False)
-    numeric = all(v.isdigit() and len(v) < 10 for v in values)
+    numeric = all(v.isascii() and v.isdigit() and len(v) < 10 for v in values)
     if names is not None:
         known = {n: i for i, n in enumerate(names)}
         if all(v in known for v in values):
@@ -313,6 +316,10 @@ def _relative(cell: str, root: str) -> tuple[str | None, str | None]:
         return None, "the path holds a NUL byte"
     if cell.startswith("/"):
         rel = os.path.relpath(posixpath.normpath(cell), root)
+        if rel == ".." or rel.startswith("../"):
+            # Through links (a root or path behind a symbolic link, macOS's /tmp): compare the
+            # resolved paths; the read checks the resolved file again.
+            rel = os.path.relpath(os.path.realpath(cell), os.path.realpath(root))
         if rel == ".." or rel.startswith("../"):
             return None, "an absolute path outside data.root: not read (set data.root to hold it)"
         return rel.replace(os.sep, "/"), None
