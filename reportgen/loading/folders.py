@@ -35,7 +35,7 @@ import hashlib
 import os
 import stat
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -525,46 +525,6 @@ def output_size(hw: tuple[int, int], resize: int | None, crop: int | None) -> tu
         return h, w
     scale = resize / min(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def check_uniform_size(
-    folder: DataFolder,
-    resize: int | None,
-    crop: int | None,
-    size_of: Callable[[ImageItem], tuple[int, int] | None] | None = None,
-) -> None:
-    """Raise ConfigError when the images would not come out of preprocessing at one size.
-
-    Batching needs one size. With ``preprocess.crop`` set every image is cropped (or padded) to
-    crop × crop, so nothing is read. Without it the sizes come from the image headers only (no
-    decoding); the first image of another size ends the check with an error that names both
-    images and the keys to set. Files whose header cannot be read are left to the dataset pass,
-    which skips them with the reason.
-    """
-    if crop is not None:
-        return
-    first: tuple[ImageItem, tuple[int, int], tuple[int, int]] | None = None
-    for it in folder.items:
-        hw = size_of(it) if size_of is not None else _header_size(it.path)
-        if hw is None:
-            continue
-        out = output_size(hw, resize, crop)
-        if first is None:
-            first = (it, hw, out)
-        elif out != first[2]:
-            f_item, f_hw, f_out = first
-
-            def shown(item: ImageItem, hw: tuple[int, int], out: tuple[int, int]) -> str:
-                text = f"{item.display} {hw[1]}×{hw[0]}"
-                return text + (f" → {out[1]}×{out[0]}" if resize is not None else "")
-
-            after = " after preprocess.resize" if resize is not None else ""
-            raise ConfigError(
-                f"preprocess.crop is null but the images differ in size{after} "
-                f"({shown(f_item, f_hw, f_out)}, {shown(it, hw, out)}), so they cannot be "
-                f"batched; set preprocess.crop (e.g. {min(f_out)}) so that every image comes out "
-                "at one size (preprocess.resize sets the shorter side before the crop)"
-            )
 
 
 # --------------------------------------------------------------------------- reading

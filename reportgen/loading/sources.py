@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from reportgen.config import DataConfig
+from reportgen.errors import ConfigError
 from reportgen.loading.containers import (
     is_hf_folder,
     is_shard_pattern,
@@ -34,6 +35,7 @@ from reportgen.loading.folders import (
     _header_size,
     header_size_of,
     item_file,
+    output_size,
     read_file,
     scan_folder,
 )
@@ -109,3 +111,38 @@ def item_header_size(folder: DataFolder, item: ImageItem) -> tuple[int, int] | N
     except DecodeFailure:
         return None
     return header_size_of(io.BytesIO(data))
+
+
+def check_uniform_size(folder: DataFolder, resize: int | None, crop: int | None) -> None:
+    """Raise ConfigError when the images would not come out of preprocessing at one size.
+
+    Batching needs one size. With ``preprocess.crop`` set every image is cropped (or padded) to
+    crop × crop, so nothing is read. Without it the sizes come from the image headers only (no
+    decoding); the first image of another size ends the check with an error that names both
+    images and the keys to set. Files whose header cannot be read are left to the dataset pass,
+    which skips them with the reason.
+    """
+    if crop is not None:
+        return
+    first: tuple[ImageItem, tuple[int, int], tuple[int, int]] | None = None
+    for it in folder.items:
+        hw = item_header_size(folder, it)
+        if hw is None:
+            continue
+        out = output_size(hw, resize, crop)
+        if first is None:
+            first = (it, hw, out)
+        elif out != first[2]:
+            f_item, f_hw, f_out = first
+
+            def shown(item: ImageItem, hw: tuple[int, int], out: tuple[int, int]) -> str:
+                text = f"{item.display} {hw[1]}×{hw[0]}"
+                return text + (f" → {out[1]}×{out[0]}" if resize is not None else "")
+
+            after = " after preprocess.resize" if resize is not None else ""
+            raise ConfigError(
+                f"preprocess.crop is null but the images differ in size{after} "
+                f"({shown(f_item, f_hw, f_out)}, {shown(it, hw, out)}), so they cannot be "
+                f"batched; set preprocess.crop (e.g. {min(f_out)}) so that every image comes out "
+                "at one size (preprocess.resize sets the shorter side before the crop)"
+            )

@@ -31,10 +31,10 @@ from reportgen.contract import (
     SkipSection,
 )
 from reportgen.errors import ReportgenError
-from reportgen.loading.folders import DataFolder, check_uniform_size
+from reportgen.loading.folders import DataFolder
 from reportgen.loading.images import ImageDataset, Preprocessor
 from reportgen.loading.models import load_model
-from reportgen.loading.sources import item_header_size, open_source
+from reportgen.loading.sources import check_uniform_size, open_source
 from reportgen.loading.types import LoadedModel
 from reportgen.methods.vit import TokenLayout, describe_vit
 from reportgen.pipeline import cost, distributed
@@ -195,7 +195,7 @@ class Pipeline:
         check_label_count(model, effective.data.labels, self.config.data.labels)
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
         # One size, or what to set: before work.
-        check_uniform_size(folder, pre.resize, pre.crop, lambda it: item_header_size(folder, it))
+        check_uniform_size(folder, pre.resize, pre.crop)
         check_model(self._warn, self.config, model, folder, pre)
         if baseline is not None:
             # The baseline gets the model's checks, on the inputs made for the model.

@@ -27,7 +27,6 @@ from reportgen.config import DataConfig, PreprocessConfig
 from reportgen.errors import ConfigError, DataError
 from reportgen.loading.folders import (
     DecodeFailure,
-    check_uniform_size,
     manifest_sha256,
     output_size,
     read_file,
@@ -40,6 +39,7 @@ from reportgen.loading.images import (
     collate_samples,
     decode_image,
 )
+from reportgen.loading.sources import check_uniform_size
 
 IS_ROOT = os.geteuid() == 0
 
