@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from reportgen.errors import ReportgenError
+from reportgen.errors import ConfigError, ReportgenError
 from reportgen.runtime.interrupts import interrupt_handlers
 from reportgen.version import __version__
 
@@ -90,6 +90,10 @@ def cli() -> None:
 @click.option(
     "--manifest", help="CSV/TSV/JSONL/Parquet listing the images (path, label, metadata)."
 )
+@click.option(
+    "--columns",
+    help="Manifest column names, e.g. path=file_name,label=dx (data.columns).",
+)
 @click.option("--split", help="A Hugging Face dataset's split (validation, test ...).")
 @click.option("--out", "out_dir", help="Output folder (default: report/).")
 @click.option(
@@ -128,6 +132,7 @@ def run_command(
     trust_checkpoint: bool | None,
     data_root: str | None,
     manifest: str | None,
+    columns: str | None,
     split: str | None,
     out_dir: str | None,
     analyses: str | None,
@@ -152,6 +157,7 @@ def run_command(
         "data.root": data_root,
         "data.manifest": manifest,
         "data.split": split,
+        **_columns(columns),
         "output.dir": out_dir,
         "run.device": device,
         "run.seed": seed,
@@ -187,6 +193,22 @@ def _run(
     except ReportgenError as exc:
         _fail(exc)
     _finish(result, cfg.run.quiet)
+
+
+def _columns(value: str | None) -> dict[str, str]:
+    """``--columns path=file_name,label=dx`` -> ``data.columns.*`` overrides."""
+    out: dict[str, str] = {}
+    for part in _split(value or ""):
+        role, eq, name = part.partition("=")
+        if not eq or role.strip() not in ("path", "label", "labels") or not name.strip():
+            _fail(
+                ConfigError(
+                    f"--columns: {part!r} is not ROLE=COLUMN with ROLE path, label or labels "
+                    "(e.g. --columns path=file_name,label=dx)"
+                )
+            )
+        out[f"data.columns.{role.strip()}"] = name.strip()
+    return out
 
 
 def _split(value: str) -> list[str]:

@@ -82,6 +82,31 @@ def test_flags_override_the_yaml(project: Path, tmp_path: Path) -> None:
     assert not (project / "out").exists()
 
 
+def test_a_manifest_with_its_own_column_names(project: Path) -> None:
+    """--manifest and --columns: a flat folder labelled by a manifest, metadata kept."""
+    flat = project / "flat"
+    flat.mkdir()
+    rows = ["file_name,dx,site"]
+    for i, img in enumerate(sorted((project / "images").rglob("*.png"))):
+        (flat / f"{i:02d}.png").write_bytes(img.read_bytes())
+        rows.append(f"{i:02d}.png,{img.parent.name},{'north' if i % 2 else 'south'}")
+    (project / "val.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = invoke(
+        "run", "--config", str(project / "config.yaml"), "--manifest", str(project / "val.csv"),
+        "--data", str(flat), "--columns", "path=file_name,label=dx", "--out",
+        str(project / "o3"), "--analyses", "neighbors", *SMALL,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((project / "o3" / "summary.json").read_text())
+    assert summary["data"]["source"] == "manifest"
+    assert summary["data"]["metadata_columns"] == ["site"]
+    assert summary["data"]["num_images"] == 12
+    assert summary["data"]["class_names"] == ["a", "b", "c"]
+    lines = (project / "o3" / "predictions.csv").read_text().splitlines()
+    assert lines[0].endswith(",correct,meta:site")
+    assert lines[1].startswith("00.png,") and lines[1].endswith(",south")
+
+
 def test_run_without_a_config(project: Path) -> None:
     result = invoke(
         "run", "--model", TINY_ARCH, "--weights", str(project / "tiny.pt"),
@@ -133,6 +158,10 @@ def test_a_failing_section_exits_1_and_the_report_is_still_written(
         (["--checkpoint", "tiny.pt"], "refused: --checkpoint files"),
         (["--weights", "a.pt", "--checkpoint", "b.pt"], "model.weights and model.checkpoint are"),
         (["--format", "docx"], "output.formats: unknown format 'docx'"),
+        (["--columns", "lable=dx"], "--columns: 'lable=dx' is not ROLE=COLUMN"),
+        (["--manifest", "nowhere.csv"], "nowhere.csv: manifest not found"),
+        (["--manifest", "list.xlsx"], "is not a .csv, .tsv, .jsonl or .parquet file"),
+        (["--data", "s/val-{0..3}.tar"], "shard not found and 3 more"),
     ],
 )
 def test_input_errors_exit_2_with_one_line(

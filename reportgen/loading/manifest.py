@@ -355,8 +355,8 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
         key = "data.columns.path" if cfg.columns.path != "path" else "the path column"
         raise DataError(
             f"{where}: no column {names['path']!r} ({key}){did_you_mean(names['path'], present)}; "
-            f"columns: {', '.join(present[:12])} — set data.columns.path to the one holding "
-            "the image paths"
+            f"columns: {', '.join(present[:12])} — name the one holding the image paths with "
+            "--columns path=COLUMN (data.columns.path)"
         )
     for role in ("label", "labels"):
         if names[role] not in table.columns and getattr(cfg.columns, role) != role:
