@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reportgen.analyses import registered
+from reportgen.compare.history_report import HistoryRun, write_history
 from reportgen.compare.report import CompareRun, compare_reports
 from reportgen.config import Config
 from reportgen.config import load_config as _load_config
@@ -23,13 +24,49 @@ from reportgen.runtime.progress import Progress
 
 __all__ = [
     "CompareRun",
+    "HistoryRun",
     "RunResult",
     "compare_reports",
+    "history_report",
     "load_config",
     "registered_analyses",
     "run_demo",
     "run_report",
 ]
+
+
+def history_report(
+    dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    formats: Sequence[str] = ("html", "pdf"),
+    gates: Sequence[str] = (),
+    sort: str = "given",
+    warn: Callable[[str], None] = lambda _m: None,
+) -> HistoryRun:
+    """One page over archived report folders (``reportgen history``); no model is loaded.
+
+    Folders written before summary.json recorded its headline metrics get the headline metrics
+    the installed analyses declare."""
+    fallback = [
+        (m.key, m.label, m.kind)
+        for cls in registered().values()
+        for m in getattr(cls, "metrics", ())
+        if m.headline
+    ]
+    if sort not in ("given", "name", "release"):
+        from reportgen.errors import ConfigError
+
+        raise ConfigError(f"--sort: {sort!r} is not given, name or release")
+    return write_history(
+        dirs,
+        out_dir,
+        formats=formats,
+        gates=gates,
+        sort=sort,  # type: ignore[arg-type]
+        fallback_headlines=fallback,
+        warn=warn,
+    )
 
 
 def registered_analyses() -> dict[str, type[Analysis]]:

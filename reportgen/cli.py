@@ -108,6 +108,7 @@ def cli() -> None:
 )
 @click.option("--format", "formats", help="Comma-separated outputs: html,pdf (default both).")
 @click.option("--quiet", is_flag=True, default=None, help="No progress bars or messages.")
+@click.option("--release", help="The model release this report describes (run.release).")
 @click.option(
     "--baseline-weights", help="An older model's state dict to compare against (same pass)."
 )
@@ -141,6 +142,7 @@ def run_command(
     max_images: int | None,
     formats: str | None,
     quiet: bool | None,
+    release: str | None,
     baseline_weights: str | None,
     baseline_arch: str | None,
     baseline_checkpoint: str | None,
@@ -164,6 +166,7 @@ def run_command(
         "data.max_images": max_images,
         "output.formats": _split(formats) if formats else None,
         "run.quiet": quiet,
+        "run.release": release,
         "baseline.weights": baseline_weights,
         "baseline.arch": baseline_arch,
         "baseline.checkpoint": baseline_checkpoint,
@@ -298,6 +301,43 @@ def _compare(
     except ReportgenError as exc:
         _fail(exc)
     _finish(result, quiet)
+
+
+@cli.command("history")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, help="Output folder for the history report.")
+@click.option("--format", "formats", help="Comma-separated outputs: html,pdf (default both).")
+@click.option(
+    "--sort",
+    type=click.Choice(["given", "name", "release"]),
+    default="given",
+    show_default=True,
+    help="Release order: as given, by folder name, or by release label (numbers in order).",
+)
+@fail_on_option("history.accuracy_drop_from_best<=0.01")
+@click.option("--quiet", is_flag=True, help="No messages.")
+def history_command(
+    dirs: tuple[str, ...],
+    out_dir: str,
+    formats: str | None,
+    sort: str,
+    fail_on: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """One page over archived report folders (one per release, in order); no model is loaded."""
+    from reportgen.api import history_report
+
+    chosen = _split(formats) if formats else ["html", "pdf"]
+    if any(f not in ("html", "pdf") for f in chosen) or not chosen:
+        _fail(ReportgenError(f"--format: choose html and/or pdf (got {formats!r})"))
+    with interrupt_handlers(notify=_warn):
+        try:
+            result = history_report(
+                list(dirs), out_dir, formats=chosen, gates=list(fail_on), sort=sort, warn=_warn
+            )
+        except ReportgenError as exc:
+            _fail(exc)
+        _finish(result, quiet)
 
 
 @cli.command("list-analyses")

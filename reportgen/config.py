@@ -110,6 +110,9 @@ class RunConfig:
     faster on CPU cores for ResNet-50 and EfficientNet-B0; the CUDA default), else contiguous.
     The perturbation sections' ``batch_size: auto`` is measured once per model and machine."""
     quiet: bool = False
+    release: str | None = None
+    """The model release this report describes (``v1.4``, a git tag ...): recorded in
+    summary.json (``run.release``) and used by ``reportgen history`` as the release's label."""
 
 
 @dataclass(frozen=True)

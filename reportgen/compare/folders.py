@@ -187,8 +187,10 @@ def _read_arrays(folder: Path, ps: PredictionSet) -> dict[str, np.ndarray] | Non
     return out
 
 
-def read_report_folder(path: str | Path) -> ReportFolder:
-    """Read and check one report folder (summary.json, predictions.csv, optional arrays.npz)."""
+def read_report_folder(path: str | Path, *, arrays: bool = True) -> ReportFolder:
+    """Read and check one report folder (summary.json, predictions.csv, optional arrays.npz).
+
+    ``arrays=False``: leave arrays.npz unread (``reportgen history`` needs predictions only)."""
     folder = Path(path)
     if not folder.exists():
         raise _fail(folder, "no such folder; pass a folder written by `reportgen run`")
@@ -224,7 +226,7 @@ def read_report_folder(path: str | Path) -> ReportFolder:
         )
     vocab = _class_vocabulary(folder, summary["data"]["class_names"], ps)
     ps = dataclasses.replace(ps, class_names=vocab)
-    return ReportFolder(folder, summary, ps, _read_arrays(folder, ps))
+    return ReportFolder(folder, summary, ps, _read_arrays(folder, ps) if arrays else None)
 
 
 # --------------------------------------------------------------------------- matching
@@ -399,33 +401,14 @@ def _explanation_maps(
     )
 
 
-def compare_folders(
-    old_dir: str | Path,
-    new_dir: str | Path,
-    *,
-    seed: int = 0,
-    k: int = 10,
-    bins: int = 15,
-    allow_version_mismatch: bool = False,
-) -> CompareResult:
-    """Compare the report folder ``new_dir`` against the baseline ``old_dir`` (no model loaded).
+def align_folders(
+    old: ReportFolder, new: ReportFolder, notes: list[str]
+) -> tuple[PredictionSet, PredictionSet, dict[str, Any], _Match]:
+    """The two folders' predictions on the images they share (matched by path and SHA-256),
+    in one class vocabulary, and how they were matched; notes for the reader are appended.
 
-    ``allow_version_mismatch``: compare folders written by different reportgen versions (a note
-    says so) instead of refusing.
+    ``reportgen compare`` and ``reportgen history`` both use it, so their flip counts agree.
     """
-    old = read_report_folder(old_dir)
-    new = read_report_folder(new_dir)
-    notes: list[str] = []
-    reasons: dict[str, str] = {}
-    if old.version != new.version:
-        msg = f"written by reportgen {old.version} ({old.path}) and {new.version} ({new.path})"
-        if not allow_version_mismatch:
-            raise ReportgenError(
-                f"{old.path} and {new.path}: {msg}; write both with the same reportgen version "
-                "(re-run `reportgen run`) or allow the mismatch explicitly"
-            )
-        notes.append(f"The two folders were {msg}; their numbers may not be comparable.")
-
     m = _match(old.predictions, new.predictions)
     if m.new_rows.size == 0:
         raise ReportgenError(
@@ -461,6 +444,56 @@ def compare_folders(
             "report's labels, flips compare the predictions only."
         )
 
+    matching = {
+        "baseline_images": len(old.predictions),
+        "new_images": len(new.predictions),
+        "matched": int(m.new_rows.size),
+        "only_baseline": m.only_old,
+        "only_new": m.only_new,
+        "changed_content": m.changed,
+        "renamed": m.renamed,
+        "manifests_differ": manifests_differ,
+        "class_lists_differ": mapping is not None,
+        "label_disagreements": disagree,
+        "baseline_version": old.version,
+        "new_version": new.version,
+    }
+    return (
+        dataclasses.replace(old_ps, source=str(old.path)),
+        dataclasses.replace(new_ps, source=str(new.path)),
+        matching,
+        m,
+    )
+
+
+def compare_folders(
+    old_dir: str | Path,
+    new_dir: str | Path,
+    *,
+    seed: int = 0,
+    k: int = 10,
+    bins: int = 15,
+    allow_version_mismatch: bool = False,
+) -> CompareResult:
+    """Compare the report folder ``new_dir`` against the baseline ``old_dir`` (no model loaded).
+
+    ``allow_version_mismatch``: compare folders written by different reportgen versions (a note
+    says so) instead of refusing.
+    """
+    old = read_report_folder(old_dir)
+    new = read_report_folder(new_dir)
+    notes: list[str] = []
+    reasons: dict[str, str] = {}
+    if old.version != new.version:
+        msg = f"written by reportgen {old.version} ({old.path}) and {new.version} ({new.path})"
+        if not allow_version_mismatch:
+            raise ReportgenError(
+                f"{old.path} and {new.path}: {msg}; write both with the same reportgen version "
+                "(re-run `reportgen run`) or allow the mismatch explicitly"
+            )
+        notes.append(f"The two folders were {msg}; their numbers may not be comparable.")
+
+    old_ps, new_ps, matching, m = align_folders(old, new, notes)
     feats_old = feats_new = None
     why = _why_no_arrays(old, new, "features", "penultimate features")
     if why is None:
@@ -488,8 +521,6 @@ def compare_folders(
     else:
         reasons["filters"] = why
 
-    old_ps = dataclasses.replace(old_ps, source=str(old.path))
-    new_ps = dataclasses.replace(new_ps, source=str(new.path))
     return build_compare(
         old_ps,
         new_ps,
@@ -502,20 +533,7 @@ def compare_folders(
         bins=bins,
         left_out=reasons,
         notes=notes,
-        matching={
-            "baseline_images": len(old.predictions),
-            "new_images": len(new.predictions),
-            "matched": int(m.new_rows.size),
-            "only_baseline": m.only_old,
-            "only_new": m.only_new,
-            "changed_content": m.changed,
-            "renamed": m.renamed,
-            "manifests_differ": manifests_differ,
-            "class_lists_differ": mapping is not None,
-            "label_disagreements": disagree,
-            "baseline_version": old.version,
-            "new_version": new.version,
-        },
+        matching=matching,
     )
 
 

@@ -489,6 +489,8 @@ class Pipeline:
             for m in analysis.metrics
             if m.headline
         ]
+        # What the analyses declared as headline metrics, for `reportgen history`'s trends.
+        summary["headlines"] = [{"key": h.key, "label": h.label, "kind": h.kind} for h in headlines]
         t = perf_counter()
         raise_if_interrupted()
         files, warnings = write_outputs(

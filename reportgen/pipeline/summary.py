@@ -131,6 +131,7 @@ def build_summary(
             "world_size": world_size,
             "seed": cfg.run.seed,
             "precision": cfg.run.precision,
+            "release": cfg.run.release,
         },
         "provenance": {
             "config": _relative_paths(config, out_dir),

@@ -21,7 +21,16 @@ import markupsafe
 import numpy as np
 from PIL import Image
 
-from reportgen.report.section import Figure, Picture, Section, Table, Text, Thumb, format_number
+from reportgen.report.section import (
+    Figure,
+    Link,
+    Picture,
+    Section,
+    Table,
+    Text,
+    Thumb,
+    format_number,
+)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -260,6 +269,7 @@ def make_environment(encoder: Callable[[Picture], tuple[str, int, int]]) -> jinj
     env.tests["table"] = lambda b: isinstance(b, Table)
     env.tests["text"] = lambda b: isinstance(b, Text)
     env.tests["thumb"] = lambda c: isinstance(c, Thumb)
+    env.tests["link"] = lambda c: isinstance(c, Link)
     env.tests["number"] = lambda c: isinstance(c, int | float) and not isinstance(c, bool)
     return env
 

@@ -55,7 +55,28 @@ class Thumb:
     alt: str = ""
 
 
-Cell = str | int | float | None | Thumb
+@dataclass(frozen=True, eq=False)
+class Link:
+    """A relative link to a file beside the report (``reportgen history``'s archived reports).
+
+    ``href`` is a relative path (no scheme, not absolute), percent-encoded here; the page's
+    Content-Security-Policy leaves navigation to local files alone and loads nothing."""
+
+    text: str
+    href: str
+
+    def __post_init__(self) -> None:
+        if ":" in self.href.split("/")[0] or self.href.startswith(("/", "\\")):
+            raise ValueError(f"Link needs a relative path, got {self.href!r}")
+
+    @property
+    def quoted(self) -> str:
+        from urllib.parse import quote
+
+        return quote(self.href, safe="/")
+
+
+Cell = str | int | float | None | Thumb | Link
 
 
 @dataclass(frozen=True, eq=False)
