@@ -166,6 +166,7 @@ def history_sections(h: History, out_dir: Path) -> list[Section]:
     )
     trends.add(trend_figure(h))
     starts = set(h.segments[1:])
+    any_missing = any(r.missing for r in h.releases)  # the column only when it says something
     rows = []
     for i, r in enumerate(h.releases):
         gates = r.summary.get("gates") or []
@@ -181,7 +182,7 @@ def history_sections(h: History, out_dir: Path) -> list[Section]:
                 *(format_metric(h.trends[k][i], kind) for k, _, kind in h.headlines[:4]),
                 f"{sum(1 for g in gates if g.get('passed'))}/{len(gates)}" if gates else "none",
                 ", ".join(str(s) for s in failed_sections) or "none",
-                "; ".join(r.missing) or "",
+                *(["; ".join(r.missing)] if any_missing else []),
             ]
         )
     trends.add(
@@ -195,7 +196,7 @@ def history_sections(h: History, out_dir: Path) -> list[Section]:
                 *(label for _, label, _ in h.headlines[:4]),
                 "gates passed",
                 "sections failed",
-                "missing",
+                *(["missing"] if any_missing else []),
             ],
             rows,
         )
