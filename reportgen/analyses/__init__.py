@@ -11,6 +11,7 @@ from reportgen.analyses.max_patches import MaxPatchesAnalysis
 from reportgen.analyses.neighbors import NeighborsAnalysis
 from reportgen.analyses.occlusion import OcclusionAnalysis
 from reportgen.analyses.saliency import SaliencyAnalysis
+from reportgen.analyses.slices import SlicesAnalysis
 from reportgen.contract import Analysis
 
 _ALL: list[type[Analysis]] = [
@@ -23,6 +24,7 @@ _ALL: list[type[Analysis]] = [
     SaliencyAnalysis,
     AttributionChecksAnalysis,
     AuditAnalysis,
+    SlicesAnalysis,
 ]
 
 REGISTRY: dict[str, type[Analysis]] = {cls.name: cls for cls in sorted(_ALL, key=lambda c: c.order)}

@@ -43,6 +43,7 @@ from reportgen.compare.folders import (
 )
 from reportgen.compare.metrics import build_compare, compare_summary
 from reportgen.errors import ReportgenError
+from reportgen.methods.slicing import wilson
 from reportgen.report.predictions import FILE_NAME
 
 HISTORY_PREFIX = "history."
@@ -224,16 +225,6 @@ def headline_list(
     return [
         h for h in out.values() if any(_number(r.metrics.get(h[0])) is not None for r in releases)
     ]
-
-
-def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
-    """The Wilson score interval for a proportion (95 % by default)."""
-    if n <= 0:
-        return None
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _segments(releases: Sequence[Release]) -> list[int]:

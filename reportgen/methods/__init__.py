@@ -5,7 +5,7 @@ SmoothGrad; method names in :mod:`.names`), perturbation (:mod:`.perturbation`: 
 receptive fields (:mod:`.receptive_field`), vision-transformer tokens and maps (:mod:`.vit`,
 :mod:`.vit_maps`), hooks (:mod:`.hooks`), exact k-NN (:mod:`.knn`), t-SNE (:mod:`.tsne` and its
 isolated native child :mod:`.native_tsne`), calibration (:mod:`.calibration`), paired statistics
-(:mod:`.stats`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
+(:mod:`.stats`), subgroup statistics (:mod:`.slicing`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
 compare, pipeline or report.
 
 The modules load on first attribute access (``from reportgen import methods`` then
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         native_tsne,
         perturbation,
         receptive_field,
+        slicing,
         stats,
         trust,
         tsne,
@@ -45,6 +46,7 @@ __all__ = [
     "native_tsne",
     "perturbation",
     "receptive_field",
+    "slicing",
     "stats",
     "trust",
     "tsne",

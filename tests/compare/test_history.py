@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from reportgen.api import compare_reports, history_report, load_config, run_report
 from reportgen.cli import cli
-from reportgen.compare.history import wilson
 from reportgen.demo import prepare_demo
+from reportgen.methods.slicing import wilson
 
 EPOCHS = (1, 4, 12)
 

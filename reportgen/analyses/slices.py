@@ -1,0 +1,327 @@
+"""Where does the model fail? Accuracy per subgroup of the metadata columns.
+
+Declared slices come from the data's metadata columns (a manifest's or dataset's extra columns):
+every column with 2–``max_values`` distinct values, numeric columns with more cut into quantile
+bins, optionally every pair of columns. Per slice: its size, accuracy with a Wilson 95 %
+interval, the gap to the rest of the data and a two-sided Fisher exact test of it; the p-values
+are Holm-corrected over every slice tested (those of at least ``min_size`` images), and a slice
+is *flagged* when its corrected p is below ``alpha`` and it does worse than the rest. Smaller
+slices are listed, never ranked worst.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reportgen.contract import Analysis, Metric, Result, SkipSection
+from reportgen.methods.slicing import SliceStats, holm, quantile_bins, slice_stats
+from reportgen.params import AnalysisParams, between, in_range, rule
+from reportgen.report.figures import figure_to_picture, new_figure
+from reportgen.report.section import Figure, Picture, Table, Text, Thumb
+
+if TYPE_CHECKING:
+    from reportgen.contract import AnalysisContext
+
+HOW_TO_READ = (
+    "Each row is a subgroup of the images named by a metadata column (a site, a scanner, an "
+    "age band). The interval is where the subgroup's accuracy plausibly lies given its size; "
+    "the gap compares it with every other image, and the corrected p-value (Holm, over all the "
+    "subgroups tested) says whether the gap is larger than chance. A flagged subgroup is one "
+    "the model serves significantly worse: look at its mistakes before shipping."
+)
+
+
+@dataclass(frozen=True)
+class SlicesParams(AnalysisParams):
+    columns: list[str] | None = None
+    """Metadata columns to slice by (default: every column with 2–max_values values, and
+    numeric columns with more, binned)."""
+    bins: int = field(default=4, metadata=rule(between(2, 20)))
+    """Quantile bins for a numeric column with more than max_values distinct values."""
+    max_values: int = field(default=50, metadata=rule(between(2, 1000)))
+    intersections: bool = False
+    """Also every pair of columns (site × scanner ...)."""
+    min_size: int = field(default=20, metadata=rule(between(1, 1_000_000)))
+    """Slices with fewer scored images are listed but not tested or ranked."""
+    alpha: float = field(default=0.05, metadata=rule(in_range(0, 1, lo_open=True, hi_open=True)))
+    """Family-wise error rate of the flags (Holm)."""
+    show: int = field(default=8, metadata=rule(between(0, 50)))
+    """Most confident mistakes shown per flagged slice."""
+    thumb_size: int = field(default=72, metadata=rule(between(16, 256)))
+
+
+def _numeric(values: list[str]) -> np.ndarray | None:
+    present = [v for v in values if v != ""]
+    try:
+        parsed = np.array([float(v) if v != "" else np.nan for v in values])
+    except ValueError:
+        return None
+    return parsed if present and np.isfinite(parsed[[v != "" for v in values]]).all() else None
+
+
+def slice_columns(
+    metadata: dict[str, list[str]], p: SlicesParams
+) -> tuple[dict[str, list[str]], list[str]]:
+    """(column -> one value per scored image, notes on columns left out)."""
+    notes: list[str] = []
+    names = p.columns if p.columns is not None else list(metadata)
+    out: dict[str, list[str]] = {}
+    for name in names:
+        values = metadata[name]
+        distinct = set(values)
+        if 2 <= len(distinct) <= p.max_values:
+            out[name] = values
+            continue
+        numeric = _numeric(values)
+        if len(distinct) > p.max_values and numeric is not None:
+            out[name] = quantile_bins(numeric, p.bins)
+        elif len(distinct) < 2:
+            notes.append(f"{name}: one value only")
+        else:
+            notes.append(
+                f"{name}: {len(distinct)} distinct values, not numeric (max_values {p.max_values})"
+            )
+    return out, notes
+
+
+def declared_slices(
+    columns: dict[str, list[str]], correct: np.ndarray, p: SlicesParams
+) -> list[SliceStats]:
+    """Every slice's numbers, the tested ones Holm-corrected, flagged, worst first."""
+    found: list[SliceStats] = []
+    groups: list[tuple[str, np.ndarray]] = [
+        (c, np.array(v, dtype=object)) for c, v in columns.items()
+    ]
+    if p.intersections:
+        for (a, va), (b, vb) in itertools.combinations(list(groups), 2):
+            groups.append(
+                (
+                    f"{a} × {b}",
+                    np.array([f"{x} & {y}" for x, y in zip(va, vb, strict=True)], dtype=object),
+                )
+            )
+    for column, values in groups:
+        for value in sorted(set(values.tolist())):
+            found.append(slice_stats(column, value, values == value, correct))
+    tested = [i for i, s in enumerate(found) if s.n >= p.min_size and s.p is not None]
+    adjusted = holm([found[i].p for i in tested])  # type: ignore[misc]
+    out = list(found)
+    for i, q in zip(tested, adjusted, strict=True):
+        s = out[i]
+        out[i] = SliceStats(
+            **{**s.__dict__, "p_holm": q, "flagged": bool(q < p.alpha and (s.gap or 0) < 0)}
+        )
+    for i, s in enumerate(out):
+        if s.n < p.min_size:
+            out[i] = SliceStats(**{**s.__dict__, "ranked": False})
+    return sorted(out, key=lambda s: (not s.ranked, s.accuracy, s.column, s.value))
+
+
+def forest_figure(slices: list[SliceStats], overall: float) -> Picture:
+    shown = slices[:30]
+    fig = new_figure(6.4, 0.28 * len(shown) + 1.2)
+    ax = fig.add_subplot(1, 1, 1)
+    ys = np.arange(len(shown))[::-1]
+    for y, s in zip(ys, shown, strict=True):
+        colour = "#c0392b" if s.flagged else ("#2c5d8f" if s.ranked else "#999999")
+        if s.ci95 is not None:
+            ax.plot(s.ci95, [y, y], color=colour, linewidth=2)
+        ax.plot([s.accuracy], [y], "o", color=colour, markersize=4)
+    ax.axvline(
+        overall,
+        color="#555555",
+        linestyle="--",
+        linewidth=1,
+        label=f"all images {100 * overall:.1f} %",
+    )
+    ax.set_yticks(ys)
+    ax.set_yticklabels(
+        [f"{s.column} = {s.value or '(empty)'}"[:40] + f" (n={s.n})" for s in shown], fontsize=7
+    )
+    ax.set_xlabel("accuracy (Wilson 95 % interval)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.legend(loc="lower left", fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    return figure_to_picture(fig)
+
+
+def _record(s: SliceStats) -> dict[str, Any]:
+    return {
+        "column": s.column,
+        "value": s.value,
+        "n": s.n,
+        "accuracy": s.accuracy,
+        "ci95": list(s.ci95) if s.ci95 else None,
+        "rest_accuracy": s.rest_accuracy,
+        "gap": s.gap,
+        "p": s.p,
+        "p_holm": s.p_holm,
+        "flagged": s.flagged,
+        "ranked": s.ranked,
+    }
+
+
+class SlicesAnalysis(Analysis[SlicesParams]):
+    name = "slices"
+    title = "Where does the model fail? Accuracy per subgroup"
+    Params = SlicesParams
+    metrics = (
+        Metric("slices_worst_accuracy", "worst subgroup accuracy", kind="percent"),
+        Metric("slices_max_gap", "largest subgroup gap to the rest", kind="percent"),
+        Metric("slices_flagged", "subgroups significantly worse", headline=True, kind="count"),
+    )
+    order = 95
+
+    def run(self, ctx: AnalysisContext, p: SlicesParams) -> Result:
+        folder = ctx.folder
+        if not folder.metadata:
+            raise SkipSection(
+                "the data has no metadata columns: give a manifest (--manifest) or dataset with "
+                "columns such as site or scanner to see accuracy per subgroup"
+            )
+        if p.columns is not None:
+            unknown = [c for c in p.columns if c not in folder.metadata]
+            if unknown:
+                raise SkipSection(
+                    f"analyses.slices.columns names {', '.join(unknown)}, not a metadata column "
+                    f"(the data has {', '.join(folder.metadata_columns)})"
+                )
+        res = ctx.pass_result
+        scored = res.scored().cpu().numpy()
+        if not ctx.labels_are_model_classes or not scored.any():
+            raise SkipSection("no labelled image the model can be right or wrong about")
+        positions = np.nonzero(scored)[0]
+        correct = (res.predictions.cpu().numpy() == res.labels.cpu().numpy())[positions]
+        rows = [folder.items[res.item_index[int(q)]] for q in positions]
+        metadata = {
+            c: [v[it.row] if it.row >= 0 else "" for it in rows] for c, v in folder.metadata.items()
+        }
+        columns, notes = slice_columns(metadata, p)
+        if not columns:
+            raise SkipSection(
+                "no metadata column has between 2 and max_values values: " + "; ".join(notes)
+            )
+        slices = declared_slices(columns, correct, p)
+        overall = float(correct.mean())
+        ranked = [s for s in slices if s.ranked]
+        flagged = [s for s in slices if s.flagged]
+        metrics = {
+            "slices_worst_accuracy": min((s.accuracy for s in ranked), default=None),
+            "slices_max_gap": max(
+                (-(s.gap or 0) for s in ranked if s.gap is not None), default=None
+            ),
+            "slices_flagged": len(flagged),
+        }
+        section = self.section(HOW_TO_READ)
+        tested = sum(1 for s in slices if s.p_holm is not None)
+        if flagged:
+            worst = flagged[0]
+            section.add(
+                Text(
+                    f"{len(flagged)} subgroup(s) significantly worse than the rest (Holm over "
+                    f"{tested} tested, alpha {p.alpha:g}); the worst: {worst.column} = "
+                    f"{worst.value or '(empty)'} at {100 * worst.accuracy:.1f} % on {worst.n} images "
+                    f"vs {100 * (worst.rest_accuracy or 0):.1f} % elsewhere.",
+                    "warning",
+                )
+            )
+        else:
+            section.add(
+                Text(
+                    f"No subgroup is significantly worse than the rest (Holm over {tested} tested, "
+                    f"alpha {p.alpha:g}); subgroups under {p.min_size} images are listed, not tested.",
+                    "note",
+                )
+            )
+        section.add(
+            Figure(
+                forest_figure(slices, overall),
+                caption=f"Accuracy per subgroup with its Wilson 95 % interval (red: flagged; gray: under {p.min_size} images, not tested){'; the 30 lowest of ' + str(len(slices)) if len(slices) > 30 else ''}.",
+                alt="Forest plot of subgroup accuracy",
+            )
+        )
+
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{100 * v:.1f} %"
+
+        section.add(
+            Table(
+                caption="Subgroups, worst first (gap: the subgroup's accuracy minus the rest's)",
+                columns=[
+                    "column",
+                    "value",
+                    "images",
+                    "accuracy",
+                    "95 % interval",
+                    "rest",
+                    "gap",
+                    "p (Holm)",
+                    "flag",
+                ],
+                rows=[
+                    [
+                        s.column,
+                        s.value or "(empty)",
+                        s.n,
+                        pct(s.accuracy),
+                        "n/a"
+                        if s.ci95 is None
+                        else f"{100 * s.ci95[0]:.1f}–{100 * s.ci95[1]:.1f} %",
+                        pct(s.rest_accuracy),
+                        "n/a" if s.gap is None else f"{100 * s.gap:+.1f} pp",
+                        "not tested" if s.p_holm is None else s.p_holm,
+                        "worse" if s.flagged else "",
+                    ]
+                    for s in slices[:60]
+                ],
+            )
+        )
+        if notes:
+            section.add(Text("Columns not sliced: " + "; ".join(notes) + ".", "note"))
+        preds = res.predictions.cpu().numpy()
+        conf = res.logits.float().softmax(1).max(1).values.cpu().numpy()
+        labels = res.labels.cpu().numpy()
+        for s in flagged[:3]:
+            if p.show == 0:
+                break
+            values = (
+                np.array(columns.get(s.column, [""] * len(rows)), dtype=object)
+                if s.column in columns
+                else None
+            )
+            if values is None:
+                continue
+            members = positions[(values == s.value) & ~correct]
+            order = members[np.argsort(-conf[members], kind="stable")][: p.show].tolist()
+            if not order:
+                continue
+            images = ctx.display_images(order, p.thumb_size)
+            section.add(
+                Table(
+                    caption=f"{s.column} = {s.value or '(empty)'}: its most confident mistakes",
+                    columns=[f"#{k + 1}" for k in range(len(order))],
+                    rows=[
+                        [
+                            Thumb(
+                                Picture(img, kind="photo"),
+                                label=f"{ctx.class_name(int(labels[q]))} → {ctx.class_name(int(preds[q]))} ({conf[q]:.2f})",
+                                alt=ctx.relpath(q),
+                            )
+                            for q, img in zip(order, images, strict=True)
+                        ]
+                    ],
+                )
+            )
+        return Result(
+            section,
+            metrics=metrics,
+            record={
+                "declared": [_record(s) for s in slices],
+                "alpha": p.alpha,
+                "min_size": p.min_size,
+            },
+        )

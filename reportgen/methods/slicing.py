@@ -1,0 +1,101 @@
+"""Slice statistics: per-subgroup accuracy with intervals, a test against the rest, Holm.
+
+Arrays in, numbers out (no torch): a slice is a boolean mask over the scored images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95 % by default); None for n = 0."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class SliceStats:
+    column: str
+    value: str
+    n: int
+    correct: int
+    accuracy: float
+    ci95: tuple[float, float] | None
+    rest_n: int
+    rest_accuracy: float | None
+    gap: float | None
+    """accuracy - rest_accuracy (negative: the slice does worse)."""
+    p: float | None
+    """Two-sided Fisher exact test of the slice's 2×2 table against the rest."""
+    p_holm: float | None = None
+    flagged: bool = False
+    ranked: bool = True
+    """False for slices under ``min_size``: listed, never called worst."""
+
+
+def slice_stats(column: str, value: str, mask: np.ndarray, correct: np.ndarray) -> SliceStats:
+    """The slice ``mask`` (over the scored images, ``correct`` their right/wrong)."""
+    n = int(mask.sum())
+    k = int(correct[mask].sum())
+    rest = ~mask
+    rn = int(rest.sum())
+    rk = int(correct[rest].sum())
+    acc = k / n if n else float("nan")
+    rest_acc = rk / rn if rn else None
+    p = None
+    if n and rn:
+        from scipy.stats import fisher_exact  # scipy on first use: the registry stays light
+
+        p = float(fisher_exact([[k, n - k], [rk, rn - rk]]).pvalue)
+    return SliceStats(
+        column,
+        value,
+        n,
+        k,
+        acc,
+        wilson(k, n),
+        rn,
+        rest_acc,
+        None if rest_acc is None else acc - rest_acc,
+        p,
+    )
+
+
+def quantile_bins(values: np.ndarray, bins: int) -> list[str]:
+    """Numeric values -> their quantile bin as text ``[lo, hi)`` (the last bin closed)."""
+    finite = values[np.isfinite(values)]
+    edges = (
+        np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1))) if finite.size else np.array([])
+    )
+    out = []
+    for v in values:
+        if not np.isfinite(v) or edges.size < 2:
+            out.append("")
+            continue
+        j = min(int(np.searchsorted(edges, v, side="right")) - 1, edges.size - 2)
+        closed = "]" if j == edges.size - 2 else ")"
+        out.append(f"[{edges[j]:.4g}, {edges[j + 1]:.4g}{closed}")
+    return out

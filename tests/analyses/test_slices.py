@@ -1,0 +1,143 @@
+"""The slices analysis: per-subgroup numbers against a pandas group-by on predictions.csv, Holm
+against a hand loop, and a planted failing subgroup (a fifth of the digits colour-inverted, on
+which the demo model fails) found as the worst and only flagged slice; no false alarm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.stats import fisher_exact
+
+from reportgen.api import load_config, run_report
+from reportgen.demo import prepare_demo
+from reportgen.methods.slicing import holm, quantile_bins, wilson
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("slices")
+    prepare_demo(root / "demo", per_class=80, epochs=30)  # ~99 % on plain digits
+    flat = root / "flat"
+    flat.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["path,label,inverted,site,age"]
+    files = sorted((root / "demo" / "data").rglob("*.png"))
+    for i, f in enumerate(files):
+        img = np.asarray(Image.open(f))
+        inverted = i % 5 == 0
+        Image.fromarray(255 - img if inverted else img).save(flat / f.name)
+        site = "ABC"[int(rng.integers(0, 3))]
+        rows.append(
+            f"{f.name},{f.parent.name},{'yes' if inverted else 'no'},{site},{int(rng.integers(20, 90))}"
+        )
+    (root / "val.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root
+
+
+def _run(root: Path, name: str, **over: object) -> dict:
+    cfg = load_config(
+        root / "demo" / "config.yaml",
+        {
+            "output.dir": str(root / name),
+            "output.formats": ["html"],
+            "run.quiet": True,
+            **over,
+        },
+        analyses=["slices"],
+    )
+    result = run_report(cfg)
+    assert result.exit_code == 0
+    return json.loads((root / name / "summary.json").read_text(encoding="utf-8"))
+
+
+def test_holm_against_a_hand_loop_and_wilson_closed_form() -> None:
+    p = [0.01, 0.04, 0.03, 0.005, 0.5]
+    m = len(p)
+    order = np.argsort(p)
+    expected = np.empty(m)
+    best = 0.0
+    for rank, i in enumerate(order):
+        best = max(best, min(1.0, (m - rank) * p[i]))
+        expected[i] = best
+    assert holm(p) == pytest.approx(expected.tolist())
+    lo, hi = wilson(8, 10)  # type: ignore[misc]
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    assert quantile_bins(np.array([1.0, 2, 3, 4, 5, 6, 7, 8]), 4)[0] == "[1, 2.75)"
+    assert quantile_bins(np.array([1.0, 2, 3, 4, 5, 6, 7, 8]), 4)[-1] == "[6.25, 8]"
+
+
+def test_the_planted_subgroup_is_the_worst_and_only_flag(planted: Path) -> None:
+    s = _run(
+        planted,
+        "declared",
+        **{"data.manifest": str(planted / "val.csv"), "data.root": str(planted / "flat")},
+    )
+    slices = s["slices"]["declared"]
+    worst = slices[0]
+    assert (worst["column"], worst["value"]) == ("inverted", "yes")
+    assert worst["flagged"]
+    assert [x["column"] for x in slices if x["flagged"]] == ["inverted"]  # site is random
+    assert s["metrics"]["slices_flagged"] == 1
+    assert s["metrics"]["slices_worst_accuracy"] == worst["accuracy"]
+    # The numbers against a group-by of predictions.csv done here.
+    df = pd.read_csv(planted / "declared" / "predictions.csv", keep_default_na=False)
+    for x in slices:
+        if x["column"] not in ("inverted", "site"):
+            continue
+        member = df[f"meta:{x['column']}"] == x["value"]
+        correct = df["correct"].astype(int)
+        assert x["n"] == int(member.sum())
+        assert x["accuracy"] == pytest.approx(correct[member].mean(), abs=1e-12)
+        assert x["rest_accuracy"] == pytest.approx(correct[~member].mean(), abs=1e-12)
+        k, n = int(correct[member].sum()), int(member.sum())
+        rk, rn = int(correct[~member].sum()), int((~member).sum())
+        assert x["p"] == pytest.approx(fisher_exact([[k, n - k], [rk, rn - rk]]).pvalue)
+        assert x["ci95"] == pytest.approx(list(wilson(k, n)))  # type: ignore[arg-type]
+    # The numeric age column is cut into 4 quantile bins.
+    assert len({x["value"] for x in slices if x["column"] == "age"}) == 4
+    html = (planted / "declared" / "report.html").read_text(encoding="utf-8")
+    assert "significantly worse than the rest" in html
+
+
+def test_a_gate_on_slice_metrics_exits_3(planted: Path) -> None:
+    cfg = load_config(
+        planted / "demo" / "config.yaml",
+        {
+            "output.dir": str(planted / "gated"),
+            "output.formats": ["html"],
+            "run.quiet": True,
+            "data.manifest": str(planted / "val.csv"),
+            "data.root": str(planted / "flat"),
+        },
+        analyses=["slices"],
+        extra_gates=["slices_flagged==0"],
+    )
+    assert run_report(cfg).exit_code == 3
+
+
+def test_no_false_alarm_without_a_failing_subgroup(planted: Path) -> None:
+    # The plain demo folder: no metadata -> skipped with the reason.
+    s = _run(planted, "plain")
+    sec = next(x for x in s["sections"] if x["name"] == "slices")
+    assert sec["status"] == "skipped" and "no metadata columns" in sec["reason"]
+    assert s["metrics"]["slices_flagged"] is None
+    # Metadata without a failing subgroup (random sites on the uninverted images) flags nothing.
+    lines = (planted / "val.csv").read_text(encoding="utf-8").splitlines()
+    kept = [lines[0]] + [ln for ln in lines[1:] if ",no," in ln]
+    (planted / "plain.csv").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    s = _run(
+        planted,
+        "nofail",
+        **{
+            "data.manifest": str(planted / "plain.csv"),
+            "data.root": str(planted / "flat"),
+            "analyses.slices.columns": ["site"],
+        },
+    )
+    assert s["metrics"]["slices_flagged"] == 0
+    assert not any(x["flagged"] for x in s["slices"]["declared"])
