@@ -454,7 +454,7 @@ def load_config(
         for section, values in data.items()
         if isinstance(values, dict)
         for key in values
-    )
+    ) | frozenset(f"analyses.{name}" for name in analyses or ())  # named by --analyses
     cfg = dataclasses.replace(
         cfg, analyses=params, explicit=explicit, source=str(path) if path else None
     )

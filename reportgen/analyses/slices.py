@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reportgen.contract import Analysis, Metric, Result, SkipSection
+from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.methods.slicing import SliceStats, holm, quantile_bins, slice_stats
 from reportgen.params import AnalysisParams, between, in_range, rule
 from reportgen.report.figures import figure_to_picture, new_figure
@@ -169,6 +169,7 @@ class SlicesAnalysis(Analysis[SlicesParams]):
     name = "slices"
     title = "Where does the model fail? Accuracy per subgroup"
     Params = SlicesParams
+    needs = Needs(metadata=True)
     metrics = (
         Metric("slices_worst_accuracy", "worst subgroup accuracy", kind="percent"),
         Metric("slices_max_gap", "largest subgroup gap to the rest", kind="percent"),
@@ -316,8 +317,20 @@ class SlicesAnalysis(Analysis[SlicesParams]):
                     ],
                 )
             )
+        lead = (
+            [
+                f"subgroup {flagged[0].column} = {flagged[0].value or '(empty)'}: accuracy "
+                f"{100 * flagged[0].accuracy:.1f} % on {flagged[0].n} images vs "
+                f"{100 * (flagged[0].rest_accuracy or 0):.1f} % on the rest (Holm-corrected "
+                f"p {flagged[0].p_holm:.2g}); {len(flagged)} subgroup(s) significantly worse — "
+                "see 'Where does the model fail?'"
+            ]
+            if flagged
+            else []
+        )
         return Result(
             section,
+            warnings=lead,
             metrics=metrics,
             record={
                 "declared": [_record(s) for s in slices],

@@ -38,6 +38,10 @@ class Needs:
     """The penultimate features from the dataset pass (taken with a hook)."""
     gradients: bool = False
     """Backward passes through the model."""
+    metadata: bool = False
+    """Metadata columns in the data (a manifest's or dataset's extra columns). Data without any
+    leaves the analysis out of the report quietly (listed in summary.json's ``run.left_out``),
+    unless the configuration or ``--analyses`` names it: then it is a skipped section."""
     queries: bool = False
     """Query images (a per-image section; ``data.queries: 0`` leaves it out)."""
 
@@ -98,6 +102,9 @@ class Result:
     """Keys among the analysis' declared ``metrics``; values JSON-safe numbers, text or None."""
     record: dict[str, Any] | None = None
     """A JSON-safe record summary.json keeps under the analysis' name (its detailed results)."""
+    warnings: list[str] = field(default_factory=list)
+    """Findings the reader must see first (the run's warnings, "Read this first"), e.g. a
+    subgroup the model serves significantly worse."""
 
 
 class Analysis(Generic[P]):

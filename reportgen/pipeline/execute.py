@@ -138,6 +138,8 @@ class Pipeline:
     _classes_trusted: bool = True
     _positional_mismatch: bool = False
     """False when the class folders cannot be the model's outputs (targets: the prediction)."""
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Analyses left out of the report quietly (data that cannot give them), with the reason."""
     warnings: list[str] = field(default_factory=list)
     """Things the reader must know (wrong-looking inputs, approximations): stderr, the top of the
     report and summary.json's ``warnings``."""
@@ -405,6 +407,17 @@ class Pipeline:
         metrics: dict[str, Any] = {}
         arrays: dict[str, np.ndarray] = {}
         records: dict[str, Any] = {}
+        folder = prepared.context.folder
+        for name, analysis in list(plan.analyses):
+            if (
+                analysis.needs.metadata
+                and not folder.metadata
+                and f"analyses.{name}" not in self.config.explicit
+            ):
+                # Not asked for by name and nothing to show: left out, not a skipped section
+                # in every folder-based report.
+                plan.analyses.remove((name, analysis))
+                self.left_out[name] = "the data has no metadata columns"
         pending = plan.runnable
         costs = cost.plan_costs(pending, prepared.context_for, self.config.analyses)
         self.timings["plan"] = {n: cost.as_record(c) for n, c in costs.items()}
@@ -426,6 +439,9 @@ class Pipeline:
                 arrays.update(result.arrays)
                 if result.record is not None:
                     records[name] = result.record
+                for message in result.warnings:
+                    self._warn(message)
+                self._tell()
             self.timings["analyses"][name] = perf_counter() - t
             if counting:
                 self.timings["passes"][name] = counted.record()
@@ -468,6 +484,7 @@ class Pipeline:
             warnings=self.warnings,
         )
         summary["run"]["planned_passes"] = {n: cost.as_record(c) for n, c in costs.items()}
+        summary["run"]["left_out"] = dict(self.left_out)
         summary["run"]["batches"] = {
             "forward": self.throughput.forward_batch,
             "backward": self.throughput.backward_batch,

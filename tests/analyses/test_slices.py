@@ -4,6 +4,7 @@ which the demo model fails) found as the worst and only flagged slice; no false 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def test_the_planted_subgroup_is_the_worst_and_only_flag(planted: Path) -> None:
     assert len({x["value"] for x in slices if x["column"] == "age"}) == 4
     html = (planted / "declared" / "report.html").read_text(encoding="utf-8")
     assert "significantly worse than the rest" in html
+    # The report leads with it: a run warning ("Read this first") and a summary card.
+    assert any(w.startswith("subgroup inverted = yes: accuracy") for w in s["warnings"])
+    assert html.index("subgroup inverted = yes") < html.index('id="section-slices"')
 
 
 def test_a_gate_on_slice_metrics_exits_3(planted: Path) -> None:
@@ -121,11 +125,28 @@ def test_a_gate_on_slice_metrics_exits_3(planted: Path) -> None:
 
 
 def test_no_false_alarm_without_a_failing_subgroup(planted: Path) -> None:
-    # The plain demo folder: no metadata -> skipped with the reason.
+    # The plain demo folder: no metadata. Named (--analyses slices): skipped with the reason;
+    # in a default run it is left out quietly, not a skipped section in every folder report.
     s = _run(planted, "plain")
     sec = next(x for x in s["sections"] if x["name"] == "slices")
     assert sec["status"] == "skipped" and "no metadata columns" in sec["reason"]
-    assert s["metrics"]["slices_flagged"] is None
+    assert s["metrics"]["slices_flagged"] is None and s["warnings"] == []
+    cfg = load_config(
+        planted / "demo" / "config.yaml",
+        {"output.dir": str(planted / "default"), "output.formats": ["html"], "run.quiet": True},
+        analyses=None,
+    )
+    cfg = dataclasses.replace(
+        cfg,
+        analyses={
+            n: dataclasses.replace(a, enabled=n in ("slices", "filters"))
+            for n, a in cfg.analyses.items()
+        },
+    )
+    assert run_report(cfg).exit_code == 0
+    s = json.loads((planted / "default" / "summary.json").read_text(encoding="utf-8"))
+    assert [x["name"] for x in s["sections"]] == ["filters"]
+    assert s["run"]["left_out"] == {"slices": "the data has no metadata columns"}
     # Metadata without a failing subgroup (random sites on the uninverted images) flags nothing.
     lines = (planted / "val.csv").read_text(encoding="utf-8").splitlines()
     kept = [lines[0]] + [ln for ln in lines[1:] if ",no," in ln]
