@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
-from reportgen.methods.slicing import SliceStats, holm, quantile_bins, slice_stats
+from reportgen.methods.slicing import SliceStats, holm, slice_columns, slice_stats
 from reportgen.params import AnalysisParams, between, in_range, rule
 from reportgen.report.figures import figure_to_picture, new_figure
 from reportgen.report.section import Figure, Picture, Table, Text, Thumb
@@ -52,40 +52,6 @@ class SlicesParams(AnalysisParams):
     show: int = field(default=8, metadata=rule(between(0, 50)))
     """Most confident mistakes shown per flagged slice."""
     thumb_size: int = field(default=72, metadata=rule(between(16, 256)))
-
-
-def _numeric(values: list[str]) -> np.ndarray | None:
-    present = [v for v in values if v != ""]
-    try:
-        parsed = np.array([float(v) if v != "" else np.nan for v in values])
-    except ValueError:
-        return None
-    return parsed if present and np.isfinite(parsed[[v != "" for v in values]]).all() else None
-
-
-def slice_columns(
-    metadata: dict[str, list[str]], p: SlicesParams
-) -> tuple[dict[str, list[str]], list[str]]:
-    """(column -> one value per scored image, notes on columns left out)."""
-    notes: list[str] = []
-    names = p.columns if p.columns is not None else list(metadata)
-    out: dict[str, list[str]] = {}
-    for name in names:
-        values = metadata[name]
-        distinct = set(values)
-        if 2 <= len(distinct) <= p.max_values:
-            out[name] = values
-            continue
-        numeric = _numeric(values)
-        if len(distinct) > p.max_values and numeric is not None:
-            out[name] = quantile_bins(numeric, p.bins)
-        elif len(distinct) < 2:
-            notes.append(f"{name}: one value only")
-        else:
-            notes.append(
-                f"{name}: {len(distinct)} distinct values, not numeric (max_values {p.max_values})"
-            )
-    return out, notes
 
 
 def declared_slices(
@@ -201,7 +167,7 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         metadata = {
             c: [v[it.row] if it.row >= 0 else "" for it in rows] for c, v in folder.metadata.items()
         }
-        columns, notes = slice_columns(metadata, p)
+        columns, notes = slice_columns(metadata, p.columns, max_values=p.max_values, bins=p.bins)
         if not columns:
             raise SkipSection(
                 "no metadata column has between 2 and max_values values: " + "; ".join(notes)

@@ -242,6 +242,7 @@ def _subset(ps: PredictionSet, rows: np.ndarray) -> PredictionSet:
         confidence=ps.confidence[rows],
         p_label=ps.p_label[rows],
         correct=ps.correct[rows],
+        metadata={c: [v[i] for i in rows] for c, v in ps.metadata.items()},
     )
 
 

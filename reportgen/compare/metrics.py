@@ -29,6 +29,7 @@ import torch
 
 from reportgen.methods.attribution import spearman
 from reportgen.methods.calibration import calibration
+from reportgen.methods.slicing import slice_columns
 from reportgen.methods.stats import (
     BOOTSTRAP_SAMPLES,
     confusion_counts,
@@ -103,6 +104,57 @@ class FilterCompare:
     """Per-filter cosine similarity of the flattened weights (NaN for an all-zero filter)."""
 
 
+@dataclass(frozen=True)
+class SliceDelta:
+    """One metadata subgroup's accuracy under both models (the new report's labels)."""
+
+    column: str
+    value: str
+    n: int
+    accuracy_old: float
+    accuracy_new: float
+    negative_flips: int
+    positive_flips: int
+
+    @property
+    def delta(self) -> float:
+        return self.accuracy_new - self.accuracy_old
+
+
+SLICE_MIN_SIZE = 20
+"""Subgroups smaller than this are listed after the others, never called the worst."""
+
+
+def slice_deltas(
+    new: PredictionSet, scored: np.ndarray, correct_old: np.ndarray, correct_new: np.ndarray
+) -> list[SliceDelta]:
+    """Per subgroup of the new report's metadata columns (the slices section's rules), the
+    accuracy of both models on its labelled images, the worst regression first."""
+    if not new.metadata or not scored.any():
+        return []
+    idx = np.nonzero(scored)[0]
+    meta = {c: [v[i] for i in idx] for c, v in new.metadata.items()}
+    columns, _ = slice_columns(meta)
+    co, cn = correct_old[idx], correct_new[idx]
+    out = []
+    for column, values in columns.items():
+        arr = np.array(values, dtype=object)
+        for value in sorted(set(values)):
+            m = arr == value
+            out.append(
+                SliceDelta(
+                    column,
+                    value,
+                    int(m.sum()),
+                    float(co[m].mean()),
+                    float(cn[m].mean()),
+                    int((co[m] & ~cn[m]).sum()),
+                    int((~co[m] & cn[m]).sum()),
+                )
+            )
+    return sorted(out, key=lambda d: (d.n < SLICE_MIN_SIZE, d.delta, d.column, d.value))
+
+
 @dataclass(frozen=True, eq=False)
 class CompareResult:
     """Everything the comparison found; :func:`compare_summary` turns it into JSON-safe numbers."""
@@ -149,6 +201,8 @@ class CompareResult:
     """Warnings the reader must see (different data manifests, class lists matched by name...)."""
     matching: dict[str, Any] = field(default_factory=dict)
     """How two report folders' images were matched (empty for a baseline inside a run)."""
+    slices: list[SliceDelta] = field(default_factory=list)
+    """Per metadata subgroup, both models' accuracy, worst regression first."""
 
     @property
     def matched_images(self) -> int:
@@ -441,6 +495,7 @@ def build_compare(
         left_out=reasons,
         notes=list(notes),
         matching=dict(matching or {}),
+        slices=slice_deltas(new, scored, correct_old, correct_new),
     )
 
 
@@ -476,6 +531,22 @@ def compare_summary(result: CompareResult) -> dict[str, Any]:
         "knn_overlap": result.knn_overlap,
         "explanation_rank_corr": result.explanation_rank_corr,
         "filter_cosine_mean": result.filter_cosine_mean,
+        "slices_worst_delta": min(
+            (d.delta for d in result.slices if d.n >= SLICE_MIN_SIZE), default=None
+        ),
+        "slices": [
+            {
+                "column": d.column,
+                "value": d.value,
+                "n": d.n,
+                "accuracy_baseline": d.accuracy_old,
+                "accuracy": d.accuracy_new,
+                "accuracy_delta": d.delta,
+                "negative_flips": d.negative_flips,
+                "positive_flips": d.positive_flips,
+            }
+            for d in result.slices
+        ],
         # Descriptive extras (not gate metrics).
         "flip_meaning": result.flip_meaning,
         "parameters": {

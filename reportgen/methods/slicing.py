@@ -99,3 +99,46 @@ def quantile_bins(values: np.ndarray, bins: int) -> list[str]:
         closed = "]" if j == edges.size - 2 else ")"
         out.append(f"[{edges[j]:.4g}, {edges[j + 1]:.4g}{closed}")
     return out
+
+
+def _numeric(values: list[str]) -> np.ndarray | None:
+    """The values as floats when every non-empty one is a finite number (else None)."""
+    if not any(v != "" for v in values):
+        return None
+    try:
+        parsed = np.array([float(v) if v != "" else np.nan for v in values])
+    except ValueError:
+        return None
+    present = np.array([v != "" for v in values])
+    return parsed if np.isfinite(parsed[present]).all() else None
+
+
+def slice_columns(
+    metadata: dict[str, list[str]],
+    names: Sequence[str] | None = None,
+    *,
+    max_values: int = 50,
+    bins: int = 4,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """(column -> one slice value per image, notes on the columns left out).
+
+    A column with 2..``max_values`` distinct values is sliced by value; a numeric one with more
+    is cut into ``bins`` quantile bins; others are left out with the reason."""
+    notes: list[str] = []
+    out: dict[str, list[str]] = {}
+    for name in names if names is not None else list(metadata):
+        values = metadata[name]
+        distinct = set(values)
+        if 2 <= len(distinct) <= max_values:
+            out[name] = values
+            continue
+        numeric = _numeric(values)
+        if len(distinct) > max_values and numeric is not None:
+            out[name] = quantile_bins(numeric, bins)
+        elif len(distinct) < 2:
+            notes.append(f"{name}: one value only")
+        else:
+            notes.append(
+                f"{name}: {len(distinct)} distinct values, not numeric (max_values {max_values})"
+            )
+    return out, notes

@@ -37,6 +37,7 @@ COMPARE_KEYS: tuple[str, ...] = (
     "knn_overlap",
     "explanation_rank_corr",
     "filter_cosine_mean",
+    "slices_worst_delta",
 )
 """The numeric keys of summary.json's ``compare`` object, usable as ``compare.<key>`` in a gate."""
 

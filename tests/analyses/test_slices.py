@@ -162,3 +162,61 @@ def test_no_false_alarm_without_a_failing_subgroup(planted: Path) -> None:
     )
     assert s["metrics"]["slices_flagged"] == 0
     assert not any(x["flagged"] for x in s["slices"]["declared"])
+
+
+def test_compare_says_which_subgroup_a_change_hurt(planted: Path, tmp_path: Path) -> None:
+    """Per-subgroup deltas in `reportgen compare` and in a baseline inside the run, equal to a
+    group-by of the two predictions.csv files, the worst regression first."""
+    import torch
+
+    from reportgen.api import compare_reports
+
+    weights = torch.load(planted / "demo" / "model.pt", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    noisy = {
+        k: v + 0.15 * v.std() * torch.randn(v.shape, generator=gen)
+        if v.is_floating_point() and v.numel() > 1
+        else v
+        for k, v in weights.items()
+    }
+    torch.save(noisy, tmp_path / "noisy.pt")
+    data = {"data.manifest": str(planted / "val.csv"), "data.root": str(planted / "flat")}
+    old = _run(planted, "cmp-old", **data)
+    new = _run(planted, "cmp-new", **data, **{"model.weights": str(tmp_path / "noisy.pt")})
+    assert old["metrics"]["accuracy"] != new["metrics"]["accuracy"]
+    run = compare_reports(
+        planted / "cmp-old", planted / "cmp-new", tmp_path / "c", formats=["html"]
+    )
+    c = run.summary["compare"]
+    a = pd.read_csv(planted / "cmp-old" / "predictions.csv", keep_default_na=False)
+    b = pd.read_csv(planted / "cmp-new" / "predictions.csv", keep_default_na=False)
+    assert list(a["path"]) == list(b["path"])
+    for d in c["slices"]:
+        m = b[f"meta:{d['column']}"] == d["value"] if d["column"] != "age" else None
+        if m is None:
+            continue
+        assert d["n"] == int(m.sum())
+        assert d["accuracy_baseline"] == pytest.approx(
+            a["correct"].astype(int)[m].mean(), abs=1e-12
+        )
+        assert d["accuracy"] == pytest.approx(b["correct"].astype(int)[m].mean(), abs=1e-12)
+        neg = ((a["correct"].astype(int) == 1) & (b["correct"].astype(int) == 0))[m].sum()
+        assert d["negative_flips"] == int(neg)
+    big = [d for d in c["slices"] if d["n"] >= 20]
+    assert [d["accuracy_delta"] for d in big] == sorted(d["accuracy_delta"] for d in big)
+    assert c["slices_worst_delta"] == big[0]["accuracy_delta"]
+    # The same subgroups from a baseline inside the run.
+    inrun = _run(
+        planted,
+        "cmp-inrun",
+        **data,
+        **{
+            "model.weights": str(tmp_path / "noisy.pt"),
+            "baseline.weights": str(planted / "demo" / "model.pt"),
+        },
+    )
+    assert [(d["column"], d["value"], d["accuracy_delta"]) for d in inrun["compare"]["slices"]] == [
+        (d["column"], d["value"], d["accuracy_delta"]) for d in c["slices"]
+    ]
+    html = (tmp_path / "c" / "report.html").read_text(encoding="utf-8")
+    assert "Which subgroup did this change hurt?" in html
