@@ -110,6 +110,11 @@ class History:
     worst_drop: np.ndarray
     """Per class, the largest recall decrease between consecutive releases on the same data."""
     steps: list[Step]
+    slice_names: list[str]
+    """``column = value`` of every subgroup a release's slices section reported."""
+    slice_accuracy: np.ndarray
+    """releases × subgroups accuracy (NaN: not reported in that release)."""
+    slice_worst_drop: np.ndarray
     verdicts: dict[str, list[str | None]]
     """Attribution method -> per release: ok, fails randomisation, not better than random ..."""
     segments: list[int]
@@ -262,6 +267,27 @@ def _recall(releases: Sequence[Release]) -> tuple[list[str], np.ndarray]:
     return order, recall
 
 
+def _slices(releases: Sequence[Release]) -> tuple[list[str], np.ndarray]:
+    """Per release and subgroup (``column = value``), the accuracy its slices section reported."""
+    names: dict[str, None] = {}
+    per: list[dict[str, float]] = []
+    for r in releases:
+        got: dict[str, float] = {}
+        record = r.summary.get("slices")
+        for s in (record or {}).get("declared") or [] if isinstance(record, dict) else []:
+            if isinstance(s, dict) and _number(s.get("accuracy")) is not None:
+                key = f"{s.get('column')} = {s.get('value') or '(empty)'}"
+                got[key] = float(s["accuracy"])
+                names.setdefault(key, None)
+        per.append(got)
+    order = list(names)
+    matrix = np.full((len(releases), len(order)), np.nan)
+    for i, got in enumerate(per):
+        for j, name in enumerate(order):
+            matrix[i, j] = got.get(name, np.nan)
+    return order, matrix
+
+
 def _worst_drop(recall: np.ndarray, segments: Sequence[int]) -> np.ndarray:
     drops = np.zeros(recall.shape[1])
     starts = set(segments)
@@ -354,6 +380,7 @@ def _build(
         if isinstance(checks, dict) and isinstance(checks.get("methods"), dict):
             methods.update(dict.fromkeys(checks["methods"]))
     verdicts = {m: [_verdict(r.summary, m) for r in releases] for m in methods}
+    slice_names, slice_accuracy = _slices(releases)
     return History(
         releases=releases,
         not_reports=not_reports,
@@ -364,6 +391,9 @@ def _build(
         recall=recall,
         worst_drop=_worst_drop(recall, segments),
         steps=steps,
+        slice_names=slice_names,
+        slice_accuracy=slice_accuracy,
+        slice_worst_drop=_worst_drop(slice_accuracy, segments),
         verdicts=verdicts,
         segments=segments,
         metrics=history_metrics(releases, segments, steps),

@@ -119,29 +119,39 @@ def trend_figure(h: History) -> Figure:
     )
 
 
-def recall_figure(h: History) -> tuple[Figure | None, list[int]]:
-    if not h.class_names:
+def heatmap_figure(
+    h: History, names: Sequence[str], matrix: np.ndarray, drops: np.ndarray, what: str
+) -> tuple[Figure | None, list[int]]:
+    """Rows (classes or subgroups) × releases in [0, 1], rows sorted by their worst drop."""
+    if not names:
         return None, []
-    order = sorted(range(len(h.class_names)), key=lambda j: (-h.worst_drop[j], h.class_names[j]))
+    order = sorted(range(len(names)), key=lambda j: (-drops[j], names[j]))
     shown = order[:MAX_HEATMAP_CLASSES]
-    data = h.recall[:, shown].T
+    data = matrix[:, shown].T
     fig = new_figure(max(4.0, 0.35 * len(h.releases) + 2.5), max(2.0, 0.26 * len(shown) + 1.2))
     ax = fig.add_subplot(1, 1, 1)
     masked = np.ma.masked_invalid(data)
     im = ax.imshow(masked, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels([h.class_names[j][:28] for j in shown])
+    ax.set_yticklabels([names[j][:28] for j in shown])
     _ticks(ax, [r.label for r in h.releases])
     _breaks(ax, h.segments)
-    fig.colorbar(im, ax=ax, label="recall", shrink=0.8)
+    fig.colorbar(im, ax=ax, label=what, shrink=0.8)
     more = len(order) - len(shown)
+    source = "each release's predictions.csv" if what == "recall" else "each release's summary.json"
+    kind = "classes" if what == "recall" else "subgroups"
     caption = (
-        "Recall per class (rows) and release (columns), from each release's predictions.csv; "
-        "classes sorted by their worst drop between two consecutive releases on the same data"
-        + (f"; the {len(shown)} with the worst drops of {len(order)} classes" if more else "")
-        + "; gray: no labelled image of the class in that release."
+        f"{what.capitalize()} per {kind[:-1] if kind == 'classes' else 'subgroup'} (rows) and "
+        f"release (columns), from {source}; {kind} sorted by their worst drop between two "
+        "consecutive releases on the same data"
+        + (f"; the {len(shown)} with the worst drops of {len(order)} {kind}" if more else "")
+        + "; gray: no value in that release."
     )
-    return Figure(figure_to_picture(fig), caption, "Per-class recall heat-map", wide=True), shown
+    return Figure(figure_to_picture(fig), caption, f"{what} heat-map", wide=True), shown
+
+
+def recall_figure(h: History) -> tuple[Figure | None, list[int]]:
+    return heatmap_figure(h, h.class_names, h.recall, h.worst_drop, "recall")
 
 
 def _link(out_dir: Path, release_path: Path, text: str) -> Link | str:
@@ -237,6 +247,22 @@ def history_sections(h: History, out_dir: Path) -> list[Section]:
                 )
             )
     sections.append(classes)
+
+    if h.slice_names:
+        subgroups = Section(
+            "history_slices",
+            "Subgroups over the releases",
+            how_to_read=(
+                "Accuracy per metadata subgroup (the slices section of each release): a row "
+                "that turns red is a subgroup the model has been failing more and more."
+            ),
+        )
+        figure, _ = heatmap_figure(
+            h, h.slice_names, h.slice_accuracy, h.slice_worst_drop, "accuracy"
+        )
+        if figure is not None:
+            subgroups.add(figure)
+        sections.append(subgroups)
 
     changes = Section(
         "history_changes",
@@ -376,6 +402,12 @@ def history_summary(h: History) -> dict[str, Any]:
             "worst_drop": [float(v) for v in h.worst_drop],
         },
         "attribution_verdicts": h.verdicts,
+        "slice_accuracy": {
+            "subgroups": h.slice_names,
+            "accuracy": [
+                [None if math.isnan(v) else float(v) for v in row] for row in h.slice_accuracy
+            ],
+        },
     }
 
 

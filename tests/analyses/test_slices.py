@@ -220,3 +220,17 @@ def test_compare_says_which_subgroup_a_change_hurt(planted: Path, tmp_path: Path
     ]
     html = (tmp_path / "c" / "report.html").read_text(encoding="utf-8")
     assert "Which subgroup did this change hurt?" in html
+
+
+def test_history_shows_subgroups_over_the_releases(planted: Path, tmp_path: Path) -> None:
+    from reportgen.api import history_report
+
+    data = {"data.manifest": str(planted / "val.csv"), "data.root": str(planted / "flat")}
+    runs = [_run(planted, f"h{i}", **data, **{"run.release": f"r{i}"}) for i in range(2)]
+    h = history_report([planted / "h0", planted / "h1"], tmp_path / "H", formats=["html"])
+    sa = h.summary["history"]["slice_accuracy"]
+    for i, s in enumerate(runs):
+        own = {f"{x['column']} = {x['value']}": x["accuracy"] for x in s["slices"]["declared"]}
+        got = dict(zip(sa["subgroups"], sa["accuracy"][i], strict=True))
+        assert got == own
+    assert "Subgroups over the releases" in (tmp_path / "H" / "report.html").read_text()
