@@ -240,9 +240,18 @@ def _segments(releases: Sequence[Release]) -> list[int]:
     return starts
 
 
+def _matrix(per: Sequence[Mapping[str, float]]) -> tuple[list[str], np.ndarray]:
+    """Row names in first-seen order and the releases × names matrix (NaN where missing)."""
+    order = list(dict.fromkeys(name for got in per for name in got))
+    matrix = np.full((len(per), len(order)), np.nan)
+    for i, got in enumerate(per):
+        for j, name in enumerate(order):
+            matrix[i, j] = got.get(name, np.nan)
+    return order, matrix
+
+
 def _recall(releases: Sequence[Release]) -> tuple[list[str], np.ndarray]:
     """Per release and class name, the share of the class's labelled images predicted right."""
-    names: dict[str, None] = {}
     per: list[dict[str, float]] = []
     for r in releases:
         got: dict[str, float] = {}
@@ -257,19 +266,12 @@ def _recall(releases: Sequence[Release]) -> tuple[list[str], np.ndarray]:
                 for c in np.nonzero(counts)[0]:
                     name = ps.class_name(int(c))
                     got[name] = float(hits[c] / counts[c])
-                    names.setdefault(name, None)
         per.append(got)
-    order = list(names)
-    recall = np.full((len(releases), len(order)), np.nan)
-    for i, got in enumerate(per):
-        for j, name in enumerate(order):
-            recall[i, j] = got.get(name, np.nan)
-    return order, recall
+    return _matrix(per)
 
 
 def _slices(releases: Sequence[Release]) -> tuple[list[str], np.ndarray]:
     """Per release and subgroup (``column = value``), the accuracy its slices section reported."""
-    names: dict[str, None] = {}
     per: list[dict[str, float]] = []
     for r in releases:
         got: dict[str, float] = {}
@@ -278,14 +280,8 @@ def _slices(releases: Sequence[Release]) -> tuple[list[str], np.ndarray]:
             if isinstance(s, dict) and _number(s.get("accuracy")) is not None:
                 key = f"{s.get('column')} = {s.get('value') or '(empty)'}"
                 got[key] = float(s["accuracy"])
-                names.setdefault(key, None)
         per.append(got)
-    order = list(names)
-    matrix = np.full((len(releases), len(order)), np.nan)
-    for i, got in enumerate(per):
-        for j, name in enumerate(order):
-            matrix[i, j] = got.get(name, np.nan)
-    return order, matrix
+    return _matrix(per)
 
 
 def _worst_drop(recall: np.ndarray, segments: Sequence[int]) -> np.ndarray:

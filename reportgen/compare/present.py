@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from reportgen.compare.metrics import CompareResult
+from reportgen.compare.slices_present import slice_blocks
 from reportgen.report.figures import (
     figure_to_picture,
     mosaic,
@@ -424,50 +425,7 @@ def compare_section(
         got = thumbnails([r.new.paths[p] for p in wanted])
         images = dict(zip(wanted, got, strict=True))
 
-    if r.slices:
-        worst = r.slices[0]
-        section.add(
-            Table(
-                caption=(
-                    "Which subgroup did this change hurt? Accuracy per metadata subgroup, the "
-                    "worst regression first (subgroups under 20 images last)"
-                ),
-                columns=[
-                    "column",
-                    "value",
-                    "images",
-                    "accuracy baseline",
-                    "accuracy new",
-                    "Δ",
-                    "negative flips",
-                    "positive flips",
-                ],
-                rows=[
-                    [
-                        d.column,
-                        d.value or "(empty)",
-                        d.n,
-                        d.accuracy_old,
-                        d.accuracy_new,
-                        _pp(d.delta),
-                        d.negative_flips,
-                        d.positive_flips,
-                    ]
-                    for d in r.slices[:40]
-                ],
-            )
-        )
-        if worst.delta < 0 and worst.n >= 20:
-            section.add(
-                Text(
-                    f"The largest subgroup regression: {worst.column} = {worst.value or '(empty)'} "
-                    f"{_pp(worst.delta)} on {worst.n} images ({worst.negative_flips} negative "
-                    "flips).",
-                    kind="warning"
-                    if r.accuracy_delta is not None and worst.delta < r.accuracy_delta - 0.01
-                    else "note",
-                )
-            )
+    section.add(*slice_blocks(r))
     if r.per_class:
         rows_pc = r.per_class[:max_classes]
         section.add(
