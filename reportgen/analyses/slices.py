@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
-from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
+from reportgen import loading, methods
+from reportgen.contract import Analysis, Cost, Metric, Needs, Result, SkipSection
+from reportgen.errors import ReportgenError
 from reportgen.methods.slicing import SliceStats, holm, slice_columns, slice_stats
 from reportgen.params import AnalysisParams, between, in_range, rule
-from reportgen.report.figures import figure_to_picture, new_figure
+from reportgen.report.figures import colormap, figure_to_picture, new_figure
 from reportgen.report.section import Figure, Picture, Table, Text, Thumb
+from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
     from reportgen.contract import AnalysisContext
@@ -115,6 +119,61 @@ def forest_figure(slices: list[SliceStats], overall: float) -> Picture:
     return figure_to_picture(fig)
 
 
+def _mistakes(
+    flagged: list[SliceStats],
+    columns: dict[str, list[str]],
+    positions: np.ndarray,
+    correct: np.ndarray,
+    conf: np.ndarray,
+    show: int,
+) -> list[tuple[SliceStats, list[int]]]:
+    """Per flagged subgroup (at most 3), its most confident mistakes (pass positions)."""
+    out = []
+    for s in flagged[:3]:
+        if show == 0 or s.column not in columns:
+            continue
+        values = np.array(columns[s.column], dtype=object)
+        members = positions[(values == s.value) & ~correct]
+        order = members[np.argsort(-conf[members], kind="stable")][:show].tolist()
+        if order:
+            out.append((s, order))
+    return out
+
+
+def gradcam_overlays(
+    ctx: AnalysisContext, positions: list[int], targets: list[int], size: int
+) -> list[np.ndarray]:
+    """The images with the Grad-CAM of ``targets`` (the predicted, wrong class) laid over them.
+    Raises NotApplicable / ChangedFile when it cannot be made."""
+    model = ctx.model.module
+    x = ctx.load_inputs(positions)
+    t = torch.tensor(targets, device=x.device)
+    bs = ctx.batch("auto", backward=True)
+    layout = ctx.token_layout
+    if layout is not None:
+        layer = methods.vit_maps.default_vit_gradcam_layer(layout)
+        cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, bs)
+    else:
+        try:
+            layer = methods.attribution.default_gradcam_layer(model, x[:1])
+        except ValueError as exc:
+            raise methods.attribution.NotApplicable(str(exc)) from None
+        cam = methods.attribution.grad_cam(model, x, t, loading.types.find_layer(model, layer), bs)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    maps = methods.attribution.upsample_maps(cam, (h, w)).float().cpu().numpy()
+    out = []
+    for img, m in zip(ctx.display_images(positions), maps, strict=True):
+        m = m / m.max() if m.max() > 0 else m
+        blend = (0.55 * img.astype(np.float64) + 0.45 * colormap(m, "jet")).round()
+        pil = Image.fromarray(blend.clip(0, 255).astype(np.uint8))
+        scale = size / max(pil.size)  # to the thumbnail size, as the plain thumbnails are
+        resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+        dims = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
+        pil = pil.resize(dims, resample)
+        out.append(np.asarray(pil))
+    return out
+
+
 def _record(s: SliceStats) -> dict[str, Any]:
     return {
         "column": s.column,
@@ -142,6 +201,46 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         Metric("slices_flagged", "subgroups significantly worse", headline=True, kind="count"),
     )
     order = 95
+
+    def cost(self, ctx: AnalysisContext, p: SlicesParams) -> Cost:
+        """One forward+backward per mistake shown with its Grad-CAM (the flagged subgroups'
+        most confident mistakes; none when nothing is flagged), and the layer probe."""
+        try:
+            prepared = self._slices(ctx, p)
+        except SkipSection:
+            return Cost()
+        if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
+            return Cost()
+        shown = [order for _, order in _mistakes(*prepared, p.show)]
+        n = sum(len(order) for order in shown)
+        # One forward+backward per image; a CNN's last spatial layer is found by a one-image
+        # probe per gallery.
+        probes = len(shown) if ctx.token_layout is None else 0
+        return Cost(forward=probes, backward=n)
+
+    def _slices(
+        self, ctx: AnalysisContext, p: SlicesParams
+    ) -> tuple[list[SliceStats], dict[str, list[str]], np.ndarray, np.ndarray, np.ndarray]:
+        """(flagged subgroups, columns, pass positions, correct, confidence) for the plan."""
+        folder = ctx.folder
+        res = ctx.pass_result
+        scored = res.scored().cpu().numpy()
+        if not folder.metadata or not ctx.labels_are_model_classes or not scored.any():
+            raise SkipSection("nothing to slice")
+        positions = np.nonzero(scored)[0]
+        correct = (res.predictions.cpu().numpy() == res.labels.cpu().numpy())[positions]
+        rows = [folder.items[res.item_index[int(q)]] for q in positions]
+        metadata = {
+            c: [v[it.row] if it.row >= 0 else "" for it in rows]
+            for c, v in folder.metadata.items()
+            if p.columns is None or c in p.columns
+        }
+        columns, _ = slice_columns(metadata, None, max_values=p.max_values, bins=p.bins)
+        if not columns:
+            raise SkipSection("no column to slice")
+        flagged = [s for s in declared_slices(columns, correct, p) if s.flagged]
+        conf = res.logits.float().softmax(1).max(1).values.cpu().numpy()
+        return flagged, columns, positions, correct, conf
 
     def run(self, ctx: AnalysisContext, p: SlicesParams) -> Result:
         folder = ctx.folder
@@ -252,24 +351,20 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         preds = res.predictions.cpu().numpy()
         conf = res.logits.float().softmax(1).max(1).values.cpu().numpy()
         labels = res.labels.cpu().numpy()
-        for s in flagged[:3]:
-            if p.show == 0:
-                break
-            values = (
-                np.array(columns.get(s.column, [""] * len(rows)), dtype=object)
-                if s.column in columns
-                else None
-            )
-            if values is None:
-                continue
-            members = positions[(values == s.value) & ~correct]
-            order = members[np.argsort(-conf[members], kind="stable")][: p.show].tolist()
-            if not order:
-                continue
-            images = ctx.display_images(order, p.thumb_size)
+        galleries = _mistakes(flagged, columns, positions, correct, conf, p.show)
+        for s, order in galleries:
+            note = ""
+            try:
+                if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
+                    raise methods.attribution.NotApplicable("the model does not take layer hooks")
+                images = gradcam_overlays(ctx, order, [int(preds[q]) for q in order], p.thumb_size)
+                note = ", with the Grad-CAM of the (wrong) predicted class laid over each"
+            except (methods.attribution.NotApplicable, ReportgenError) as exc:  # or a changed file
+                images = ctx.display_images(order, p.thumb_size)
+                note = f" (Grad-CAM not shown: {exc})"
             section.add(
                 Table(
-                    caption=f"{s.column} = {s.value or '(empty)'}: its most confident mistakes",
+                    caption=f"{s.column} = {s.value or '(empty)'}: its most confident mistakes{note}",
                     columns=[f"#{k + 1}" for k in range(len(order))],
                     rows=[
                         [

@@ -103,6 +103,10 @@ def test_the_planted_subgroup_is_the_worst_and_only_flag(planted: Path) -> None:
     assert len({x["value"] for x in slices if x["column"] == "age"}) == 4
     html = (planted / "declared" / "report.html").read_text(encoding="utf-8")
     assert "significantly worse than the rest" in html
+    assert "with the Grad-CAM of the (wrong) predicted class" in html
+    # The cost plan is what the section did: one Grad-CAM pass per mistake shown, one probe.
+    timings = json.loads((planted / "declared" / "timings.json").read_text(encoding="utf-8"))
+    assert timings["plan"]["slices"] == timings["passes"]["slices"] == {"forward": 1, "backward": 8}
     # The report leads with it: a run warning ("Read this first") and a summary card.
     assert any(w.startswith("subgroup inverted = yes: accuracy") for w in s["warnings"])
     assert html.index("subgroup inverted = yes") < html.index('id="section-slices"')
