@@ -190,6 +190,55 @@ def _record(s: SliceStats) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """What both the cost plan and the section need: the subgroups and the scored images."""
+
+    slices: list[SliceStats]
+    columns: dict[str, list[str]]
+    """Column -> one slice value per scored image."""
+    notes: list[str]
+    positions: np.ndarray
+    """Pass positions of the scored images."""
+    correct: np.ndarray
+    conf: np.ndarray
+    """Confidence of every image of the pass (by pass position)."""
+
+
+def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
+    """The subgroups of the scored images. Raises SkipSection with the reason."""
+    folder = ctx.folder
+    if not folder.metadata:
+        raise SkipSection(
+            "the data has no metadata columns: give a manifest (--manifest) or dataset with "
+            "columns such as site or scanner to see accuracy per subgroup"
+        )
+    if p.columns is not None:
+        unknown = [c for c in p.columns if c not in folder.metadata]
+        if unknown:
+            raise SkipSection(
+                f"analyses.slices.columns names {', '.join(unknown)}, not a metadata column "
+                f"(the data has {', '.join(folder.metadata_columns)})"
+            )
+    res = ctx.pass_result
+    scored = res.scored().cpu().numpy()
+    if not ctx.labels_are_model_classes or not scored.any():
+        raise SkipSection("no labelled image the model can be right or wrong about")
+    positions = np.nonzero(scored)[0]
+    correct = (res.predictions.cpu().numpy() == res.labels.cpu().numpy())[positions]
+    rows = [folder.items[res.item_index[int(q)]] for q in positions]
+    metadata = {
+        c: [v[it.row] if it.row >= 0 else "" for it in rows] for c, v in folder.metadata.items()
+    }
+    columns, notes = slice_columns(metadata, p.columns, max_values=p.max_values, bins=p.bins)
+    if not columns:
+        raise SkipSection(
+            "no metadata column has between 2 and max_values values: " + "; ".join(notes)
+        )
+    conf = res.logits.float().softmax(1).max(1).values.cpu().numpy()
+    return Prepared(declared_slices(columns, correct, p), columns, notes, positions, correct, conf)
+
+
 class SlicesAnalysis(Analysis[SlicesParams]):
     name = "slices"
     title = "Where does the model fail? Accuracy per subgroup"
@@ -206,72 +255,34 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         """One forward+backward per mistake shown with its Grad-CAM (the flagged subgroups'
         most confident mistakes; none when nothing is flagged), and the layer probe."""
         try:
-            prepared = self._slices(ctx, p)
+            sp = prepare(ctx, p)
         except SkipSection:
             return Cost()
         if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
             return Cost()
-        shown = [order for _, order in _mistakes(*prepared, p.show)]
+        flagged = [s for s in sp.slices if s.flagged]
+        shown = [
+            order
+            for _, order in _mistakes(
+                flagged, sp.columns, sp.positions, sp.correct, sp.conf, p.show
+            )
+        ]
         n = sum(len(order) for order in shown)
         # One forward+backward per image; a CNN's last spatial layer is found by a one-image
         # probe per gallery.
         probes = len(shown) if ctx.token_layout is None else 0
         return Cost(forward=probes, backward=n)
 
-    def _slices(
-        self, ctx: AnalysisContext, p: SlicesParams
-    ) -> tuple[list[SliceStats], dict[str, list[str]], np.ndarray, np.ndarray, np.ndarray]:
-        """(flagged subgroups, columns, pass positions, correct, confidence) for the plan."""
-        folder = ctx.folder
-        res = ctx.pass_result
-        scored = res.scored().cpu().numpy()
-        if not folder.metadata or not ctx.labels_are_model_classes or not scored.any():
-            raise SkipSection("nothing to slice")
-        positions = np.nonzero(scored)[0]
-        correct = (res.predictions.cpu().numpy() == res.labels.cpu().numpy())[positions]
-        rows = [folder.items[res.item_index[int(q)]] for q in positions]
-        metadata = {
-            c: [v[it.row] if it.row >= 0 else "" for it in rows]
-            for c, v in folder.metadata.items()
-            if p.columns is None or c in p.columns
-        }
-        columns, _ = slice_columns(metadata, None, max_values=p.max_values, bins=p.bins)
-        if not columns:
-            raise SkipSection("no column to slice")
-        flagged = [s for s in declared_slices(columns, correct, p) if s.flagged]
-        conf = res.logits.float().softmax(1).max(1).values.cpu().numpy()
-        return flagged, columns, positions, correct, conf
-
     def run(self, ctx: AnalysisContext, p: SlicesParams) -> Result:
-        folder = ctx.folder
-        if not folder.metadata:
-            raise SkipSection(
-                "the data has no metadata columns: give a manifest (--manifest) or dataset with "
-                "columns such as site or scanner to see accuracy per subgroup"
-            )
-        if p.columns is not None:
-            unknown = [c for c in p.columns if c not in folder.metadata]
-            if unknown:
-                raise SkipSection(
-                    f"analyses.slices.columns names {', '.join(unknown)}, not a metadata column "
-                    f"(the data has {', '.join(folder.metadata_columns)})"
-                )
-        res = ctx.pass_result
-        scored = res.scored().cpu().numpy()
-        if not ctx.labels_are_model_classes or not scored.any():
-            raise SkipSection("no labelled image the model can be right or wrong about")
-        positions = np.nonzero(scored)[0]
-        correct = (res.predictions.cpu().numpy() == res.labels.cpu().numpy())[positions]
-        rows = [folder.items[res.item_index[int(q)]] for q in positions]
-        metadata = {
-            c: [v[it.row] if it.row >= 0 else "" for it in rows] for c, v in folder.metadata.items()
-        }
-        columns, notes = slice_columns(metadata, p.columns, max_values=p.max_values, bins=p.bins)
-        if not columns:
-            raise SkipSection(
-                "no metadata column has between 2 and max_values values: " + "; ".join(notes)
-            )
-        slices = declared_slices(columns, correct, p)
+        sp = prepare(ctx, p)
+        slices, columns, positions, correct, conf = (
+            sp.slices,
+            sp.columns,
+            sp.positions,
+            sp.correct,
+            sp.conf,
+        )
+        notes = sp.notes
         overall = float(correct.mean())
         ranked = [s for s in slices if s.ranked]
         flagged = [s for s in slices if s.flagged]
@@ -348,8 +359,8 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         )
         if notes:
             section.add(Text("Columns not sliced: " + "; ".join(notes) + ".", "note"))
+        res = ctx.pass_result
         preds = res.predictions.cpu().numpy()
-        conf = res.logits.float().softmax(1).max(1).values.cpu().numpy()
         labels = res.labels.cpu().numpy()
         galleries = _mistakes(flagged, columns, positions, correct, conf, p.show)
         for s, order in galleries:

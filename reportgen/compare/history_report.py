@@ -13,53 +13,36 @@ import math
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from reportgen.compare.formats import _pp
 from reportgen.compare.history import History, Sort, build_history
+from reportgen.compare.report import CompareRun, write_report_files
 from reportgen.errors import ReportgenError
 from reportgen.report.figures import figure_to_picture, new_figure
-from reportgen.report.gates import evaluate_gates, gates_failed, parse_gates
+from reportgen.report.gates import evaluate_gates, parse_gates
 from reportgen.report.render import (
     ReportContext,
     clean_floats,
     format_metric,
     markdown_escape,
-    render_html,
-    render_html_once,
-    to_json,
 )
 from reportgen.report.section import Figure, Link, Section, Table, Text
 from reportgen.runtime.outdir import (
     check_apart_from_inputs,
     prepare_output_dir,
-    remove_stale_outputs,
 )
-from reportgen.runtime.writes import write_all_atomic
 from reportgen.version import __version__
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_OUTPUT_FAILED = 0, 3, 4
 MAX_HEATMAP_CLASSES = 30
 """The per-class heat-map shows the classes with the worst drops, at most this many."""
 
 
-@dataclass
-class HistoryRun:
-    out_dir: Path
-    summary: dict[str, Any]
-    files: list[Path]
-    warnings: list[str]
-    sections: list[Section] = field(default_factory=list)
-    rank: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        if gates_failed(self.summary.get("gates", [])):
-            return EXIT_GATE_FAILED
-        return EXIT_OUTPUT_FAILED if self.summary.get("output", {}).get("failed") else EXIT_OK
+class HistoryRun(CompareRun):
+    """What ``reportgen history`` wrote (exit codes as for ``reportgen compare``)."""
 
 
 def _short(sha: Any) -> str:
@@ -362,10 +345,6 @@ def _pct(value: Any) -> str:
     )
 
 
-def _pp(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * value:+.2f} pp"
-
-
 def history_summary(h: History) -> dict[str, Any]:
     return {
         "releases": [
@@ -524,29 +503,13 @@ def write_history(
             versions={"reportgen": __version__, "python": platform.python_version()},
             template="history.html.j2",
         )
-        payloads: dict[Path, bytes | str] = {}
-        output: dict[str, Any] = {}
-        warnings: list[str] = []
-        html = render_html(report, int(max_html_mb * 1024 * 1024))
-        if "html" in formats:
-            payloads[out / "report.html"] = html.html
-            output["html_bytes"] = len(html.html.encode("utf-8"))
-        if "pdf" in formats:
-            from reportgen.report.pdf import html_to_pdf
-
-            try:
-                payloads[out / "report.pdf"] = html_to_pdf(
-                    render_html_once(report, html.encoding, for_pdf=True)
-                )
-            except Exception as exc:
-                msg = f"report.pdf could not be rendered: {type(exc).__name__}: {exc}"
-                warn(msg)
-                warnings.append(msg)
-                output["failed"] = [msg]
-        summary["output"] = output
-        payloads[out / "summary.json"] = to_json(summary)
-        payloads[out / "summary.md"] = history_markdown(h, summary.get("gates", []))
-        out.mkdir(parents=True, exist_ok=True)
-        write_all_atomic(payloads)
-        remove_stale_outputs(out, list(payloads))
-        return HistoryRun(out, summary, list(payloads), warnings, sections)
+        files, warnings = write_report_files(
+            report,
+            summary,
+            history_markdown(h, summary.get("gates", [])),
+            out,
+            formats=formats,
+            max_html_mb=max_html_mb,
+            warn=warn,
+        )
+        return HistoryRun(out, summary, sections, files, warnings)

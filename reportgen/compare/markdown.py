@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reportgen.compare.present import _count_rate, _p_value, _pct, _pp, _signed
+from reportgen.compare.formats import _count_rate, _p_value, _pct, _pp, _signed
 from reportgen.report.render import markdown_escape
 from reportgen.report.section import (
     format_number,

@@ -129,10 +129,10 @@ def _compare_into(
     matched = dict(zip(result.new.paths, result.new.sha256, strict=True))
     # Images named by path under the root (a folder, a manifest's root) can be shown; shard
     # members and dataset rows are listed by name (reading them needs the source, not a path).
-    files = new.summary.get("data", {}).get("source", "folder") in ("folder", "manifest")
+    by_path = new.summary.get("data", {}).get("source", "folder") in ("folder", "manifest")
     section = compare_section(
         result,
-        thumbnails=folder_thumbnails(root, matched) if files and root.is_dir() else None,
+        thumbnails=folder_thumbnails(root, matched) if by_path and root.is_dir() else None,
     )
     compare = clean_floats(compare_summary(result))
     summary: dict[str, Any] = {
@@ -165,11 +165,38 @@ def _compare_into(
         template="compare.html.j2",
     )
     out = Path(out_dir)
+    title = f"### reportgen compare: {markdown_escape(new.arch)} against {markdown_escape(old.arch)}\n\n"
+    body = compare_markdown(compare, summary.get("gates", []))
+    files, warnings = write_report_files(
+        report,
+        summary,
+        title + body.rstrip("\n") + "\n",
+        out,
+        formats=formats,
+        max_html_mb=max_html_mb,
+        warn=warn,
+    )
+    return CompareRun(out, summary, [section], files, warnings)
+
+
+def write_report_files(
+    report: ReportContext,
+    summary: dict[str, Any],
+    markdown: str,
+    out: Path,
+    *,
+    formats: Sequence[str],
+    max_html_mb: float,
+    warn: Callable[[str], None],
+) -> tuple[list[Path], list[str]]:
+    """Render report.html (within the size budget) and report.pdf as asked, add summary.json
+    (with ``output``) and summary.md, write them atomically and remove stale outputs (e.g. the
+    PDF of an earlier report). A PDF that cannot be rendered is a warning and
+    ``summary.output.failed``, not a lost report. Returns (files written, warnings)."""
     payloads: dict[Path, bytes | str] = {}
     output: dict[str, Any] = {}
     warnings: list[str] = []
-    budget = int(max_html_mb * 1024 * 1024)
-    html = render_html(report, budget)
+    html = render_html(report, int(max_html_mb * 1024 * 1024))
     if "html" in formats:
         payloads[out / "report.html"] = html.html
         output["html_bytes"] = len(html.html.encode("utf-8"))
@@ -187,10 +214,8 @@ def _compare_into(
             output["failed"] = [msg]
     summary["output"] = output
     payloads[out / "summary.json"] = to_json(summary)
-    title = f"### reportgen compare: {markdown_escape(new.arch)} against {markdown_escape(old.arch)}\n\n"
-    body = compare_markdown(compare, summary.get("gates", []))
-    payloads[out / "summary.md"] = title + body.rstrip("\n") + "\n"
+    payloads[out / "summary.md"] = markdown
     out.mkdir(parents=True, exist_ok=True)
     write_all_atomic(payloads)
-    remove_stale_outputs(out, list(payloads))  # e.g. the PDF of an earlier comparison
-    return CompareRun(out, summary, [section], list(payloads), warnings)
+    remove_stale_outputs(out, list(payloads))
+    return list(payloads), warnings

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+from reportgen.compare.formats import _pp
 from reportgen.compare.metrics import CompareResult
 from reportgen.report.section import Block, Table, Text
-
-
-def _pp(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:+.2f} pp"
 
 
 def slice_blocks(r: CompareResult) -> list[Block]:

@@ -104,8 +104,12 @@ def read_item(folder: DataFolder, item: ImageItem, max_bytes: int | None = None)
 
 def item_header_size(folder: DataFolder, item: ImageItem) -> tuple[int, int] | None:
     """(height, width) of an image from its header (None when unreadable)."""
-    if item.member is None and folder.contain is None:
-        return _header_size(item.path)
+    if item.member is None:  # a file: its header only, never the whole image
+        try:
+            _contained(folder, item)
+        except DecodeFailure:
+            return None
+        return _header_size(item_file(folder, item))
     try:
         data = read_item(folder, item)
     except DecodeFailure:
