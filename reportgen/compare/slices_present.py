@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reportgen.compare.formats import _pp
+from reportgen.compare.formats import _pct, _pp
 from reportgen.compare.metrics import CompareResult
 from reportgen.report.section import Block, Table, Text
 
@@ -35,8 +35,8 @@ def slice_blocks(r: CompareResult) -> list[Block]:
                     d.column,
                     d.value or "(empty)",
                     d.n,
-                    d.accuracy_old,
-                    d.accuracy_new,
+                    _pct(d.accuracy_old),
+                    _pct(d.accuracy_new),
                     _pp(d.delta),
                     d.negative_flips,
                     d.positive_flips,
