@@ -95,6 +95,16 @@ def cli() -> None:
     help="Manifest column names, e.g. path=file_name,label=dx (data.columns).",
 )
 @click.option("--split", help="A Hugging Face dataset's split (validation, test ...).")
+@click.option(
+    "--task",
+    type=click.Choice(["auto", "multiclass", "binary", "multilabel"]),
+    help="What the outputs mean (model.task; default auto: one output = binary).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    help="Probability at or above which a binary/multi-label prediction is positive (0.5).",
+)
 @click.option("--out", "out_dir", help="Output folder (default: report/).")
 @click.option(
     "--analyses", help="Comma-separated analyses to run (default: all; see list-analyses)."
@@ -135,6 +145,8 @@ def run_command(
     manifest: str | None,
     columns: str | None,
     split: str | None,
+    task: str | None,
+    threshold: float | None,
     out_dir: str | None,
     analyses: str | None,
     device: str | None,
@@ -159,6 +171,8 @@ def run_command(
         "data.root": data_root,
         "data.manifest": manifest,
         "data.split": split,
+        "model.task": task,
+        "model.threshold": threshold,
         **_columns(columns),
         "output.dir": out_dir,
         "run.device": device,

@@ -37,6 +37,13 @@ class ModelConfig:
     """Layer whose output is the feature vector; ``auto`` = the input of the last ``nn.Linear``."""
     in_channels: int | None = None
     """Only needed when the model has no ``nn.Conv2d`` to read the input channels from."""
+    task: Literal["auto", "multiclass", "binary", "multilabel"] = "auto"
+    """What the outputs mean (:mod:`reportgen.heads`): ``auto`` = ``binary`` for one output, a
+    Hugging Face ``problem_type: multi_label_classification`` or a manifest with label sets
+    ``multilabel``, else ``multiclass``."""
+    threshold: float = 0.5
+    """The probability at or above which a binary model predicts positive and a multi-label
+    model predicts a label."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class DataConfig:
     max_images: int | None = None
     queries: int | list[str] = 8
     """How many query images (chosen across classes), or a list of paths relative to ``root``."""
+    max_labels_per_query: int = 3
+    """Multi-label models: the labels each query image is explained for (its true and predicted
+    labels, the most probable first), at most this many."""
 
 
 @dataclass(frozen=True)
@@ -535,6 +545,15 @@ def validate(cfg: Config) -> None:
         )
     if m.num_classes is not None and m.num_classes < 1:
         raise ConfigError("model.num_classes must be at least 1")
+    if not 0.0 < m.threshold < 1.0:
+        raise ConfigError(
+            f"model.threshold must lie strictly between 0 and 1 (got {m.threshold:g}); it is "
+            "the probability at or above which a binary or multi-label prediction is positive"
+        )
+    if not 1 <= d.max_labels_per_query <= 50:
+        raise ConfigError(
+            f"data.max_labels_per_query must be between 1 and 50 (got {d.max_labels_per_query})"
+        )
     if d.max_images is not None and d.max_images < 1:
         raise ConfigError("data.max_images must be at least 1")
     if isinstance(d.queries, int) and d.queries < 0:

@@ -135,6 +135,7 @@ LAYERS = [
     "reportgen.params",
     "reportgen.runtime",
     "reportgen.report",
+    "reportgen.heads",
     "reportgen.errors",
 ]
 """pyproject's import-linter layers, top first (the test also sees lazy imports it cannot)."""

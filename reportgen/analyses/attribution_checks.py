@@ -38,6 +38,7 @@ from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
     from reportgen.contract import AnalysisContext
+    from reportgen.heads import Head
 
 DEFAULT_METHODS = list(METHODS)
 
@@ -162,12 +163,14 @@ HEADLINES = {
 }
 
 
-def _vit_gradcam(layout: methods.vit.TokenLayout, batch_size: int) -> methods.trust.MapFn:
+def _vit_gradcam(
+    layout: methods.vit.TokenLayout, batch_size: int, head: Head
+) -> methods.trust.MapFn:
     """Grad-CAM on a vision transformer's token grid (the saliency section's choice)."""
 
     def gradcam(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         layer = methods.vit_maps.default_vit_gradcam_layer(layout)
-        cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, batch_size)
+        cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, batch_size, head=head)
         return torch.nn.functional.interpolate(
             cam[:, None].float(), size=tuple(x.shape[2:]), mode="bilinear", align_corners=False
         )[:, 0]
@@ -215,6 +218,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             "seed": ctx.seed,
             "batch_size": ctx.batch("auto", backward=True),
             "occlusion_batch_size": ctx.batch(p.batch_size),
+            "head": ctx.head,
         }
         map_fns = methods.trust.attribution_methods(p.methods, **settings)  # type: ignore[arg-type]
         cheaper = dict(settings)
@@ -243,7 +247,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
     def cost(self, ctx: AnalysisContext, p: AttributionChecksParams) -> Cost:
         """Originals not shared by another section, the randomisation test (R images per stage,
         twice with ``independent``) and both curves for every map and the random control."""
-        q = min(len(ctx.queries), p.max_images)
+        q = min(ctx.explained_rows, p.max_images)
         r = min(q, p.randomization_images)
         h, w = ctx.input_size
         plan = self._maps(ctx, p, h, w)
@@ -288,14 +292,14 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
         rand_fns: dict[str, methods.trust.MapFn] = dict(plan.randomization)
         fns: dict[str, methods.trust.MapFn] = dict(map_fns)
         if ctx.token_layout is not None and "gradcam" in fns and p.gradcam_layer == "auto":
-            fns["gradcam"] = _vit_gradcam(ctx.token_layout, ctx.batch("auto", backward=True))
+            fns["gradcam"] = _vit_gradcam(
+                ctx.token_layout, ctx.batch("auto", backward=True), ctx.head
+            )
         # The maps the saliency and occlusion sections drew with the same settings are the
         # originals (not computed twice); the rest are computed here.
-        positions = batch.positions[:q]
+        rows = batch.rows[:q]
         reused = {
-            n: m
-            for n, fn in map_fns.items()
-            if (m := ctx.shared_maps(fn.key, positions)) is not None
+            n: m for n, fn in map_fns.items() if (m := ctx.shared_maps(fn.key, rows)) is not None
         }
         model = ctx.model.module
         stage_names = None if p.stages == "auto" else list(p.stages)
@@ -320,6 +324,7 @@ class AttributionChecksAnalysis(Analysis[AttributionChecksParams]):
             randomization_methods=rand_fns,
             original_maps=reused,
             progress=ctx.progress,
+            head=ctx.head,
         )
         shown = min(p.grid_images, q)
         images = ctx.display_images(batch.positions[:shown])

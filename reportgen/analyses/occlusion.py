@@ -197,7 +197,7 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
         f, _ = methods.trust.passes_per_image(
             "occlusion", h, w, occlusion_window=p.window, occlusion_stride=p.stride
         )
-        return Cost(forward=len(ctx.queries) * f)
+        return Cost(forward=ctx.explained_rows * f)
 
     def run(self, ctx: AnalysisContext, p: OcclusionParams) -> Result:
         batch = ctx.query_batch()
@@ -215,11 +215,12 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
             channels_last=ctx.device.type == "cuda",
             progress=ctx.progress,
             module=ctx.model.module if ctx.model.supports_hooks and not ctx.autocasting else None,
+            head=ctx.head,
         )
         pixel_prob = methods.perturbation.pixel_probability(maps.prob, h, w, window, stride)
         drops = maps.base_prob[:, None, None] - pixel_prob
         for key in self.shares(ctx, p):
-            ctx.share_maps(key, batch.positions, drops)
+            ctx.share_maps(key, batch.rows, drops)
 
         arrays = batch.arrays()
         arrays["occlusion_prob"] = maps.prob.float().cpu().numpy()

@@ -139,22 +139,23 @@ def _method_maps(
     h, w = x.shape[2:]
     bs = ctx.batch(p.batch_size, backward=True)
     layout = ctx.token_layout
+    head = ctx.head
     if method == "gradient":
-        g = methods.attribution.input_gradients(model, x, t, bs)
+        g = methods.attribution.input_gradients(model, x, t, bs, head=head)
         return methods.attribution.saliency_map(g), methods.attribution.saliency_map(g), None
     if method == "smoothgrad":
         g = methods.attribution.smoothgrad(
-            model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.seed, bs
+            model, x, t, p.smoothgrad_samples, p.smoothgrad_noise, ctx.seed, bs, head=head
         )
         return g, methods.attribution.saliency_map(g), None
     if method == "guided_backprop":
-        g = methods.attribution.guided_backprop(model, x, t, bs)
+        g = methods.attribution.guided_backprop(model, x, t, bs, head=head)
         return g, methods.attribution.saliency_map(g), None
     if method == "gradcam":
         if layout is not None and p.gradcam_layer == "auto":
             # Tokens reshaped to their patch grid (class/register tokens dropped) at the last block.
             layer = methods.vit_maps.default_vit_gradcam_layer(layout)
-            cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, bs)
+            cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, bs, head=head)
         else:
             try:
                 layer = (
@@ -165,7 +166,7 @@ def _method_maps(
             except ValueError as exc:
                 raise methods.attribution.NotApplicable(f"not applicable: {exc}") from None
             cam = methods.attribution.grad_cam(
-                model, x, t, loading.types.find_layer(model, layer), bs
+                model, x, t, loading.types.find_layer(model, layer), bs, head=head
             )
         up = methods.attribution.upsample_maps(cam, (h, w))
         return up, up, layer
@@ -184,7 +185,7 @@ def _method_maps(
         gray = torch.full((x.shape[1], 1, 1), float(p.ig_baseline))
         baseline = ctx.preprocessor.normalise(gray).to(x.device)[None]
     ig = methods.attribution.integrated_gradients(
-        model, x, t, baseline, p.ig_steps, p.ig_method, bs
+        model, x, t, baseline, p.ig_steps, p.ig_method, bs, head=head
     )
     # Sum over channels (signed contributions add), then magnitude, as IG is usually drawn.
     return ig, ig.sum(dim=1).abs(), None
@@ -326,7 +327,7 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
         )
 
     def cost(self, ctx: AnalysisContext, p: SaliencyParams) -> Cost:
-        q = len(ctx.queries)
+        q = ctx.explained_rows
         h, w = ctx.input_size
         total = Cost()
         for m in self._runnable(ctx, p):
@@ -354,7 +355,7 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
 
         for method, m in result.maps.items():
             if method in methods.trust.METHODS:
-                ctx.share_maps(saliency_key(method, p, ctx.seed), batch.positions, m)
+                ctx.share_maps(saliency_key(method, p, ctx.seed), batch.rows, m)
         arrays = batch.arrays()
         for method, tensor in result.raw.items():
             arrays[ARRAY_NAMES[method]] = tensor.detach().float().cpu().numpy()

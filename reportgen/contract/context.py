@@ -19,6 +19,7 @@ import torch
 from reportgen.contract.analysis import SkipSection
 from reportgen.contract.passes import PassResult
 from reportgen.errors import DataError
+from reportgen.heads import Head
 from reportgen.loading.folders import DataFolder, DecodeFailure
 from reportgen.loading.images import ImageDataset, Preprocessor, to_display
 from reportgen.loading.models import extract_logits
@@ -52,21 +53,41 @@ class SetupContext:
     """How a vision transformer's tokens map to its patch grid (None for a CNN)."""
 
 
+Row = tuple[int, int]
+"""One explained row of the per-image sections: (image position, explained class or label)."""
+
+
 @dataclass(frozen=True)
 class QueryBatch:
-    """The query images as one batch of model inputs, shared by the per-image analyses."""
+    """The query images as one batch of model inputs, shared by the per-image analyses.
+
+    One row per (image, explained class): a single-label model explains each query once; a
+    multi-label model explains each query for up to ``data.max_labels_per_query`` of its labels,
+    so an image can fill several consecutive rows."""
 
     positions: list[int]
-    """Positions among the readable images (``ctx.queries``)."""
+    """Each row's image, as a position among the readable images (a query of ``ctx.queries``;
+    repeated on consecutive rows for a multi-label query)."""
     image_ids: list[str]
-    """Paths relative to the data root."""
+    """Each row's image path relative to the data root."""
     inputs: torch.Tensor
     """Q×C×H×W preprocessed model inputs, on the device: exactly what the model is fed."""
     targets: torch.Tensor
-    """Q class indices explained (true label when known, else the prediction), on the device."""
+    """Q class (or label) indices explained, on the device (see
+    :meth:`AnalysisContext.query_rows`)."""
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    @property
+    def rows(self) -> list[Row]:
+        """(position, explained class) of every row: the key of a row's maps."""
+        return list(zip(self.positions, self.targets.cpu().tolist(), strict=True))
+
+    @property
+    def images(self) -> list[int]:
+        """The distinct query images, in row order (for sections that show each image once)."""
+        return list(dict.fromkeys(self.positions))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``image_ids``, ``inputs`` and ``targets`` for arrays.npz (the same bytes every time)."""
@@ -96,7 +117,7 @@ class ChangedFile(DataError):
 class _MapStore:
     """Attribution maps of the original model one analysis computed and another reuses."""
 
-    entries: dict[MapKey, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
+    entries: dict[MapKey, tuple[list[Row], torch.Tensor]] = field(default_factory=dict)
     promised: set[MapKey] = field(default_factory=set)
     """Keys analyses said they will share (:meth:`Analysis.shares`), for the cost plan."""
 
@@ -127,6 +148,8 @@ class AnalysisContext:
     """False when the class folders cannot be the model's outputs (more folders than outputs,
     or folders numbered by position without data.labels): label-vs-prediction checks are then
     meaningless, and the per-image sections explain the prediction."""
+    max_labels_per_query: int = 3
+    """Multi-label models: labels explained per query image (``data.max_labels_per_query``)."""
     forward_batch: int = 16
     """Images per forward-only pass in the perturbation sections (measured: ``run.memory_format``)."""
     backward_batch: int = 8
@@ -221,39 +244,91 @@ class AnalysisContext:
             out.append(to_display(img))
         return out
 
-    def targets(self, positions: Sequence[int]) -> torch.Tensor:
-        """The class each query is explained for: its true label when known, else the prediction."""
+    @property
+    def head(self) -> Head:
+        """What the model's outputs mean (:mod:`reportgen.heads`): every probability, prediction
+        and explained score an analysis shows comes from it."""
+        return self.pass_result.head
+
+    def label_set(self, position: int) -> list[int]:
+        """A multi-label image's labels (indices; [] when it has none or is unlabelled)."""
+        sets = self.pass_result.label_sets
+        if sets is None:
+            return []
+        return torch.nonzero(sets[position] > 0).flatten().tolist()
+
+    def label_text(self, position: int) -> str:
+        """The image's label as shown to a reader: a class name, a label set (``a | b``,
+        ``none``), or ``unlabelled``."""
         res = self.pass_result
+        if res.label_sets is not None:
+            if not bool(res.labelled_rows[position]):
+                return "unlabelled"
+            names = [self.class_name(k) for k in self.label_set(position)]
+            return " | ".join(names) if names else "none"
+        label = self.label(position)
+        return self.class_name(label) if label >= 0 else "unlabelled"
+
+    def targets(self, positions: Sequence[int]) -> torch.Tensor:
+        """The class each query is explained for (single-label heads): its true label when
+        known, else the prediction; a binary model's maps always explain the positive class
+        (its one logit: red = evidence for positive, blue = against)."""
+        res = self.pass_result
+        if res.head.task == "binary":
+            return torch.ones(len(positions), dtype=torch.long, device=res.logits.device)
         labels = res.labels[list(positions)].to(res.predictions.device)
         preds = res.predictions[list(positions)]
         if not self.labels_are_model_classes:
             return preds
-        ok = (labels >= 0) & (labels < res.logits.shape[1])
+        ok = (labels >= 0) & (labels < res.num_classes)
         return torch.where(ok, labels, preds)
 
+    def query_rows(self) -> list[Row]:
+        """(position, explained class) of every row the per-image sections explain.
+
+        Single-label: one row per query (:meth:`targets`). Multi-label: per query its true and
+        predicted labels, the most probable first, at most ``max_labels_per_query`` (an image
+        with neither: its most probable label), so every panel names the label it explains."""
+        res = self.pass_result
+        if res.head.single_label:
+            targets = self.targets(self.queries).cpu().tolist() if self.queries else []
+            return list(zip(self.queries, targets, strict=True))
+        rows: list[Row] = []
+        probs = res.probabilities().cpu()
+        predicted = res.predicted_sets.cpu()
+        sets = res.label_sets
+        for p in self.queries:
+            wanted = predicted[p].clone()
+            if sets is not None and bool(res.labelled_rows[p]):
+                wanted |= sets[p] > 0
+            order = torch.argsort(probs[p], descending=True, stable=True).tolist()
+            chosen = [k for k in order if bool(wanted[k])][: self.max_labels_per_query]
+            rows += [(p, k) for k in chosen or order[:1]]
+        return rows
+
     def query_batch(self) -> QueryBatch:
-        """The query images and their targets, read once per run and shared by the analyses."""
+        """The query rows' images and targets, read once per run and shared by the analyses."""
         cache = self._queries_cache
         if cache.batch is not None and cache.for_queries == list(self.queries):
             return cache.batch
         # A query replaced since the pass is left out (and listed in the run's warnings).
-        positions: list[int] = []
-        xs: list[torch.Tensor] = []
-        for p in self.queries:
+        read: dict[int, torch.Tensor] = {}
+        for p in dict.fromkeys(self.queries):
             try:
-                xs.append(self.read_checked(p))
+                read[p] = self.read_checked(p)
             except ChangedFile:
                 continue
-            positions.append(p)
-        if self.queries and not positions:
+        if self.queries and not read:
             raise SkipSection(
                 "every query image changed since the dataset pass ("
                 + ", ".join(cache.changed[:3])
                 + "); re-run the report"
             )
-        if positions:
-            inputs = torch.stack(xs).to(self.device).float()
-            targets = self.targets(positions).to(self.device)
+        rows = [(p, t) for p, t in self.query_rows() if p in read]
+        positions = [p for p, _ in rows]
+        if rows:
+            inputs = torch.stack([read[p] for p in positions]).to(self.device).float()
+            targets = torch.tensor([t for _, t in rows], dtype=torch.long, device=self.device)
         else:
             inputs = torch.empty(0, device=self.device)
             targets = torch.empty(0, dtype=torch.long, device=self.device)
@@ -268,11 +343,11 @@ class AnalysisContext:
         """True when forward passes run under bf16 autocast (their maps differ from fp32 ones)."""
         return self.precision == "bf16" and self.device.type == "cuda"
 
-    def share_maps(self, key: MapKey, positions: Sequence[int], maps: torch.Tensor) -> None:
-        """Offer Q×H×W maps of the original model on these query positions to later analyses
-        (the attribution checks judge the very maps the saliency and occlusion sections drew,
-        without computing them again)."""
-        self._maps.entries[key] = (list(positions), maps.detach())
+    def share_maps(self, key: MapKey, rows: Sequence[Row], maps: torch.Tensor) -> None:
+        """Offer Q×H×W maps of the original model on these query rows (position, explained
+        class) to later analyses (the attribution checks judge the very maps the saliency and
+        occlusion sections drew, without computing them again)."""
+        self._maps.entries[key] = (list(rows), maps.detach())
 
     def promise_maps(self, keys: Iterable[MapKey]) -> None:
         """Record maps an analysis will share once it ran (the plan is made before any runs)."""
@@ -282,16 +357,16 @@ class AnalysisContext:
         """True when a map under ``key`` is shared already or promised by an analysis to come."""
         return key in self._maps.entries or key in self._maps.promised
 
-    def shared_maps(self, key: MapKey, positions: Sequence[int]) -> torch.Tensor | None:
-        """The maps another analysis shared under ``key`` for these positions, or None when it
-        did not compute all of them."""
+    def shared_maps(self, key: MapKey, rows: Sequence[Row]) -> torch.Tensor | None:
+        """The maps another analysis shared under ``key`` for these rows (position, explained
+        class), or None when it did not compute all of them."""
         entry = self._maps.entries.get(key)
         if entry is None:
             return None
-        index = {p: i for i, p in enumerate(entry[0])}
-        if any(p not in index for p in positions):
+        index = {r: i for i, r in enumerate(entry[0])}
+        if any(r not in index for r in rows):
             return None
-        return entry[1][[index[p] for p in positions]]
+        return entry[1][[index[r] for r in rows]]
 
     # ------------------------------------------------------------------ the model
 
@@ -306,6 +381,12 @@ class AnalysisContext:
         """(height, width) of the query images as the model gets them."""
         x = self.query_batch().inputs
         return int(x.shape[2]), int(x.shape[3])
+
+    @property
+    def explained_rows(self) -> int:
+        """Rows the per-image sections explain (queries × labels for a multi-label model), for
+        the cost plan."""
+        return len(self.query_rows())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of model inputs, at the run's precision (forward-only passes)."""

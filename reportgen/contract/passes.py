@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from reportgen.errors import DataError
+from reportgen.heads import MULTICLASS, Head
+from reportgen.loading.folders import ImageItem
 
 
 @dataclass
@@ -36,10 +38,58 @@ class PassResult:
     """N×K' logits of the baseline model on the same inputs (None without a baseline)."""
     baseline_features: torch.Tensor | None = None
     """N×D' penultimate features of the baseline (None without a baseline or its hooks)."""
+    head: Head = MULTICLASS
+    """What the logits mean (:mod:`reportgen.heads`): every prediction and probability below
+    comes from it."""
+    baseline_head: Head | None = None
+    """What the baseline's logits mean (None without a baseline)."""
+    label_sets: torch.Tensor | None = None
+    """Multi-label data: N×K int8 on the CPU, 1 where the image has label k, 0 where it has
+    not; every entry -1 on an unlabelled row (``labels`` is then -1 everywhere). None for
+    single-label data."""
+
+    @property
+    def num_classes(self) -> int:
+        """Classes (labels) the model distinguishes: its outputs, or 2 for a binary head."""
+        return self.head.classes(int(self.logits.shape[1]))
 
     @property
     def predictions(self) -> torch.Tensor:
-        return self.logits.argmax(dim=1)
+        """N predicted class indices (single-label heads; for multi-label see
+        :attr:`predicted_sets`), on the logits' device."""
+        if not self.head.single_label:
+            raise TypeError("a multi-label model predicts label sets: use predicted_sets")
+        preds: torch.Tensor = self.head.predictions(self.logits)
+        return preds
+
+    @property
+    def predicted_sets(self) -> torch.Tensor:
+        """N×K booleans: the labels each image is predicted to have (multi-label heads)."""
+        if self.head.single_label:
+            raise TypeError("a single-label model predicts one class: use predictions")
+        sets: torch.Tensor = self.head.predictions(self.logits)
+        return sets
+
+    def probabilities(self) -> torch.Tensor:
+        """N×C probabilities of every class (the head's), float32 on the logits' device."""
+        probs: torch.Tensor = self.head.probabilities(self.logits.float())
+        return probs
+
+    def confidence(self) -> torch.Tensor:
+        """N probabilities of the predicted class (single-label heads)."""
+        conf: torch.Tensor = self.head.confidence(self.logits.float())
+        return conf
+
+    @property
+    def labelled_rows(self) -> torch.Tensor:
+        """N bools on the CPU: the image has a label (single-label) or a known label set."""
+        if self.label_sets is not None:
+            return (
+                (self.label_sets >= 0).all(dim=1)
+                if self.label_sets.shape[1]
+                else (torch.zeros(len(self.labels), dtype=torch.bool))
+            )
+        return self.labels >= 0
 
     @property
     def finite(self) -> torch.Tensor:
@@ -49,10 +99,13 @@ class PassResult:
         return torch.isfinite(self.logits).all(dim=1)
 
     def scored(self) -> torch.Tensor:
-        """N bools, on the CPU: labelled with a class the model can output, and finite outputs
-        — the images accuracy, calibration and the label checks are computed over."""
+        """N bools, on the CPU: labelled with a class the model can output (a known label set,
+        multi-label), and finite outputs — the images accuracy, calibration and the label
+        checks are computed over."""
+        if self.label_sets is not None:
+            return self.labelled_rows & self.finite.cpu()
         labels = self.labels
-        return (labels >= 0) & (labels < self.logits.shape[1]) & self.finite.cpu()
+        return (labels >= 0) & (labels < self.num_classes) & self.finite.cpu()
 
     def __len__(self) -> int:
         return len(self.item_index)
@@ -74,3 +127,15 @@ def raise_no_images(root: object, skipped: list[tuple[str, str]]) -> None:
     """The error for a pass that read no image at all."""
     reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
     raise DataError(f"{root}: none of the {len(skipped)} image(s) could be read ({reasons})")
+
+
+def label_set_matrix(items: Sequence[ImageItem], outputs: int) -> torch.Tensor:
+    """N×K int8: 1 where the item has label k, 0 where not, -1 across an unlabelled row.
+    Label indices past the model's outputs are an input error found before the pass."""
+    out = torch.zeros((len(items), outputs), dtype=torch.int8)
+    for row, item in enumerate(items):
+        if item.labels is None:
+            out[row] = -1
+        elif item.labels:
+            out[row, list(item.labels)] = 1
+    return out

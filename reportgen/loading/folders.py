@@ -88,6 +88,10 @@ class ImageItem:
     image file itself."""
     row: int = -1
     """The item's row in :attr:`DataFolder.metadata` (-1: no metadata)."""
+    labels: tuple[int, ...] | None = None
+    """Multi-label data (:attr:`DataFolder.label_sets`): the indices of the image's labels, in
+    the model's output order (an empty tuple: none of them); None when unlabelled. ``label``
+    is then -1."""
 
     @property
     def display(self) -> str:
@@ -132,6 +136,9 @@ class DataFolder:
     contain: Path | None = None
     """Resolved root that every file read must lie in (manifest rows: a path or a link that
     leads out of it is not followed); None for folders, whose scan already applied the rule."""
+    label_sets: bool = False
+    """True when the images carry label sets (a manifest's ``labels`` column, multi-label):
+    :attr:`ImageItem.labels` holds them and every ``ImageItem.label`` is -1."""
 
     @property
     def metadata_columns(self) -> list[str]:

@@ -9,7 +9,9 @@ One row per image. Columns (names set by ``data.columns``):
   read and skipped with the reason.
 * ``label`` (optional): a class name, or an integer index into the model's outputs — which one
   was read is stated (:attr:`DataFolder.label_note`); an empty cell is an unlabelled image.
-* ``labels`` (optional): a multi-label set, ``|``-separated names or a JSON list.
+* ``labels`` (optional, instead of ``label``): a multi-label set, ``|``-separated names or a
+  JSON list of names or output indices (``model.task: multilabel``). An empty cell is the empty
+  set (an image with none of the labels); a null JSON/Parquet cell is an unlabelled image.
 * every other column is **metadata**, kept per image as text (empty cells as ``""``).
 
 Input errors are one line naming the manifest, line and column, raised before any work: a missing
@@ -290,6 +292,28 @@ def resolve_labels(
     )
 
 
+def resolve_label_sets(
+    cells: Sequence[list[str] | None],
+    names: list[str] | None,
+    column: str,
+    where: str,
+    lines: Sequence[int],
+) -> tuple[list[tuple[int, ...] | None], Labels]:
+    """Label-set cells -> tuples of output indices, with :func:`resolve_labels`' rules over
+    every name the cells hold (all class names, or all output indices). None: unlabelled."""
+    flat = [v for cell in cells if cell for v in cell]
+    flat_lines = [line for cell, line in zip(cells, lines, strict=True) if cell for _ in cell]
+    resolved = resolve_labels(flat, names, column, where, flat_lines)
+    indices = iter(resolved.indices)
+    out: list[tuple[int, ...] | None] = []
+    for cell in cells:
+        if cell is None:
+            out.append(None)
+        else:
+            out.append(tuple(sorted({next(indices) for _ in cell})))
+    return out, resolved
+
+
 def split_label_set(value: Any) -> list[str]:
     """A ``labels`` cell: a JSON list (or a list from JSONL/Parquet), or ``|``-separated names."""
     if value is None:
@@ -392,19 +416,28 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
         rels.append(rel)
     labels_model = read_labels(cfg.labels)
     label_col = names["label"] if names["label"] in table.columns else None
-    if label_col is not None:
-        raw = [cell_text(table.columns[label_col][i]).strip() for i in keep]
-        resolved = resolve_labels(
-            raw, labels_model, label_col, where, [table.lines[i] for i in keep]
+    sets_col = names["labels"] if names["labels"] in table.columns else None
+    if label_col is not None and sets_col is not None:
+        raise DataError(
+            f"{where}: both a {label_col!r} column (one class per image) and a {sets_col!r} "
+            "column (label sets, multi-label) — keep the one the model was trained for, or name "
+            "the other with data.columns"
         )
+    lines = [table.lines[i] for i in keep]
+    sets: list[tuple[int, ...] | None] = [None] * len(keep)
+    if sets_col is not None:
+        cells = [
+            None
+            if table.columns[sets_col][i] is None
+            else split_label_set(table.columns[sets_col][i])
+            for i in keep
+        ]
+        sets, resolved = resolve_label_sets(cells, labels_model, sets_col, where, lines)
+    elif label_col is not None:
+        raw = [cell_text(table.columns[label_col][i]).strip() for i in keep]
+        resolved = resolve_labels(raw, labels_model, label_col, where, lines)
     else:
         resolved = Labels([-1] * len(keep), list(labels_model or []), None, False)
-    if names["labels"] in table.columns:
-        raise ConfigError(
-            f"{where}: column {names['labels']!r} holds label sets (multi-label); this version of "
-            "reportgen reports single-label models: give one class per image in a "
-            f"{names['label']!r} column"
-        )
     roles = {names["path"], names["label"], names["labels"]}
     metadata = {
         name: [cell_text(values[i]) for i in keep]
@@ -413,10 +446,16 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
     }
     # ``path`` is the root for every row (one shared object): the file, root / relpath, is
     # joined when it is read (1M Path objects would be most of a large manifest's cost).
-    items = [
-        ImageItem(root, rel, label, -1, None, row)
-        for row, (rel, label) in enumerate(zip(rels, resolved.indices, strict=True))
-    ]
+    if sets_col is not None:
+        items = [
+            ImageItem(root, rel, -1, -1, None, row, labels=label_set)
+            for row, (rel, label_set) in enumerate(zip(rels, sets, strict=True))
+        ]
+    else:
+        items = [
+            ImageItem(root, rel, label, -1, None, row)
+            for row, (rel, label) in enumerate(zip(rels, resolved.indices, strict=True))
+        ]
     if not items:
         raise DataError(
             f"{where}: no image the manifest lists can be read"
@@ -424,17 +463,22 @@ def scan_manifest(cfg: DataConfig) -> DataFolder:
         )
     if cfg.max_images is not None and len(items) > cfg.max_images:
         items = _spread(items, cfg.max_images)
-    labelled = any(it.label >= 0 for it in items)
+    labelled = any(it.label >= 0 or it.labels is not None for it in items)
     return DataFolder(
         root,
         items,
         resolved.class_names,
         labelled,
         ignored,
-        class_folders=list(resolved.class_names) if resolved.by_name else [],
+        class_folders=list(resolved.class_names) if resolved.by_name and not sets_col else [],
         source="manifest",
         source_file=where,
         metadata=metadata,
-        label_note=resolved.note,
+        label_note=(
+            resolved.note.replace("read as", "read as label sets of") if resolved.note else None
+        )
+        if sets_col
+        else resolved.note,
         contain=root.resolve(),
+        label_sets=sets_col is not None,
     )

@@ -321,9 +321,10 @@ def _weights_source(path: Path | None, kind: str) -> str | None:
 
 
 def extract_logits(output: Any) -> torch.Tensor:
-    """The logits from whatever the model returns (tensor, tuple, dict, HF-style object)."""
+    """The logits from whatever the model returns (tensor, tuple, dict, HF-style object). One
+    score per image (a binary classifier ending in ``.squeeze(1)``: shape N) is read as N×1."""
     if isinstance(output, torch.Tensor):
-        return output
+        return output[:, None] if output.ndim == 1 else output
     if isinstance(output, (tuple, list)) and output:
         return extract_logits(output[0])
     if isinstance(output, dict):
@@ -333,7 +334,7 @@ def extract_logits(output: Any) -> torch.Tensor:
             return extract_logits(next(iter(output.values())))
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
-        return logits
+        return extract_logits(logits)
     raise CheckpointError(
         f"cannot find logits in the model's output of type {type(output).__name__}"
     )

@@ -26,15 +26,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.models import extract_logits
 from reportgen.methods.hooks import hooks
 
 IGMethod = Literal["gausslegendre", "riemann_middle"]
 
 
-def target_logits(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """B target-class logits (the class score before the softmax)."""
-    return extract_logits(model(x)).float().gather(1, targets[:, None].to(x.device))[:, 0]
+def target_logits(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, head: Head = MULTICLASS
+) -> torch.Tensor:
+    """B explained scores, the head's (:meth:`Head.explained_score`): the target class' logit
+    (before the softmax or sigmoid); for a binary head ``z`` or ``−z``."""
+    return head.explained_score(extract_logits(model(x)).float(), targets.to(x.device))
 
 
 def _batched_input_gradients(
@@ -43,8 +47,10 @@ def _batched_input_gradients(
     targets: torch.Tensor,
     batch_size: int,
     weights: torch.Tensor | None = None,
+    head: Head = MULTICLASS,
 ) -> torch.Tensor:
-    """d logit[target] / d input for every row of ``points`` (N×C×H×W), ``batch_size`` at a time.
+    """d score[target] / d input for every row of ``points`` (N×C×H×W), ``batch_size`` at a
+    time; the score is the head's explained score.
 
     ``weights`` (N) multiplies each row's gradient (quadrature weights).
     """
@@ -52,7 +58,7 @@ def _batched_input_gradients(
     with torch.enable_grad():
         for start in range(0, points.shape[0], batch_size):
             x = points[start : start + batch_size].detach().clone().requires_grad_(True)
-            score = target_logits(model, x, targets[start : start + batch_size])
+            score = target_logits(model, x, targets[start : start + batch_size], head)
             if weights is not None:
                 score = score * weights[start : start + batch_size]
             (grad,) = torch.autograd.grad(score.sum(), x)
@@ -61,10 +67,15 @@ def _batched_input_gradients(
 
 
 def input_gradients(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 32
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int = 32,
+    *,
+    head: Head = MULTICLASS,
 ) -> torch.Tensor:
-    """Vanilla gradient (Simonyan et al.): Q×C×H×W d logit[target] / d input."""
-    return _batched_input_gradients(model, inputs, targets, batch_size)
+    """Vanilla gradient (Simonyan et al.): Q×C×H×W d score[target] / d input."""
+    return _batched_input_gradients(model, inputs, targets, batch_size, head=head)
 
 
 def saliency_map(gradients: torch.Tensor) -> torch.Tensor:
@@ -94,6 +105,8 @@ def smoothgrad(
     noise_level: float = 0.15,
     seed: int = 0,
     batch_size: int = 32,
+    *,
+    head: Head = MULTICLASS,
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al.): the gradient averaged over noisy copies, Q×C×H×W.
 
@@ -103,7 +116,9 @@ def smoothgrad(
     noisy = torch.cat(
         [inputs[i] + smoothgrad_noise(inputs[i], samples, noise_level, seed + i) for i in range(q)]
     )
-    grads = _batched_input_gradients(model, noisy, targets.repeat_interleave(samples), batch_size)
+    grads = _batched_input_gradients(
+        model, noisy, targets.repeat_interleave(samples), batch_size, head=head
+    )
     return grads.view(q, samples, *inputs.shape[1:]).mean(dim=1)
 
 
@@ -129,6 +144,8 @@ def integrated_gradients(
     steps: int = 32,
     method: IGMethod = "gausslegendre",
     batch_size: int = 32,
+    *,
+    head: Head = MULTICLASS,
 ) -> torch.Tensor:
     """Integrated gradients (Sundararajan et al.), Q×C×H×W.
 
@@ -149,6 +166,7 @@ def integrated_gradients(
         targets.repeat_interleave(steps),
         batch_size,
         weights=weights.repeat(q),
+        head=head,
     )
     return delta * grads.view(q, steps, *inputs.shape[1:]).sum(dim=1)
 
@@ -264,7 +282,12 @@ def smooth_activations(model: nn.Module) -> list[str]:
 
 
 def guided_backprop(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 32
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int = 32,
+    *,
+    head: Head = MULTICLASS,
 ) -> torch.Tensor:
     """Guided backprop (Springenberg et al.), Q×C×H×W.
 
@@ -274,7 +297,7 @@ def guided_backprop(
     """
     mode = GuidedReLUMode()
     with mode:
-        grads = _batched_input_gradients(model, inputs, targets, batch_size)
+        grads = _batched_input_gradients(model, inputs, targets, batch_size, head=head)
     if mode.calls == 0:
         smooth = smooth_activations(model)
         if smooth:
@@ -330,10 +353,13 @@ def grad_cam(
     targets: torch.Tensor,
     layer: nn.Module,
     batch_size: int = 32,
+    *,
+    head: Head = MULTICLASS,
 ) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al.) at the layer's resolution, Q×h×w, ReLU applied.
 
-    Channel weights are the spatial means of d logit[target] / d activation. A layer called
+    Channel weights are the spatial means of d score[target] / d activation (the head's
+    explained score). A layer called
     several times per forward pass is explained at its last call.
     """
     captured: list[torch.Tensor] = []
@@ -350,7 +376,7 @@ def grad_cam(
         for start in range(0, inputs.shape[0], batch_size):
             captured.clear()
             x = inputs[start : start + batch_size].detach().requires_grad_(True)
-            score = target_logits(model, x, targets[start : start + batch_size])
+            score = target_logits(model, x, targets[start : start + batch_size], head)
             if not captured:
                 raise RuntimeError("the Grad-CAM layer was not called in the forward pass")
             act = captured[-1]

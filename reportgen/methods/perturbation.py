@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reportgen.heads import MULTICLASS, Head
 from reportgen.methods import incremental
 from reportgen.methods.incremental import IncrementalOcclusion
 
@@ -64,9 +65,11 @@ def occluded_copies(
 @dataclass(frozen=True)
 class OcclusionMaps:
     prob: torch.Tensor
-    """Q×rows×cols: target probability with the occluder's top-left corner at (r·stride, c·stride)."""
+    """Q×rows×cols: the target's probability (the head's explained probability) with the
+    occluder's top-left corner at (r·stride, c·stride)."""
     predicted: torch.Tensor
-    """Q×rows×cols: the predicted class at each occluder position."""
+    """Q×rows×cols: the predicted class at each occluder position (single-label heads); for a
+    multi-label head 1 where the explained label is still predicted, else 0."""
     base_prob: torch.Tensor
     """Q: target probability of the unoccluded image."""
     window: int
@@ -117,8 +120,11 @@ def occlusion_maps(
     channels_last: bool = False,
     progress: Callable[..., Iterator[int]] | None = None,
     module: nn.Module | None = None,
+    *,
+    head: Head = MULTICLASS,
 ) -> OcclusionMaps:
-    """Target-class probability for every occluder position of every image (batched, no grad).
+    """Target-class probability for every occluder position of every image (batched, no grad);
+    the probability is the head's (:meth:`Head.explained_probability`).
 
     ``model_fn`` maps a batch of inputs to logits. Jobs (image, row, col) run in order, at most
     ``batch_size`` per forward pass. ``module``: the model itself (``model_fn`` being its plain
@@ -139,7 +145,7 @@ def occlusion_maps(
     targets = targets.to(device)
     with torch.inference_mode():
         base_logits = model_fn(inputs).float()
-        base_prob = base_logits.softmax(1).gather(1, targets[:, None])[:, 0]
+        base_prob = head.explained_probability(base_logits, targets)
         cell_all = torch.arange(per_image, device=device)
         all_tops, all_lefts = (cell_all // cols) * stride, (cell_all % cols) * stride
         runner = (
@@ -156,8 +162,7 @@ def occlusion_maps(
                     inputs[i : i + 1], all_tops, all_lefts, window, fill, 4 * batch_size
                 ).float()
                 cut = slice(i * per_image, (i + 1) * per_image)
-                prob[cut] = logits.softmax(1)[:, int(targets[i])]
-                predicted[cut] = logits.argmax(1)
+                prob[cut], predicted[cut] = _scored(head, logits, targets[i].expand(per_image))
             return OcclusionMaps(
                 prob.view(q, rows, cols),
                 predicted.view(q, rows, cols),
@@ -183,13 +188,22 @@ def occlusion_maps(
                 inputs, image_index, tops, lefts, window, fill, out=buffer[: len(job)]
             )
             logits = model_fn(batch).float()
-            prob[start : start + len(job)] = logits.softmax(1).gather(
-                1, targets[image_index][:, None]
-            )[:, 0]
-            predicted[start : start + len(job)] = logits.argmax(1)
+            cut = slice(start, start + len(job))
+            prob[cut], predicted[cut] = _scored(head, logits, targets[image_index])
     return OcclusionMaps(
         prob.view(q, rows, cols), predicted.view(q, rows, cols), base_prob, window, stride
     )
+
+
+def _scored(
+    head: Head, logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(explained probability, prediction) of occluded copies: the predicted class, or for a
+    multi-label head whether the explained label is still predicted (1/0)."""
+    prob = head.explained_probability(logits, targets)
+    if head.single_label:
+        return prob, head.predictions(logits)
+    return prob, (head.explained_score(logits, targets).double() >= head.logit_threshold).long()
 
 
 def pixel_probability(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.types import find_layer
 from reportgen.methods.attribution import target_logits
 from reportgen.methods.hooks import hooks
@@ -38,6 +39,8 @@ def vit_grad_cam(
     layer: str,
     layout: TokenLayout,
     batch_size: int = 32,
+    *,
+    head: Head = MULTICLASS,
 ) -> torch.Tensor:
     """Grad-CAM on a token grid, Q×h×w, ReLU applied.
 
@@ -62,7 +65,7 @@ def vit_grad_cam(
         for start in range(0, inputs.shape[0], batch_size):
             captured.clear()
             x = inputs[start : start + batch_size].detach().requires_grad_(True)
-            score = target_logits(model, x, targets[start : start + batch_size])
+            score = target_logits(model, x, targets[start : start + batch_size], head)
             if not captured:
                 raise RuntimeError(f"the Grad-CAM layer {layer} was not called in the forward pass")
             act = captured[-1]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from reportgen.config import Config
 from reportgen.contract import PassResult
 from reportgen.errors import DataError, ReportgenError
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.folders import DataFolder, output_size, read_labels
 from reportgen.loading.images import Preprocessor
 from reportgen.loading.model_checks import (
@@ -28,15 +29,21 @@ def input_size(folder: DataFolder, pre: Preprocessor) -> tuple[int, int] | None:
 
 
 def check_label_count(
-    model: LoadedModel, labels: str | list[str] | None, user_labels: object
+    model: LoadedModel, labels: str | list[str] | None, user_labels: object, head: Head = MULTICLASS
 ) -> None:
-    """data.labels names the model's outputs in order: one name per output, or the names
-    cannot be the outputs (extra names pass as classes nothing predicts, missing ones leave
-    outputs unnamed). Class names from the model's own metadata are the model's."""
+    """data.labels names the model's classes in order: one name per output (two for a binary
+    model: negative, then positive), or the names cannot be the classes (extra names pass as
+    classes nothing predicts, missing ones leave outputs unnamed). Class names from the
+    model's own metadata are the model's."""
     if user_labels is None or labels is None:
         return
-    names, k = len(read_labels(labels) or []), model.num_classes
+    names, k = len(read_labels(labels) or []), head.classes(model.num_classes)
     if names != k:
+        if head.task == "binary":
+            raise DataError(
+                f"data.labels has {names} class names but a binary model has two classes; "
+                "give two names, the negative class first, then the positive"
+            )
         raise DataError(
             f"data.labels has {names} class names but the model has {k} outputs; give one "
             "name per output, in output order"

@@ -17,8 +17,9 @@ from torch import nn
 
 from reportgen.config import Config
 from reportgen.contract import Collector, PassResult, autocast
-from reportgen.contract.passes import mean_of_batches, raise_no_images
+from reportgen.contract.passes import label_set_matrix, mean_of_batches, raise_no_images
 from reportgen.errors import ConfigError, LayerError
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.images import ImageDataset, Sample, collate_samples
 from reportgen.loading.models import extract_logits, last_linear
 from reportgen.loading.types import LoadedModel, find_layer
@@ -114,11 +115,14 @@ def dataset_pass(
     indices: Sequence[int] | None = None,
     allow_empty: bool = False,
     baseline: LoadedModel | None = None,
+    head: Head = MULTICLASS,
+    baseline_head: Head | None = None,
 ) -> PassResult:
     """Run the model once over the images (``indices`` selects a shard) and collect.
 
     ``allow_empty``: a shard may hold no readable image (torchrun ranks); otherwise that raises.
     ``baseline``: a second model fed the same batches (each image is decoded once).
+    ``head``/``baseline_head``: what the two models' logits mean (recorded in the result).
     """
     module = model.module
     base_inputs_of: dict[str, nn.Module] = {}
@@ -202,6 +206,7 @@ def dataset_pass(
     if not order and not allow_empty:
         raise_no_images(dataset.folder.root, skipped)
     labels = torch.tensor([items[i].label for i in order], dtype=torch.long)
+    outputs = int(logits_all[0].shape[1]) if logits_all else 0
     return PassResult(
         item_index=order,
         features=torch.cat(feats) if feats else None,
@@ -215,4 +220,10 @@ def dataset_pass(
         batch_sums=batch_sums,
         baseline_logits=torch.cat(base_logits) if base_logits else None,
         baseline_features=torch.cat(base_feats) if base_feats else None,
+        head=head,
+        baseline_head=baseline_head if baseline is not None else None,
+        label_sets=label_set_matrix([items[i] for i in order], outputs)
+        if dataset.folder.label_sets
+        else None,
     )
+

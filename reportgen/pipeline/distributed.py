@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from reportgen.contract import PassResult
-from reportgen.contract.passes import mean_of_batches, raise_no_images
+from reportgen.contract.passes import label_set_matrix, mean_of_batches, raise_no_images
 from reportgen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -233,7 +233,8 @@ def gather_pass(
     shards = gather_to_main(ctx, shard_payload(result, collectors))
     if shards is None:
         return None
-    return merge_shards(shards, result.feature_layer, collectors, dataset, batch_size, device)
+    merged = merge_shards(shards, result.feature_layer, collectors, dataset, batch_size, device)
+    return dataclasses.replace(merged, head=result.head, baseline_head=result.baseline_head)
 
 
 def shard_payload(result: PassResult, collectors: Mapping[str, Any]) -> dict[str, Any]:
@@ -304,4 +305,7 @@ def merge_shards(
         batch_sums=batch_sums,
         baseline_logits=merged("baseline_logits"),
         baseline_features=merged("baseline_features"),
+        label_sets=label_set_matrix([items[i] for i in order], int(logits.shape[1]))
+        if dataset.folder.label_sets
+        else None,
     )

@@ -31,6 +31,7 @@ from reportgen.contract import (
     SkipSection,
 )
 from reportgen.errors import ReportgenError
+from reportgen.heads import Head
 from reportgen.loading.folders import DataFolder
 from reportgen.loading.images import ImageDataset, Preprocessor
 from reportgen.loading.models import load_model
@@ -48,6 +49,13 @@ from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outpu
 from reportgen.pipeline.plan import Plan, check_spatial_layers, config_gates, make_plan
 from reportgen.pipeline.queries import select_queries
 from reportgen.pipeline.summary import accuracy_metrics, build_summary
+from reportgen.pipeline.task import (
+    TaskChoice,
+    baseline_head,
+    data_task,
+    model_task,
+    with_class_names,
+)
 from reportgen.report.gates import evaluate_gates, gates_failed
 from reportgen.report.render import Headline, clean_floats, to_json
 from reportgen.report.section import Section
@@ -144,6 +152,8 @@ class Pipeline:
     """Things the reader must know (wrong-looking inputs, approximations): stderr, the top of the
     report and summary.json's ``warnings``."""
     resolved: Resolved | None = None
+    task: TaskChoice | None = None
+    """The model's task and where it came from (set by ``prepare``, before any work)."""
     throughput: Throughput = field(
         default_factory=lambda: Throughput(16, 8, "contiguous", None, "configured")
     )
@@ -177,7 +187,8 @@ class Pipeline:
         t = perf_counter()
         model = load_model(cfg.model)
         plan = make_plan(cfg, model, self.registry)  # layer names: input errors before any work
-        self.resolved = apply_metadata(cfg, model)
+        choice = model_task(cfg, model)  # a task the model cannot have: an input error now
+        self.resolved = apply_metadata(cfg, model, choice.head)
         for message in self.resolved.warnings:
             self._warn(message)
         effective = self.resolved.config
@@ -194,7 +205,15 @@ class Pipeline:
             if device.type == "cuda":
                 m.module.to(memory_format=torch.channels_last)
         folder = open_source(effective.data)
-        check_label_count(model, effective.data.labels, self.config.data.labels)
+        self.task = choice = data_task(cfg, choice, folder)
+        head = choice.head
+        folder = with_class_names(folder, head)
+        if cfg.model.threshold != 0.5 and head.task == "multiclass":
+            self._warn(
+                f"model.threshold ({cfg.model.threshold:g}) is not used: a multiclass model "
+                "predicts its most probable class"
+            )
+        check_label_count(model, effective.data.labels, self.config.data.labels, head)
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
         # One size, or what to set: before work.
         check_uniform_size(folder, pre.resize, pre.crop)
@@ -204,7 +223,8 @@ class Pipeline:
             check_model(
                 self._warn, self.config, baseline, folder, pre, "baseline", model.in_channels
             )
-            if baseline.num_classes != model.num_classes:
+            base_head = baseline_head(head, model, baseline)
+            if base_head.classes(baseline.num_classes) != head.classes(model.num_classes):
                 self._warn(
                     f"baseline: it has {baseline.num_classes} outputs but the model has "
                     f"{model.num_classes}: the comparison pairs classes by index, so classes "
@@ -214,7 +234,7 @@ class Pipeline:
         layout = token_layout(model, pre)
         if pre.crop and layout is None:  # a transformer's token outputs are read on their grid
             check_spatial_layers(cfg, model, self.registry, (pre.crop, pre.crop))
-        self._check_classes(model, folder)
+        self._check_classes(model, folder, head)
         dataset = ImageDataset(folder, pre)
         self.timings["load"] = perf_counter() - t
         raise_if_interrupted()
@@ -230,7 +250,8 @@ class Pipeline:
 
         collectors = self._collectors(plan, SetupContext(model, folder, device, layout))
         t = perf_counter()
-        pass_result = self._dataset_pass(model, dataset, device, collectors, baseline)
+        heads = (head, None if baseline is None else baseline_head(head, model, baseline))
+        pass_result = self._dataset_pass(model, dataset, device, collectors, baseline, heads)
         self.timings["dataset_pass"] = perf_counter() - t
         raise_if_interrupted()
         check_outputs(self._warn, pass_result, folder)
@@ -253,17 +274,19 @@ class Pipeline:
             progress=self.progress,
             token_layout=layout,
             labels_are_model_classes=self._classes_trusted,
+            max_labels_per_query=cfg.data.max_labels_per_query,
             forward_batch=self.throughput.forward_batch,
             backward_batch=self.throughput.backward_batch,
         )
         return Prepared(context, plan, collectors, baseline)
 
-    def _check_classes(self, model: LoadedModel, folder: DataFolder) -> None:
+    def _check_classes(self, model: LoadedModel, folder: DataFolder, head: Head) -> None:
         """Can the class folders be the model's outputs? Say so loudly when they cannot."""
         if not folder.labelled:
             return
         folders = len(folder.class_folders)
-        k = model.num_classes
+        k = head.classes(model.num_classes)
+        outputs = "classes (negative, positive)" if head.task == "binary" else "outputs"
         if folder.empty_classes:
             self._warn(
                 "class folder(s) with no readable image: "
@@ -278,7 +301,7 @@ class Pipeline:
         if folders > k:
             self._classes_trusted = False  # labels past the outputs cannot be model classes
             self._warn(
-                f"{folders} {what} but the model has {k} outputs: images of the {what} "
+                f"{folders} {what} but the model has {k} {outputs}: images of the {what} "
                 f"after the first {k} cannot be scored, and they cannot be the model's classes; "
                 "set data.labels (the model's class names in output order). Occlusion and "
                 "saliency explain the predicted class."
@@ -287,15 +310,17 @@ class Pipeline:
             self._positional_mismatch = True
             self._warn(
                 f"{folders} {what}, numbered in sorted order, but the model has {k} "
-                "outputs and no data.labels maps them to the outputs: accuracy, calibration and "
+                f"{outputs} and no data.labels maps them to the outputs: accuracy, calibration and "
                 f"the other label checks are only right if the {what} are exactly the model's "
                 f"first {folders} classes in that order; set data.labels to say which they are"
             )
 
     def _check_accuracy(self, pass_result: PassResult, folder: DataFolder) -> None:
         """Accuracy at chance level usually means the folders are not the model's classes."""
+        if not pass_result.head.single_label:
+            return
         labels = pass_result.labels
-        classes = len(set(labels[(labels >= 0) & (labels < pass_result.logits.shape[1])].tolist()))
+        classes = len(set(labels[(labels >= 0) & (labels < pass_result.num_classes)].tolist()))
         scored = accuracy_metrics(pass_result)
         accuracy = scored["accuracy"]
         if accuracy is None or scored["num_labelled"] < 20 or classes < 2:
@@ -344,29 +369,36 @@ class Pipeline:
         device: torch.device,
         collectors: dict[str, Collector],
         baseline: LoadedModel | None,
+        heads: tuple[Head, Head | None],
     ) -> PassResult:
         cfg = self.config
-        if not self.dist.enabled:
+        head, base_head = heads
+
+        def run(shard: list[int] | None = None) -> PassResult:
             return dataset_pass(
-                cfg, model, dataset, device, collectors, self.progress, baseline=baseline
+                cfg,
+                model,
+                dataset,
+                device,
+                collectors,
+                self.progress,
+                shard,
+                allow_empty=shard is not None,
+                baseline=baseline,
+                head=head,
+                baseline_head=base_head,
             )
-        shard = distributed.shard_indices(
-            len(dataset),
-            cfg.run.batch_size,
-            self.dist.rank,
-            self.dist.world_size,
-            distributed.item_groups(dataset.folder.items, dataset.folder.source),
-        )
-        local = dataset_pass(
-            cfg,
-            model,
-            dataset,
-            device,
-            collectors,
-            self.progress,
-            shard,
-            allow_empty=True,
-            baseline=baseline,
+
+        if not self.dist.enabled:
+            return run()
+        local = run(
+            distributed.shard_indices(
+                len(dataset),
+                cfg.run.batch_size,
+                self.dist.rank,
+                self.dist.world_size,
+                distributed.item_groups(dataset.folder.items, dataset.folder.source),
+            )
         )
         merged = distributed.gather_pass(
             self.dist, local, collectors, dataset, cfg.run.batch_size, device

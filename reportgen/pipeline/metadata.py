@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reportgen.config import Config
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.metadata import imagenet_class_names
 from reportgen.loading.sources import source_kind
 from reportgen.loading.types import LoadedModel
@@ -53,7 +54,17 @@ def _folders_match(folders: list[str], names: list[str]) -> bool:
     return all(f in known or (f.isdigit() and int(f) < len(names)) for f in folders)
 
 
-def apply_metadata(cfg: Config, model: LoadedModel) -> Resolved:
+def _metadata_names(model: LoadedModel, head: Head) -> list[str] | None:
+    """The model's own class names for its task: a binary model's metadata names its one
+    output, the positive class (``{0: "defect"}``), so the two classes are ``not defect`` and
+    ``defect``."""
+    names = model.metadata.class_names
+    if names and head.task == "binary" and len(names) == 1:
+        return [f"not {names[0]}", names[0]]
+    return list(names) if names else None
+
+
+def apply_metadata(cfg: Config, model: LoadedModel, head: Head = MULTICLASS) -> Resolved:
     meta = model.metadata
     explicit = cfg.explicit
     warnings: list[str] = []
@@ -83,20 +94,21 @@ def apply_metadata(cfg: Config, model: LoadedModel) -> Resolved:
     warnings.extend(meta.notes)
 
     # Class names.
+    meta_names = _metadata_names(model, head)
     labels = cfg.data.labels
     if labels == IMAGENET:
         labels = imagenet_class_names()
         names_source = "torchvision's ImageNet categories (data.labels: imagenet)"
     elif labels is not None:
         names_source = "data.labels"
-    elif meta.class_names and source_kind(cfg.data) != "folder":
+    elif meta_names and source_kind(cfg.data) != "folder":
         # A manifest, shards or a dataset: its label names (or indices) must be the model's.
-        labels = list(meta.class_names)
+        labels = meta_names
         names_source = meta.class_names_source or "model metadata"
-    elif meta.class_names:
+    elif meta_names:
         folders = _class_folders(cfg.data.root)
-        if _folders_match(folders, meta.class_names):
-            labels = list(meta.class_names)
+        if _folders_match(folders, meta_names):
+            labels = meta_names
             names_source = meta.class_names_source or "model metadata"
         else:
             shown = ", ".join(folders[:4]) + (" ..." if len(folders) > 4 else "")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import ReportgenError
+from reportgen.heads import np_softmax
 
 COLUMNS = (
     "path",
@@ -120,15 +121,6 @@ def csv_path(relpath: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (max subtracted first, so large logits do not overflow)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
 def prediction_set(
     paths: Sequence[str],
     sha256s: Sequence[str],
@@ -155,7 +147,7 @@ def prediction_set(
         raise ValueError(
             f"paths ({n}), sha256s ({len(sha256s)}) and labels ({y.shape[0]}) differ in length"
         )
-    probs = np.asarray(scores, dtype=np.float64) if probabilities else softmax(scores)
+    probs = np.asarray(scores, dtype=np.float64) if probabilities else np_softmax(scores)
     preds = np.argmax(scores, axis=1).astype(np.int64)
     rows = np.arange(n)
     scored = (y >= 0) & (y < scores.shape[1])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reportgen.errors import ReportgenError
+from reportgen.heads import MULTICLASS, Head
 from reportgen.methods.names import RANDOM
 from reportgen.methods.trust.curves import (
     CurveKind,
@@ -161,6 +162,7 @@ def run_attribution_checks(
     original_maps: Mapping[str, torch.Tensor] | None = None,
     randomization_methods: Mapping[str, MapFn] | None = None,
     progress: ProgressFn | None = None,
+    head: Head = MULTICLASS,
 ) -> ChecksResult:
     """Randomisation test and deletion/insertion faithfulness for each method on these images.
 
@@ -177,7 +179,8 @@ def run_attribution_checks(
     optional wrapper of iterables (the report's bar). ``randomization_methods``: method -> the
     function the randomisation test uses instead (its original map is then computed with it too),
     e.g. occlusion on a coarser grid, which costs a forward per window per image per stage; the
-    faithfulness curves always use ``methods``.
+    faithfulness curves always use ``methods``. ``head``: whose explained probability the
+    curves record (bind the same head into ``methods``).
     """
     q, c, h, w = inputs.shape
     device = inputs.device
@@ -275,6 +278,7 @@ def run_attribution_checks(
         imputation=imputation,
         road_noise=road_noise,
         seed=seed,
+        head=head,
     )
     fractions = step_counts(h * w, steps) / float(h * w)
     return ChecksResult(

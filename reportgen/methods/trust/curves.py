@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.models import extract_logits
 
 Imputation = Literal["constant", "road"]
@@ -138,8 +139,9 @@ def _evaluate_jobs(
     imputation: Imputation,
     road_noise: float,
     seed: int,
+    head: Head,
 ) -> torch.Tensor:
-    """Probability of the target class for each job (J×4: kind 0 deletion / 1 insertion, map,
+    """Probability of the target class (the head's explained probability) for each job (J×4: kind 0 deletion / 1 insertion, map,
     image, step), ``batch_size`` perturbed images per forward under inference mode.
 
     Deletion's image replaces the first ``counts[step]`` pixels of the map's order by ``fill``;
@@ -162,9 +164,7 @@ def _evaluate_jobs(
                     batch, unknown[:, 0], init=other, noise=road_noise, generator=gen
                 )
             logits = extract_logits(model(batch)).float()
-            probs[start : start + len(job)] = logits.softmax(1).gather(1, targets[qi][:, None])[
-                :, 0
-            ]
+            probs[start : start + len(job)] = head.explained_probability(logits, targets[qi])
     return probs
 
 
@@ -204,6 +204,7 @@ def deletion_insertion_curves(
     imputation: Imputation = "constant",
     road_noise: float = 0.01,
     seed: int = 0,
+    head: Head = MULTICLASS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(deletion, insertion: K×Q×(steps+1) probabilities of the target class; the Q unchanged
     images' probabilities), both curves of every map through one queue of perturbed images.
@@ -244,6 +245,7 @@ def deletion_insertion_curves(
         imputation=imputation,
         road_noise=road_noise,
         seed=seed,
+        head=head,
     ).cpu()
     tables = torch.empty(2, k, q, steps + 1)
     n = len(inner)
@@ -271,6 +273,7 @@ def perturbation_curves(
     imputation: Imputation = "constant",
     road_noise: float = 0.01,
     seed: int = 0,
+    head: Head = MULTICLASS,
 ) -> np.ndarray:
     """K×Q×(steps+1) probabilities of the target class along deletion or insertion curves.
 
@@ -302,6 +305,7 @@ def perturbation_curves(
         imputation=imputation,
         road_noise=road_noise,
         seed=seed,
+        head=head,
     )
     return probs.view(k, q, steps + 1).cpu().numpy()
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.models import extract_logits
 from reportgen.loading.types import find_layer
 from reportgen.methods import attribution
@@ -120,6 +121,7 @@ def attribution_methods(
     seed: int = 0,
     batch_size: int = 32,
     occlusion_batch_size: int = 64,
+    head: Head = MULTICLASS,
 ) -> dict[str, KeyedMap]:
     """Method name -> function (model, inputs, targets) -> Q×H×W map, with the parameters bound.
 
@@ -140,25 +142,27 @@ def attribution_methods(
         raise ValueError(f"unknown attribution method(s) {unknown}; known: {', '.join(METHODS)}")
 
     def gradient(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return attribution.saliency_map(attribution.input_gradients(model, x, t, batch_size))
+        g = attribution.input_gradients(model, x, t, batch_size, head=head)
+        return attribution.saliency_map(g)
 
     def smoothgrad(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         g = attribution.smoothgrad(
-            model, x, t, smoothgrad_samples, smoothgrad_noise, seed, batch_size
+            model, x, t, smoothgrad_samples, smoothgrad_noise, seed, batch_size, head=head
         )
         return attribution.saliency_map(g)
 
     def guided(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return attribution.saliency_map(attribution.guided_backprop(model, x, t, batch_size))
+        g = attribution.guided_backprop(model, x, t, batch_size, head=head)
+        return attribution.saliency_map(g)
 
     def gradcam(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         layer = gradcam_layer or attribution.default_gradcam_layer(model, x[:1])
-        cam = attribution.grad_cam(model, x, t, find_layer(model, layer), batch_size)
+        cam = attribution.grad_cam(model, x, t, find_layer(model, layer), batch_size, head=head)
         return attribution.upsample_maps(cam, (x.shape[2], x.shape[3]))
 
     def integrated(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ig = attribution.integrated_gradients(
-            model, x, t, ig_baseline, ig_steps, ig_method, batch_size
+            model, x, t, ig_baseline, ig_steps, ig_method, batch_size, head=head
         )
         return ig.sum(dim=1).abs()
 
@@ -179,6 +183,7 @@ def attribution_methods(
             fill,
             occlusion_batch_size,
             module=model,
+            head=head,
         )
         pixel = pixel_probability(maps.prob, h, w, window, stride)
         return maps.base_prob[:, None, None] - pixel
