@@ -240,8 +240,15 @@ def _split(value: str) -> list[str]:
     show_default=True,
     help="Device for the report (training is on the CPU).",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["multiclass", "binary", "multilabel"]),
+    default="multiclass",
+    show_default=True,
+    help="binary: one logit, 'is it a 3?'; multilabel: even / greater than 4 / prime.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars or messages.")
-def demo_command(out_dir: str, device: str, quiet: bool) -> None:
+def demo_command(out_dir: str, device: str, task: str, quiet: bool) -> None:
     """Train a small CNN on scikit-learn's digits (no downloads) and report on it."""
     from reportgen.api import run_demo
     from reportgen.runtime.progress import Progress
@@ -254,6 +261,7 @@ def demo_command(out_dir: str, device: str, quiet: bool) -> None:
                 progress=Progress(quiet=quiet),
                 warn=_warn,
                 echo=None if quiet else click.echo,
+                task=task,
             )
         except ReportgenError as exc:
             _fail(exc)

@@ -3,13 +3,17 @@
 ``reportgen demo`` trains it (seeded, CPU, seconds), writes the images in ImageFolder layout, the
 state dict and a config file into the output folder, then makes the report through exactly the
 path ``reportgen run --config OUT/config.yaml`` takes, loading the checkpoint file it wrote.
+
+``--task binary`` trains the same network with one output on "is it a 3?" (class folders
+``other`` and ``three``); ``--task multilabel`` with three sigmoid outputs on {even, greater than
+4, prime}, listed in a manifest with a ``digit`` metadata column.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +25,22 @@ from reportgen.runtime.progress import Progress
 
 IMAGE_SIZE = 32
 MEAN, STD = 0.5, 0.5
+DemoTask = Literal["multiclass", "binary", "multilabel"]
+BINARY_CLASSES = ["other", "three"]
+"""The binary demo's classes, negative first: is the digit a 3?"""
+MULTILABEL_NAMES = ["even", "greater_than_4", "prime"]
+"""The multi-label demo's labels: properties of the digit."""
+
+
+def demo_targets(labels: np.ndarray, task: DemoTask) -> np.ndarray:
+    """What the demo model learns for each digit: the digit (multiclass), ``digit == 3``
+    (binary, N×1) or the N×3 properties {even, greater than 4, prime} (multi-label)."""
+    if task == "binary":
+        return (labels == 3).astype(np.float32)[:, None]
+    if task == "multilabel":
+        prime = np.isin(labels, [2, 3, 5, 7])
+        return np.stack([labels % 2 == 0, labels > 4, prime], axis=1).astype(np.float32)
+    return labels
 
 
 class DigitsCNN(nn.Module):
@@ -82,8 +102,15 @@ def train_digits(
     epochs: int = 15,
     seed: int = 0,
     progress: Progress | None = None,
+    task: DemoTask = "multiclass",
 ) -> TrainResult:
-    """Seeded CPU training with a held-out 20 % split (reported as test accuracy)."""
+    """Seeded CPU training with a held-out 20 % split (reported as test accuracy: at p ≥ 0.5
+    for binary, the exact match of the label sets for multi-label).
+
+    The network learns its features on the ten digits (cross-entropy); a binary or multi-label
+    model then gets a new last layer with one output per target, fitted with the logistic loss
+    on those features (the sparse "is it a 3?" target alone makes the small network collapse
+    to "never")."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = (torch.from_numpy(images).float()[:, None] / 255.0 - MEAN) / STD
@@ -115,19 +142,57 @@ def train_digits(
             opt.step()
             sched.step()
     model.eval()
+    if task != "multiclass":
+        model = _sigmoid_head(model, x, torch.from_numpy(demo_targets(labels, task)), train_idx)
+        y = torch.from_numpy(demo_targets(labels, task))
     with torch.inference_mode():
-        pred = model(x).argmax(1)
+        out = model(x)
+    # Multi-label and binary: every output on the right side of p = 0.5 (z = 0).
+    right = out.argmax(1) == y if task == "multiclass" else ((out >= 0).float() == y).all(dim=1)
     return TrainResult(
         model,
-        float((pred[train_idx] == y[train_idx]).float().mean()),
-        float((pred[test_idx] == y[test_idx]).float().mean()),
+        float(right[train_idx].float().mean()),
+        float(right[test_idx].float().mean()),
     )
 
 
-def demo_config(out_dir: Path) -> dict[str, Any]:
+def _sigmoid_head(
+    model: DigitsCNN, x: torch.Tensor, targets: torch.Tensor, train_idx: torch.Tensor
+) -> DigitsCNN:
+    """The trained network with a new last layer, one sigmoid output per target column, fitted
+    (full batch, logistic loss) on the penultimate features of the training split."""
+    out = DigitsCNN(int(targets.shape[1]))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.3.")}
+    out.load_state_dict(state, strict=False)
+    out.eval()
+    with torch.no_grad():
+        features = out.classifier[:3](out.pool(out.features(x[train_idx])))
+    last = out.classifier[3]
+    opt = torch.optim.Adam(last.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.binary_cross_entropy_with_logits(
+            last(features), targets[train_idx]
+        ).backward()
+        opt.step()
+    return out
+
+
+def demo_config(out_dir: Path, task: DemoTask = "multiclass") -> dict[str, Any]:
+    model: dict[str, Any] = {"arch": "reportgen.demo:digits_cnn", "weights": "model.pt"}
+    data: dict[str, Any] = {"root": "data", "queries": 8}
+    title = "Demo: a small CNN on scikit-learn's digits"
+    if task == "binary":
+        model.update(num_classes=1, task="binary")
+        data["labels"] = list(BINARY_CLASSES)
+        title += " — binary: is it a 3?"
+    elif task == "multilabel":
+        model.update(num_classes=len(MULTILABEL_NAMES), task="multilabel")
+        data = {"manifest": "data/manifest.csv", "labels": list(MULTILABEL_NAMES), "queries": 8}
+        title += " — multi-label: even, greater than 4, prime"
     return {
-        "model": {"arch": "reportgen.demo:digits_cnn", "weights": "model.pt"},
-        "data": {"root": "data", "queries": 8},
+        "model": model,
+        "data": data,
         "preprocess": {
             "resize": IMAGE_SIZE,
             "crop": IMAGE_SIZE,
@@ -137,11 +202,7 @@ def demo_config(out_dir: Path) -> dict[str, Any]:
         },
         "run": {"device": "auto", "batch_size": 256, "workers": 0, "seed": 0},
         "analyses": {"filters": {"layers": ["features.3"]}},
-        "output": {
-            "dir": ".",
-            "save_arrays": True,
-            "title": "Demo: a small CNN on scikit-learn's digits",
-        },
+        "output": {"dir": ".", "save_arrays": True, "title": title},
     }
 
 
@@ -151,27 +212,38 @@ def prepare_demo(
     per_class: int | None = None,
     epochs: int = 15,
     progress: Progress | None = None,
+    task: DemoTask = "multiclass",
 ) -> tuple[Path, TrainResult]:
     """Train, write images + weights + config.yaml into ``out_dir``; return the config path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     images, labels = digit_images(per_class)
-    trained = train_digits(images, labels, epochs=epochs, progress=progress)
+    trained = train_digits(images, labels, epochs=epochs, progress=progress, task=task)
     data = out_dir / "data"
-    for c in range(10):
-        (data / str(c)).mkdir(parents=True, exist_ok=True)
     counters = [0] * 10
-    for img, lab in zip(images, labels, strict=True):
-        path = data / str(int(lab)) / f"{int(lab)}_{counters[lab]:04d}.png"
+    rows = ["path,labels,digit"]
+    targets = demo_targets(labels, task)
+    for img, lab, target in zip(images, labels, targets, strict=True):
+        folder = str(int(lab))
+        if task == "binary":
+            folder = BINARY_CLASSES[int(target[0])]
+        name = f"{int(lab)}_{counters[lab]:04d}.png"
         counters[lab] += 1
+        path = data / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             Image.fromarray(img, mode="L").save(path, format="PNG")
+        if task == "multilabel":
+            names = "|".join(n for n, on in zip(MULTILABEL_NAMES, target, strict=True) if on)
+            rows.append(f"{folder}/{name},{names},{int(lab)}")
+    if task == "multilabel":
+        (data / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     torch.save(trained.model.state_dict(), out_dir / "model.pt")
     config_path = out_dir / "config.yaml"
     text = (
         "# Written by `reportgen demo`; re-run with: reportgen run --config "
         + str(config_path)
         + "\n"
-        + yaml.safe_dump(demo_config(out_dir), sort_keys=False)
+        + yaml.safe_dump(demo_config(out_dir, task), sort_keys=False)
     )
     config_path.write_text(text, encoding="utf-8")
     return config_path, trained

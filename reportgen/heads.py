@@ -95,9 +95,7 @@ class Head:
         if self.task == "multiclass":
             return "multiclass (softmax over the outputs, prediction = the most probable class)"
         if self.task == "binary":
-            return (
-                f"binary (p = sigmoid of the one logit, positive when p ≥ {self.threshold:g})"
-            )
+            return f"binary (p = sigmoid of the one logit, positive when p ≥ {self.threshold:g})"
         return f"multi-label (p = sigmoid per label, predicted when p ≥ {self.threshold:g})"
 
     # ------------------------------------------------------------------ whole-output views

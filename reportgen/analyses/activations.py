@@ -100,8 +100,10 @@ class ActivationsAnalysis(Analysis[ActivationsParams]):
                 "the model has no conv layers; list layers under analyses.activations.layers"
             )
         batch = ctx.query_batch()  # the queries as read once, a file changed since left out
-        queries = batch.positions[: p.max_queries]
-        inputs = batch.inputs[: p.max_queries]
+        # Each image once (a multi-label query fills several rows of the batch).
+        first = batch.first_rows()[: p.max_queries]
+        queries = [batch.positions[i] for i in first]
+        inputs = batch.inputs[first]
         try:
             outputs = layer_outputs(model, layers, inputs, ctx.batch_size)
         except LayerNotCalled as exc:
@@ -199,7 +201,7 @@ class ActivationsAnalysis(Analysis[ActivationsParams]):
             ax_img.imshow(img if img.shape[2] == 3 else img[..., 0], interpolation="nearest")
             ax_img.set_xticks([])
             ax_img.set_yticks([])
-            lab = ctx.class_name(ctx.label(q)) if ctx.folder.labelled else "unlabelled"
+            lab = ctx.label_text(q)
             ax_img.set_title(f"{ctx.relpath(q)}\n({lab})", fontsize=7)
             grid, _ = grids[qi]
             ax_maps.imshow(grid, interpolation="nearest")

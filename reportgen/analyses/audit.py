@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reportgen import methods
+from reportgen.analyses.audit_tasks import binary_blocks, binary_calibration, multilabel_audit
 from reportgen.analyses.common import pixel_vectors
 from reportgen.contract import Analysis, Metric, Result
+from reportgen.methods.scores import BinaryScores
 from reportgen.params import AnalysisParams, between, in_range, rule
 from reportgen.report.figures import figure_to_picture, new_figure
-from reportgen.report.section import Figure, Picture, Table, Text, Thumb
+from reportgen.report.section import Figure, Picture, Section, Table, Text, Thumb
 from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
@@ -29,7 +31,9 @@ if TYPE_CHECKING:
 HOW_TO_READ = (
     "The checks table flags what deserves a closer look before trusting the other sections. "
     "Calibration compares the model's confidence with its accuracy: bars below the diagonal "
-    "mean over-confidence; the expected calibration error (ECE) is their weighted gap. "
+    "mean over-confidence; the expected calibration error (ECE) is their weighted gap (for a "
+    "binary model: p, the positive class' probability, against the share of positives; for a "
+    "multi-label model over every (image, label) decision). "
     "Confident mistakes and possible label errors are images to inspect by hand: a possible "
     "label error is an image whose label disagrees both with the model's prediction and with "
     "the labels of most of its feature-space neighbours. Near-duplicates inflate accuracy when "
@@ -114,13 +118,17 @@ def near_duplicates(pixels: torch.Tensor, threshold: float) -> list[tuple[int, i
 # --------------------------------------------------------------------------- presentation
 
 
-def reliability_figure(cal: Calibration) -> Picture:
+def reliability_figure(
+    cal: Calibration,
+    xlabel: str = "confidence (max softmax probability)",
+    ylabel: str = "accuracy",
+) -> Picture:
     fig = new_figure(4.6, 3.6)
     ax = fig.subplots()
     centres = (cal.bin_edges[:-1] + cal.bin_edges[1:]) / 2
     width = cal.bin_edges[1] - cal.bin_edges[0]
     ok = cal.bin_count > 0
-    ax.bar(centres[ok], cal.bin_accuracy[ok], width=width * 0.92, color="#2458a6", label="accuracy")
+    ax.bar(centres[ok], cal.bin_accuracy[ok], width=width * 0.92, color="#2458a6", label=ylabel)
     ax.bar(
         centres[ok],
         cal.bin_confidence[ok] - cal.bin_accuracy[ok],
@@ -133,8 +141,8 @@ def reliability_figure(cal: Calibration) -> Picture:
     ax.plot([0, 1], [0, 1], color="#333", linewidth=1, linestyle="--", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (max softmax probability)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(f"Reliability diagram (ECE {cal.ece:.3f})")
     ax.legend(loc="upper left", fontsize=7, frameon=False)
     return figure_to_picture(fig)
@@ -186,21 +194,82 @@ class AuditAnalysis(Analysis[AuditParams]):
         section = self.section(HOW_TO_READ)
         metrics: dict[str, Any] = {}
         res = ctx.pass_result
-        n_classes = res.logits.shape[1]
-        probs = torch.softmax(res.logits.float(), dim=1)
-        confidence, preds = probs.max(dim=1)
+        checks: list[list[Any]] = []
+        shown: dict[str, list[tuple[int, str]]] = {}
+        dups = near_duplicates(res.pixels, p.duplicate_threshold)
+        conflicts = (
+            [d for d in dups if ctx.label_text(d[0]) != ctx.label_text(d[1])]
+            if ctx.folder.labelled
+            else []
+        )
+        metrics["near_duplicate_pairs"] = len(dups)
+        if ctx.head.single_label:
+            self._single_label(ctx, p, section, metrics, checks, shown)
+        else:
+            metrics.update(
+                multilabel_audit(
+                    ctx,
+                    section,
+                    checks,
+                    shown,
+                    bins=p.bins,
+                    k=p.k,
+                    ece_warn=p.ece_warn,
+                    reliability=reliability_figure,
+                )
+            )
+        checks.append(
+            [
+                "near-duplicate image pairs",
+                str(len(dups)),
+                "warn" if conflicts else ("note" if dups else "ok"),
+                f"{len(conflicts)} with different labels"
+                if ctx.folder.labelled
+                else f"RMS pixel difference < {p.duplicate_threshold:g}",
+            ]
+        )
+        section.blocks.insert(
+            0, Table(caption="Checks", columns=["check", "value", "status", "detail"], rows=checks)
+        )
+        shown["Near-duplicate pairs"] = [
+            (i, f"≈ {ctx.relpath(j)} (RMS {d:.3f})") for i, j, d in dups[: p.show]
+        ]
+        shown = {title: items[: p.show] for title, items in shown.items()}
+        wanted = sorted({i for items in shown.values() for i, _ in items})
+        if wanted:
+            images = dict(zip(wanted, ctx.display_images(wanted, p.thumb_size), strict=True))
+            for title, items in shown.items():
+                if not items:
+                    continue
+                row: list[Any] = [
+                    Thumb(Picture(images[i], kind="photo"), label=text, alt=ctx.relpath(i))
+                    for i, text in items
+                ]
+                section.add(
+                    Table(caption=title, columns=[f"#{k + 1}" for k in range(len(row))], rows=[row])
+                )
+        return Result(section, metrics=metrics)
+
+    def _single_label(
+        self,
+        ctx: AnalysisContext,
+        p: AuditParams,
+        section: Section,
+        metrics: dict[str, Any],
+        checks: list[list[Any]],
+        shown: dict[str, list[tuple[int, str]]],
+    ) -> None:
+        """Multiclass and binary: calibration, confusions, per class, label errors, mistakes
+        (binary adds its curves and threshold table)."""
+        res = ctx.pass_result
+        n_classes = res.num_classes
+        binary = ctx.head.task == "binary"
+        confidence = res.confidence()
+        preds = res.predictions
         labels = res.labels.to(preds.device)
         known = res.scored().to(preds.device)  # non-finite outputs have nothing to score
         if not ctx.labels_are_model_classes:
             known = torch.zeros_like(known)  # folder positions are not model classes
-        checks: list[list[Any]] = []
-        shown: dict[str, list[tuple[int, str]]] = {}
-
-        dups = near_duplicates(res.pixels, p.duplicate_threshold)
-        conflicts = (
-            [d for d in dups if ctx.label(d[0]) != ctx.label(d[1])] if ctx.folder.labelled else []
-        )
-        metrics["near_duplicate_pairs"] = len(dups)
         metrics["mean_confidence"] = float(confidence.mean())
         top_share = float(torch.bincount(preds.cpu(), minlength=n_classes).max()) / len(res)
         expected_top = (
@@ -209,7 +278,6 @@ class AuditAnalysis(Analysis[AuditParams]):
             if bool(known.any())
             else None
         )
-
         labelled = (labels >= 0) & (labels < n_classes)
         if not bool(known.any()) and bool(labelled.any()) and ctx.labels_are_model_classes:
             checks.append(
@@ -223,7 +291,17 @@ class AuditAnalysis(Analysis[AuditParams]):
         if bool(known.any()):
             y, yhat, conf = labels[known], preds[known], confidence[known]
             correct = yhat == y
-            cal = methods.calibration.calibration(conf, correct, p.bins)
+            if binary:
+                cal, truth, prob = binary_calibration(ctx, known, p.bins)
+                mean_text = (
+                    f"mean p {float(prob.mean()):.3f} vs positive share {float(truth.mean()):.3f}"
+                )
+            else:
+                cal = methods.calibration.calibration(conf, correct, p.bins)
+                mean_text = (
+                    f"mean confidence {float(conf.mean()):.3f} vs accuracy "
+                    f"{float(correct.float().mean()):.3f}"
+                )
             metrics["ece"] = cal.ece
             cm = confusion_matrix(y, yhat, n_classes)
             present = sorted(set(y.cpu().tolist()) | set(yhat.cpu().tolist()))
@@ -238,7 +316,7 @@ class AuditAnalysis(Analysis[AuditParams]):
                     f"{cal.ece:.3f}" if np.isfinite(cal.ece) else "n/a (non-finite logits)",
                     # NaN compares False with anything: only a finite, small ECE is "ok".
                     "ok" if cal.ece <= p.ece_warn else "warn",
-                    f"mean confidence {float(conf.mean()):.3f} vs accuracy {float(correct.float().mean()):.3f}",
+                    mean_text,
                 ]
             )
             checks.append(
@@ -309,10 +387,21 @@ class AuditAnalysis(Analysis[AuditParams]):
                         else f"{ctx.class_name(confused)} ({int(off[confused])})",
                     ]
                 )
+            if binary:
+                scores = res.task_scores()
+                if isinstance(scores, BinaryScores):
+                    binary_blocks(section, truth, prob, scores)
             section.add(
                 Figure(
-                    reliability_figure(cal),
-                    caption=f"Calibration over {int(known.sum())} labelled images in {p.bins} confidence bins.",
+                    reliability_figure(
+                        cal,
+                        "p (predicted probability of the positive class)",
+                        "share of positives",
+                    )
+                    if binary
+                    else reliability_figure(cal),
+                    caption=f"Calibration over {int(known.sum())} labelled images in {p.bins} "
+                    + ("bins of p." if binary else "confidence bins."),
                     alt="Reliability diagram",
                 )
             )
@@ -352,33 +441,3 @@ class AuditAnalysis(Analysis[AuditParams]):
                 else "a share near 1 means the model predicts one class",
             ]
         )
-        checks.append(
-            [
-                "near-duplicate image pairs",
-                str(len(dups)),
-                "warn" if conflicts else ("note" if dups else "ok"),
-                f"{len(conflicts)} with different labels"
-                if ctx.folder.labelled
-                else f"RMS pixel difference < {p.duplicate_threshold:g}",
-            ]
-        )
-        section.blocks.insert(
-            0, Table(caption="Checks", columns=["check", "value", "status", "detail"], rows=checks)
-        )
-        shown["Near-duplicate pairs"] = [
-            (i, f"≈ {ctx.relpath(j)} (RMS {d:.3f})") for i, j, d in dups[: p.show]
-        ]
-        wanted = sorted({i for items in shown.values() for i, _ in items})
-        if wanted:
-            images = dict(zip(wanted, ctx.display_images(wanted, p.thumb_size), strict=True))
-            for title, items in shown.items():
-                if not items:
-                    continue
-                row: list[Any] = [
-                    Thumb(Picture(images[i], kind="photo"), label=text, alt=ctx.relpath(i))
-                    for i, text in items
-                ]
-                section.add(
-                    Table(caption=title, columns=[f"#{k + 1}" for k in range(len(row))], rows=[row])
-                )
-        return Result(section, metrics=metrics)

@@ -53,6 +53,9 @@ class EmbeddingParams(AnalysisParams):
     )
     """Trustworthiness is O(N²) work (chunked: O(N) memory): on the CPU it is computed on a seeded
     sample of at most this many points (0 = all); on CUDA always on all points."""
+    color_by: str = "auto"
+    """Multi-label models: the label whose presence colours the maps (``auto``: the most frequent
+    label; the labels' names or indices)."""
 
 
 def pca_project(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
@@ -264,18 +267,14 @@ class EmbeddingAnalysis(Analysis[EmbeddingParams]):
         arrays = {"tsne": tsne2.astype(np.float32)}
         metrics = {"tsne_trustworthiness": trust, "tsne_backend": backend}
 
-        labelled = ctx.folder.labelled
-        colour_by = res.labels.numpy() if labelled else res.predictions.cpu().numpy()
-        present = sorted(set(colour_by.tolist()))
-        names = [ctx.class_name(c) for c in present]
+        colour_by, names, legend, coloured = self._colours(ctx, p)
         section.add(
             Figure(
-                scatter_figure(pca2, tsne2, colour_by, names, "class" if labelled else "predicted"),
+                scatter_figure(pca2, tsne2, colour_by, names, legend),
                 caption=(
                     f"{n} images by their {res.feature_layer} features ({feats.shape[1]} dimensions): "
                     f"PCA (left) and t-SNE (right, {backend}, perplexity "
-                    f"{min(p.perplexity, max(1.0, (n - 1) / 3.0)):g}), coloured by "
-                    f"{'label' if labelled else 'predicted class'}."
+                    f"{min(p.perplexity, max(1.0, (n - 1) / 3.0)):g}), coloured by {coloured}."
                 ),
                 alt="PCA and t-SNE scatter plots coloured by class",
                 wide=True,
@@ -324,6 +323,36 @@ class EmbeddingAnalysis(Analysis[EmbeddingParams]):
         return Result(section, arrays=arrays, metrics=metrics)
 
     @staticmethod
+    def _colours(
+        ctx: AnalysisContext, p: EmbeddingParams
+    ) -> tuple[np.ndarray, list[str], str, str]:
+        """(colour index per image, the names of the colours present, legend title, what the
+        caption says the colours are): the label (or predicted class); for a multi-label model
+        whether each image has one label (``color_by``), or is predicted to have it."""
+        res = ctx.pass_result
+        labelled = ctx.folder.labelled
+        if res.head.single_label:
+            colour_by = res.labels.numpy() if labelled else res.predictions.cpu().numpy()
+            present = sorted(set(colour_by.tolist()))
+            names = [ctx.class_name(c) for c in present]
+            what = "label" if labelled else "predicted class"
+            return colour_by, names, "class" if labelled else "predicted", what
+        has = (
+            (res.label_sets > 0).numpy()
+            if labelled and res.label_sets is not None
+            else res.predicted_sets.cpu().numpy()
+        )
+        label, note = _colour_label(ctx, p.color_by, has)
+        name = ctx.class_name(label)
+        colour_by = has[:, label].astype(np.int64)
+        verb = "has" if labelled else "predicted"
+        names = [f"not {name}", name] if colour_by.min() == 0 else [name]
+        if colour_by.max() == 0:
+            names = [f"not {name}"]
+        what = f"whether the image {verb} label {name!r}{note}"
+        return colour_by, names, f"{verb} {name}", what
+
+    @staticmethod
     def _tiles(ctx: AnalysisContext, positions: list[int], size: int) -> list[np.ndarray]:
         pix = ctx.pass_result.pixels
         if pix.shape[-1] >= size:
@@ -336,6 +365,24 @@ class EmbeddingAnalysis(Analysis[EmbeddingParams]):
             return [a.permute(1, 2, 0).numpy() for a in arr]
         imgs = ctx.display_images(positions, size)
         return [_pad_square(im, size) for im in imgs]
+
+
+def _colour_label(ctx: AnalysisContext, wanted: str, has: np.ndarray) -> tuple[int, str]:
+    """The label ``embedding.color_by`` names (a name or an index), else the most frequent one;
+    with a note when the name was not found."""
+    counts = has.sum(axis=0)
+    frequent = int(np.argmax(counts)) if counts.size else 0
+    if wanted == "auto":
+        return frequent, " (analyses.embedding.color_by: the most frequent label)"
+    names = [ctx.class_name(k) for k in range(has.shape[1])]
+    if wanted in names:
+        return names.index(wanted), ""
+    if wanted.isdigit() and int(wanted) < has.shape[1]:
+        return int(wanted), ""
+    return frequent, (
+        f"; analyses.embedding.color_by {wanted!r} is not one of the labels "
+        f"({', '.join(names[:8])}), so the most frequent is used"
+    )
 
 
 def _pad_square(img: np.ndarray, size: int) -> np.ndarray:

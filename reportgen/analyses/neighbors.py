@@ -21,7 +21,8 @@ HOW_TO_READ = (
     "that has learned the task puts images of the same class next to each other in feature space "
     "even when their pixels differ (pose, colour, background), while pixel-space neighbours "
     "mostly share brightness and layout. The k-NN agreement table measures this over the whole "
-    "dataset: the share of each image's k nearest neighbours that have its label."
+    "dataset: the share of each image's k nearest neighbours that have its label (for a "
+    "multi-label model: the mean Jaccard similarity of the label sets, 1 = the same labels)."
 )
 
 
@@ -58,8 +59,13 @@ class NeighborsAnalysis(Analysis[NeighborsParams]):
 
         fd, fi = methods.knn.knn(feats[queries], feats, k, metric=p.metric, exclude=queries)
         pd, pi = methods.knn.knn(pix[queries], pix, k, metric=p.metric, exclude=queries)
-        agree_f = methods.knn.leave_one_out_agreement(feats, res.labels, k, p.metric)
-        agree_p = methods.knn.leave_one_out_agreement(pix, res.labels, k, p.metric)
+        sets = self._sets(ctx)
+        if sets is not None:  # multi-label: the agreement of label sets is their Jaccard
+            agree_f = methods.knn.leave_one_out_jaccard(feats, sets, k, p.metric)
+            agree_p = methods.knn.leave_one_out_jaccard(pix, sets, k, p.metric)
+        else:
+            agree_f = methods.knn.leave_one_out_agreement(feats, res.labels, k, p.metric)
+            agree_p = methods.knn.leave_one_out_agreement(pix, res.labels, k, p.metric)
         metrics = {"knn_agreement_feature": agree_f, "knn_agreement_pixel": agree_p, "knn_k": k}
 
         fi_l, pi_l = fi.cpu().tolist(), pi.cpu().tolist()
@@ -67,40 +73,49 @@ class NeighborsAnalysis(Analysis[NeighborsParams]):
         wanted = sorted({q for q in ctx.queries} | {j for row in fi_l + pi_l for j in row})
         images = dict(zip(wanted, ctx.display_images(wanted, p.thumb_size), strict=True))
         labelled = ctx.folder.labelled
+        agreement = self._agreement(ctx, sets)
 
-        def thumb(pos: int, dist: float | None, query_label: int | None) -> Thumb:
-            lab = ctx.label(pos) if labelled else int(res.predictions[pos])
-            name = ctx.class_name(lab)
+        def thumb(pos: int, dist: float | None, query: int | None) -> Thumb:
+            name = ctx.label_text(pos) if labelled else ctx.prediction_text(pos)
             mark = ""
-            if query_label is not None and labelled:
-                mark = " ✓" if lab == query_label else " ✗"
+            if query is not None and labelled:
+                same = agreement(query, pos)
+                mark = " ✓" if same == 1 else " ✗" if same == 0 else f" J={same:.2f}"
             text = name + mark if dist is None else f"{name}{mark} · {dist:.3g}"
             return Thumb(Picture(images[pos], kind="photo"), label=text, alt=ctx.relpath(pos))
 
         rows = []
-        same_f = same_p = 0
+        same_f = same_p = 0.0
         for qi, q in enumerate(ctx.queries):
-            ql = ctx.label(q) if labelled else int(res.predictions[q])
             row: list[Any] = [thumb(q, None, None)]
-            row += [thumb(j, d, ql) for j, d in zip(fi_l[qi], fd_l[qi], strict=True)]
-            row += [thumb(j, d, ql) for j, d in zip(pi_l[qi], pd_l[qi], strict=True)]
+            row += [thumb(j, d, q) for j, d in zip(fi_l[qi], fd_l[qi], strict=True)]
+            row += [thumb(j, d, q) for j, d in zip(pi_l[qi], pd_l[qi], strict=True)]
             rows.append(row)
             if labelled:
-                same_f += sum(ctx.label(j) == ql for j in fi_l[qi])
-                same_p += sum(ctx.label(j) == ql for j in pi_l[qi])
+                same_f += sum(agreement(q, j) for j in fi_l[qi])
+                same_p += sum(agreement(q, j) for j in pi_l[qi])
         columns = (
             ["query"]
             + [f"feature #{i + 1}" for i in range(k)]
             + [f"pixel #{i + 1}" for i in range(k)]
         )
-        kind = "label" if labelled else "predicted class"
+        kind = ("labels" if sets is not None else "label") if labelled else "predicted class"
         section.add(
             Table(
                 caption=(
                     f"Queries (first column), their {k} nearest neighbours in {res.feature_layer} "
                     f"feature space, then in pixel space ({ctx.pixel_size}² "
                     f"downsampled inputs); under each: {kind} and {p.metric} distance"
-                    + (" (✓ same label as the query)." if labelled else ".")
+                    + (
+                        (
+                            " (✓ the same label set as the query, ✗ none shared, J: the "
+                            "Jaccard similarity of the two sets)."
+                            if sets is not None
+                            else " (✓ same label as the query)."
+                        )
+                        if labelled
+                        else "."
+                    )
                 ),
                 columns=columns,
                 rows=rows,
@@ -111,7 +126,13 @@ class NeighborsAnalysis(Analysis[NeighborsParams]):
             nq = max(1, len(ctx.queries) * k)
             section.add(
                 Table(
-                    caption=f"Leave-one-out {k}-NN label agreement over all {n} images ({p.metric} distance)",
+                    caption=f"Leave-one-out {k}-NN label agreement over all {n} images ({p.metric} distance)"
+                    + (
+                        ": the mean Jaccard similarity of each image's label set with its "
+                        "neighbours'"
+                        if sets is not None
+                        else ""
+                    ),
                     columns=[
                         "space",
                         "dimensions",
@@ -137,3 +158,19 @@ class NeighborsAnalysis(Analysis[NeighborsParams]):
                 )
             )
         return Result(section, metrics=metrics)
+
+    @staticmethod
+    def _sets(ctx: AnalysisContext) -> torch.Tensor | None:
+        return ctx.pass_result.label_sets
+
+    @staticmethod
+    def _agreement(ctx: AnalysisContext, sets: torch.Tensor | None) -> Any:
+        """(query, neighbour) -> 1.0 same label, 0.0 different (Jaccard for label sets)."""
+        if sets is None:
+            return lambda a, b: float(ctx.label(a) == ctx.label(b))
+        known = sets > 0
+
+        def jaccard(a: int, b: int) -> float:
+            return float(methods.knn.jaccard(known[a], known[b]))
+
+        return jaccard

@@ -275,8 +275,9 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
                 ),
                 caption=(
                     f"Occlusion with a {window}×{window} square of {fill_text}, stride {stride} "
-                    f"({rows}×{cols} positions per image). Left: the input; middle: probability "
-                    "of the explained class per occluder position, drawn at the window's centre "
+                    f"({rows}×{cols} positions per image), watching {ctx.explained_words}. "
+                    "Left: the input; middle: its probability per occluder position, drawn at "
+                    "the window's centre "
                     "(shared 0–1 scale; red box: the position that lowers it most); right: the "
                     "probability drop per pixel (unoccluded minus occluded, averaged over the "
                     "windows covering the pixel; red = evidence, blue = occluding helps), each "
@@ -297,7 +298,9 @@ class OcclusionAnalysis(Analysis[OcclusionParams]):
                     float(base[i]),
                     float(prob[i].min()),
                     f"rows {y}–{y + window - 1}, cols {x}–{x + window - 1}",
-                    ctx.class_name(int(predicted[i, r, c])),
+                    ctx.class_name(int(predicted[i, r, c]))
+                    if ctx.head.single_label
+                    else ("still predicted" if predicted[i, r, c] else "no longer predicted"),
                     float((prob[i] < 0.5 * base[i]).mean()),
                 ]
             )

@@ -242,9 +242,15 @@ def column_scale(maps: np.ndarray) -> float:
 
 
 def saliency_figure(
-    images: list[np.ndarray], maps: dict[str, np.ndarray], titles: list[str], panel_px: int
+    images: list[np.ndarray],
+    maps: dict[str, np.ndarray],
+    titles: list[str],
+    panel_px: int,
+    signed: frozenset[str] = frozenset(),
 ) -> Picture:
-    """Rows: queries. Columns: the image, then one map per method on the method's shared scale."""
+    """Rows: queries. Columns: the image, then one map per method on the method's shared scale;
+    a ``signed`` method's column is drawn on a diverging scale centred on 0 (red: evidence for
+    the explained class, blue: against)."""
     shown = list(maps)
     q, n = len(images), len(shown) + 1
     panel = panel_px / 100.0
@@ -255,10 +261,11 @@ def saliency_figure(
         axes[i, 0].set_ylabel(titles[i], fontsize=7)
     axes[0, 0].set_title("input", fontsize=8)
     for j, m in enumerate(shown, start=1):
-        vmax = column_scale(maps[m])
+        vmax = column_scale(np.abs(maps[m]) if m in signed else maps[m])
+        vmin, cmap = (-vmax, "RdBu_r") if m in signed else (0.0, "inferno")
         artist = None
         for i in range(q):
-            artist = axes[i, j].imshow(maps[m][i], cmap="inferno", vmin=0.0, vmax=vmax)
+            artist = axes[i, j].imshow(maps[m][i], cmap=cmap, vmin=vmin, vmax=vmax)
         axes[0, j].set_title(LABELS[m], fontsize=8)
         if artist is not None:
             bar = fig.colorbar(artist, ax=axes[:, j].tolist(), location="bottom", aspect=12)
@@ -378,9 +385,18 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
         shown = list(maps)
         targets = batch.targets.cpu().tolist()
         logits = ctx.pass_result.logits[batch.positions].float()
-        probs = logits.softmax(1).gather(1, batch.targets[:, None].to(logits.device))[:, 0]
-        preds = logits.argmax(1).cpu().tolist()
+        probs = ctx.head.explained_probability(logits, batch.targets)
+        preds = [ctx.prediction_text(q) for q in batch.positions]
         images = ctx.display_images(batch.positions)
+        # A binary model's maps explain its one logit: integrated gradients is drawn signed
+        # (it adds up to the score's change), so evidence for and against positive both show.
+        drawn = dict(maps)
+        signed: frozenset[str] = frozenset()
+        if ctx.head.task == "binary" and "integrated_gradients" in result.raw:
+            drawn["integrated_gradients"] = (
+                result.raw["integrated_gradients"].sum(dim=1).detach().float().cpu().numpy()
+            )
+            signed = frozenset({"integrated_gradients"})
         titles = [
             f"{ctx.relpath(q)}\n{ctx.class_name(c)}"
             for q, c in zip(batch.positions, targets, strict=True)
@@ -388,11 +404,18 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
         layer_text = f" Grad-CAM at layer {result.gradcam_layer}." if result.gradcam_layer else ""
         section.add(
             Figure(
-                saliency_figure(images, maps, titles, p.image_size),
+                saliency_figure(images, drawn, titles, p.image_size, signed),
                 caption=(
-                    "Attribution maps for the explained class (rows: query images; columns: "
-                    "methods, each with one colour scale for the whole column, 0 to its 99.5th "
-                    f"percentile). SmoothGrad: {p.smoothgrad_samples} samples, noise "
+                    f"Attribution maps for {ctx.explained_words} (rows: query "
+                    "images; columns: methods, each with one colour scale for the whole column, "
+                    "0 to its 99.5th percentile"
+                    + (
+                        "; integrated gradients signed, red = evidence for the positive class, "
+                        "blue = against, ± its 99.5th percentile of |value|"
+                        if signed
+                        else ""
+                    )
+                    + f"). SmoothGrad: {p.smoothgrad_samples} samples, noise "
                     f"{p.smoothgrad_noise:g} of the value range; integrated gradients: "
                     f"{p.ig_steps} steps ({p.ig_method}), baseline "
                     f"{'zeros in model space' if isinstance(p.ig_baseline, str) else f'gray {p.ig_baseline:g}'}."
@@ -413,7 +436,7 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
                 ctx.relpath(q),
                 ctx.class_name(targets[i]),
                 float(probs[i]),
-                ctx.class_name(preds[i]),
+                preds[i],
             ]
             if "gradient" in maps:
                 row += [
@@ -425,14 +448,16 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
                     rho_all.setdefault((a, b), []).append(
                         methods.attribution.spearman(maps[a][i], maps[b][i])
                     )
-        columns = ["image", "explained class", "p (explained class)", "prediction"]
+        what = self._explained(ctx)
+        columns = ["image", f"explained {what}", f"p (explained {what})", "prediction"]
         if "gradient" in maps:
             columns += [f"ρ({LABELS[m]}, gradient)" for m in others]
         section.add(
             Table(
                 caption=(
-                    "Per query: the explained class, its softmax probability, the prediction, "
-                    "and each method's Spearman rank correlation with the plain gradient map."
+                    f"Per query: the explained {what}, its probability ({self._probability(ctx)}), "
+                    "the prediction, and each method's Spearman rank correlation with the plain "
+                    "gradient map."
                 ),
                 columns=columns,
                 rows=rows,
@@ -456,6 +481,18 @@ class SaliencyAnalysis(Analysis[SaliencyParams]):
         if result.gradcam_layer:
             metrics["gradcam_layer"] = result.gradcam_layer
         return section
+
+    @staticmethod
+    def _explained(ctx: AnalysisContext) -> str:
+        return "label" if not ctx.head.single_label else "class"
+
+    @staticmethod
+    def _probability(ctx: AnalysisContext) -> str:
+        return {
+            "multiclass": "softmax",
+            "binary": "sigmoid of the logit",
+            "multilabel": "the label's sigmoid",
+        }[ctx.head.task]
 
 
 def _nanmean(values: list[float]) -> float | None:

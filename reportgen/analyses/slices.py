@@ -28,7 +28,7 @@ from reportgen.report.section import Figure, Picture, Table, Text, Thumb
 from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
-    from reportgen.contract import AnalysisContext
+    from reportgen.contract import AnalysisContext, PassResult
 
 HOW_TO_READ = (
     "Each row is a subgroup of the images named by a metadata column (a site, a scanner, an "
@@ -152,13 +152,14 @@ def gradcam_overlays(
     layout = ctx.token_layout
     if layout is not None:
         layer = methods.vit_maps.default_vit_gradcam_layer(layout)
-        cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, bs)
+        cam = methods.vit_maps.vit_grad_cam(model, x, t, layer, layout, bs, head=ctx.head)
     else:
         try:
             layer = methods.attribution.default_gradcam_layer(model, x[:1])
         except ValueError as exc:
             raise methods.attribution.NotApplicable(str(exc)) from None
-        cam = methods.attribution.grad_cam(model, x, t, loading.types.find_layer(model, layer), bs)
+        module = loading.types.find_layer(model, layer)
+        cam = methods.attribution.grad_cam(model, x, t, module, bs, head=ctx.head)
     h, w = int(x.shape[-2]), int(x.shape[-1])
     maps = methods.attribution.upsample_maps(cam, (h, w)).float().cpu().numpy()
     out = []
@@ -205,6 +206,37 @@ class Prepared:
     """Confidence of every image of the pass (by pass position)."""
 
 
+def right_or_wrong(res: PassResult) -> np.ndarray:
+    """Per image: was the model right? The prediction equals the label (multiclass, binary at
+    the threshold), or the predicted label set equals the true one (multi-label: exact match)."""
+    if res.head.single_label:
+        return (res.predictions.cpu().numpy() == res.labels.cpu().numpy()).astype(bool)
+    assert res.label_sets is not None
+    return ((res.label_sets > 0) == res.predicted_sets.cpu()).all(dim=1).numpy()
+
+
+def confidence(res: PassResult) -> np.ndarray:
+    """Per image, how sure the model is of its decision: the predicted class' probability, or
+    for a multi-label model the mean over labels of max(p, 1 − p)."""
+    if res.head.single_label:
+        return res.confidence().cpu().numpy()
+    probs = res.probabilities().cpu()
+    return torch.maximum(probs, 1 - probs).mean(dim=1).numpy()
+
+
+def mistaken_targets(ctx: AnalysisContext, positions: list[int]) -> list[int]:
+    """What each mistake's Grad-CAM explains: the wrong predicted class, or for a multi-label
+    model the label whose decision is most confidently wrong."""
+    res = ctx.pass_result
+    if res.head.single_label:
+        return [int(res.predictions[q]) for q in positions]
+    assert res.label_sets is not None
+    probs = res.probabilities().cpu()[positions]
+    wrong = (res.label_sets[positions] > 0) != res.predicted_sets.cpu()[positions]
+    margin = (probs - 0.5).abs().masked_fill(~wrong, -1.0)
+    return margin.argmax(dim=1).tolist()
+
+
 def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
     """The subgroups of the scored images. Raises SkipSection with the reason."""
     folder = ctx.folder
@@ -225,7 +257,7 @@ def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
     if not ctx.labels_are_model_classes or not scored.any():
         raise SkipSection("no labelled image the model can be right or wrong about")
     positions = np.nonzero(scored)[0]
-    correct = (res.predictions.cpu().numpy() == res.labels.cpu().numpy())[positions]
+    correct = right_or_wrong(res)[positions]
     rows = [folder.items[res.item_index[int(q)]] for q in positions]
     metadata = {
         c: [v[it.row] if it.row >= 0 else "" for it in rows] for c, v in folder.metadata.items()
@@ -235,7 +267,7 @@ def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
         raise SkipSection(
             "no metadata column has between 2 and max_values values: " + "; ".join(notes)
         )
-    conf = res.logits.float().softmax(1).max(1).values.cpu().numpy()
+    conf = confidence(res)
     return Prepared(declared_slices(columns, correct, p), columns, notes, positions, correct, conf)
 
 
@@ -359,17 +391,18 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         )
         if notes:
             section.add(Text("Columns not sliced: " + "; ".join(notes) + ".", "note"))
-        res = ctx.pass_result
-        preds = res.predictions.cpu().numpy()
-        labels = res.labels.cpu().numpy()
         galleries = _mistakes(flagged, columns, positions, correct, conf, p.show)
         for s, order in galleries:
             note = ""
             try:
                 if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
                     raise methods.attribution.NotApplicable("the model does not take layer hooks")
-                images = gradcam_overlays(ctx, order, [int(preds[q]) for q in order], p.thumb_size)
-                note = ", with the Grad-CAM of the (wrong) predicted class laid over each"
+                images = gradcam_overlays(ctx, order, mistaken_targets(ctx, order), p.thumb_size)
+                note = (
+                    ", with the Grad-CAM of the (wrong) predicted class laid over each"
+                    if ctx.head.single_label
+                    else ", with the Grad-CAM of the most confidently wrong label laid over each"
+                )
             except (methods.attribution.NotApplicable, ReportgenError) as exc:  # or a changed file
                 images = ctx.display_images(order, p.thumb_size)
                 note = f" (Grad-CAM not shown: {exc})"
@@ -381,7 +414,7 @@ class SlicesAnalysis(Analysis[SlicesParams]):
                         [
                             Thumb(
                                 Picture(img, kind="photo"),
-                                label=f"{ctx.class_name(int(labels[q]))} → {ctx.class_name(int(preds[q]))} ({conf[q]:.2f})",
+                                label=f"{ctx.label_text(q)} → {ctx.prediction_text(q)} ({conf[q]:.2f})",
                                 alt=ctx.relpath(q),
                             )
                             for q, img in zip(order, images, strict=True)

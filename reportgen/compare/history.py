@@ -38,9 +38,9 @@ import numpy as np
 from reportgen.compare.folders import (
     ReportFolder,
     _read_summary,
-    align_folders,
     read_report_folder,
 )
+from reportgen.compare.matching import align_folders
 from reportgen.compare.metrics import build_compare, compare_summary
 from reportgen.errors import ReportgenError
 from reportgen.methods.slicing import wilson
@@ -251,11 +251,19 @@ def _matrix(per: Sequence[Mapping[str, float]]) -> tuple[list[str], np.ndarray]:
 
 
 def _recall(releases: Sequence[Release]) -> tuple[list[str], np.ndarray]:
-    """Per release and class name, the share of the class's labelled images predicted right."""
+    """Per release and class name, the share of the class's labelled images predicted right
+    (multi-label: per label, the share of the images with it that are predicted to have it)."""
     per: list[dict[str, float]] = []
     for r in releases:
         got: dict[str, float] = {}
-        if r.folder is not None:
+        if r.folder is not None and r.folder.predictions.label_sets is not None:
+            ps = r.folder.predictions
+            assert ps.predicted_sets is not None and ps.label_sets is not None
+            truth = ps.label_sets[ps.scored] > 0
+            hits = (truth & ps.predicted_sets[ps.scored]).sum(axis=0)
+            for j in np.nonzero(truth.sum(axis=0))[0]:
+                got[ps.class_name(int(j))] = float(hits[j] / truth[:, j].sum())
+        elif r.folder is not None:
             ps = r.folder.predictions
             scored = ps.scored
             labels = ps.labels[scored]

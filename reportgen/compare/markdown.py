@@ -46,8 +46,9 @@ def compare_markdown(
     lines.append("|---|---|---|---|")
     if labelled:
         ci = c.get("accuracy_delta_ci95")
+        what = "exact match" if c.get("task") == "multilabel" else "accuracy"
         lines.append(
-            f"| accuracy | {_pct(c.get('accuracy_baseline'))} | {_pct(c.get('accuracy'))} | "
+            f"| {what} | {_pct(c.get('accuracy_baseline'))} | {_pct(c.get('accuracy'))} | "
             f"{_pp(c.get('accuracy_delta'))}"
             + ("" if not ci else f" (95 % CI {100 * ci[0]:+.2f} to {100 * ci[1]:+.2f})")
             + " |"
@@ -63,6 +64,16 @@ def compare_markdown(
             f"| ECE | {format_number(c.get('ece_baseline'))} | {format_number(c.get('ece'))} | "
             f"{_signed(c.get('ece_delta'))} |"
         )
+        for prefix, title in (("auroc", "AUROC"), ("macro_auroc", "macro AUROC")):
+            if c.get(prefix) is not None or c.get(f"{prefix}_baseline") is not None:
+                p_text = (
+                    f" (DeLong p {_p_value(c.get('auroc_delta_p'))})" if prefix == "auroc" else ""
+                )
+                lines.append(
+                    f"| {title} | {format_number(c.get(f'{prefix}_baseline'))} | "
+                    f"{format_number(c.get(prefix))} | {_signed(c.get(f'{prefix}_delta'))}"
+                    f"{p_text} |"
+                )
     else:
         lines.append(
             "| predictions changed (unlabelled) | | | "

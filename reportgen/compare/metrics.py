@@ -27,9 +27,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from reportgen.compare.subgroups import SLICE_MIN_SIZE, SliceDelta, slice_deltas
+from reportgen.compare.tasks import (
+    LabelDelta,
+    binary_auroc,
+    confidence_of,
+    eces,
+    label_deltas,
+    set_correct,
+    task_summary,
+)
 from reportgen.methods.attribution import spearman
-from reportgen.methods.calibration import calibration
-from reportgen.methods.slicing import slice_columns
+from reportgen.methods.scores import PairedAuc
 from reportgen.methods.stats import (
     BOOTSTRAP_SAMPLES,
     confusion_counts,
@@ -104,57 +113,6 @@ class FilterCompare:
     """Per-filter cosine similarity of the flattened weights (NaN for an all-zero filter)."""
 
 
-@dataclass(frozen=True)
-class SliceDelta:
-    """One metadata subgroup's accuracy under both models (the new report's labels)."""
-
-    column: str
-    value: str
-    n: int
-    accuracy_old: float
-    accuracy_new: float
-    negative_flips: int
-    positive_flips: int
-
-    @property
-    def delta(self) -> float:
-        return self.accuracy_new - self.accuracy_old
-
-
-SLICE_MIN_SIZE = 20
-"""Subgroups smaller than this are listed after the others, never called the worst."""
-
-
-def slice_deltas(
-    new: PredictionSet, scored: np.ndarray, correct_old: np.ndarray, correct_new: np.ndarray
-) -> list[SliceDelta]:
-    """Per subgroup of the new report's metadata columns (the slices section's rules), the
-    accuracy of both models on its labelled images, the worst regression first."""
-    if not new.metadata or not scored.any():
-        return []
-    idx = np.nonzero(scored)[0]
-    meta = {c: [v[i] for i in idx] for c, v in new.metadata.items()}
-    columns, _ = slice_columns(meta)
-    co, cn = correct_old[idx], correct_new[idx]
-    out = []
-    for column, values in columns.items():
-        arr = np.array(values, dtype=object)
-        for value in sorted(set(values)):
-            m = arr == value
-            out.append(
-                SliceDelta(
-                    column,
-                    value,
-                    int(m.sum()),
-                    float(co[m].mean()),
-                    float(cn[m].mean()),
-                    int((co[m] & ~cn[m]).sum()),
-                    int((~co[m] & cn[m]).sum()),
-                )
-            )
-    return sorted(out, key=lambda d: (d.n < SLICE_MIN_SIZE, d.delta, d.column, d.value))
-
-
 @dataclass(frozen=True, eq=False)
 class CompareResult:
     """Everything the comparison found; :func:`compare_summary` turns it into JSON-safe numbers."""
@@ -203,6 +161,12 @@ class CompareResult:
     """How two report folders' images were matched (empty for a baseline inside a run)."""
     slices: list[SliceDelta] = field(default_factory=list)
     """Per metadata subgroup, both models' accuracy, worst regression first."""
+    task: str = "multiclass"
+    """The new model's task; multi-label "accuracy" and flips are about whole label sets."""
+    auroc: PairedAuc | None = None
+    """Binary: both AUROCs on the labelled images and DeLong's test of the difference."""
+    label_changes: list[LabelDelta] = field(default_factory=list)
+    """Multi-label: per label both models' AUROC, decisions and flips, worst AUROC loss first."""
 
     @property
     def matched_images(self) -> int:
@@ -364,16 +328,34 @@ def build_compare(
         if i >= len(names):
             names.append(nm)
     labels = new.labels
-    scored = (labels >= 0) & ((old.correct >= 0) | (new.correct >= 0))
-    correct_old = old.predictions == labels
-    correct_new = new.predictions == labels
-    changed = old.predictions != new.predictions
+    multilabel = not new.single_label
+    if multilabel != (not old.single_label):
+        raise ValueError(
+            "one model is multi-label and the other single-label: their predictions cannot be "
+            "compared"
+        )
+    truth = np.zeros((n, 0), dtype=bool)
+    if multilabel:
+        assert new.label_sets is not None and old.predicted_sets is not None
+        assert new.predicted_sets is not None
+        truth = new.label_sets > 0
+        scored = np.asarray((new.label_sets >= 0).all(axis=1))
+        correct_old, correct_new = set_correct(old, truth), set_correct(new, truth)
+        changed = (old.predicted_sets != new.predicted_sets).any(axis=1)
+    else:
+        scored = np.asarray((labels >= 0) & ((old.correct >= 0) | (new.correct >= 0)))
+        correct_old = old.predictions == labels
+        correct_new = new.predictions == labels
+        changed = old.predictions != new.predictions
+    conf_old, conf_new = confidence_of(old), confidence_of(new)
     positions = np.arange(n)
 
     acc_old: float | None = None
     acc_new: float | None = None
     ece_old: float | None = None
     ece_new: float | None = None
+    paired: PairedAuc | None = None
+    label_changes: list[LabelDelta] = []
     if scored.any():
         flip_meaning: FlipMeaning = "label"
         co, cn = correct_old[scored], correct_new[scored]
@@ -384,28 +366,28 @@ def build_compare(
         ci = paired_bootstrap_ci(co, cn, samples=bootstrap_samples, seed=seed)
         p_value: float | None = mcnemar_exact(neg, pos)
         # The confidence of the wrong prediction: what broke / what used to be wrong.
-        neg_order = _flip_order(positions[neg_mask], new.confidence)
-        pos_order = _flip_order(positions[pos_mask], old.confidence)
-        ece_old = calibration(
-            torch.from_numpy(old.confidence[scored]), torch.from_numpy(co), bins
-        ).ece
-        ece_new = calibration(
-            torch.from_numpy(new.confidence[scored]), torch.from_numpy(cn), bins
-        ).ece
-        y, po, pn = labels[scored], old.predictions[scored], new.predictions[scored]
-        size = max(len(names), int(max(y.max(), po.max(), pn.max())) + 1)
-        names += [str(i) for i in range(len(names), size)]
-        counts_old, counts_new = confusion_counts(y, po, size), confusion_counts(y, pn, size)
-        per_class = _per_class(counts_old, counts_new, names)
-        cm_old: np.ndarray | None = counts_old
-        cm_new: np.ndarray | None = counts_new
+        neg_order = _flip_order(positions[neg_mask], conf_new)
+        pos_order = _flip_order(positions[pos_mask], conf_old)
+        ece_old, ece_new = eces(old, new, labels, truth, scored, co, cn, bins)
+        cm_old: np.ndarray | None = None
+        cm_new: np.ndarray | None = None
+        if multilabel:
+            label_changes = label_deltas(old, new, truth, scored)
+            per_class = _per_label(label_changes)
+        else:
+            y, po, pn = labels[scored], old.predictions[scored], new.predictions[scored]
+            size = max(len(names), int(max(y.max(), po.max(), pn.max())) + 1)
+            names += [str(i) for i in range(len(names), size)]
+            cm_old, cm_new = confusion_counts(y, po, size), confusion_counts(y, pn, size)
+            per_class = _per_class(cm_old, cm_new, names)
+            paired = binary_auroc(old, new, labels, scored) if new.task == "binary" else None
         positive: int | None = pos
     else:
         flip_meaning = "prediction_changed"
         ci = None
         p_value = None
         neg, positive = int(changed.sum()), None
-        neg_order = _flip_order(positions[changed], new.confidence)
+        neg_order = _flip_order(positions[changed], conf_new)
         pos_order = np.zeros(0, dtype=np.int64)
         per_class = []
         cm_old = cm_new = None
@@ -496,7 +478,27 @@ def build_compare(
         notes=list(notes),
         matching=dict(matching or {}),
         slices=slice_deltas(new, scored, correct_old, correct_new),
+        task=new.task,
+        auroc=paired,
+        label_changes=label_changes,
     )
+
+
+def _per_label(changes: list[LabelDelta]) -> list[PerClass]:
+    """A multi-label comparison's per-label rows: sensitivity as the recall, precision."""
+    rows = [
+        PerClass(
+            index=d.index,
+            name=d.name,
+            images=d.support,
+            recall_old=d.counts_old.sensitivity,
+            recall_new=d.counts_new.sensitivity,
+            precision_old=d.counts_old.precision,
+            precision_new=d.counts_new.precision,
+        )
+        for d in changes
+    ]
+    return sorted(rows, key=lambda r: (-r.change, r.index))
 
 
 FLIP_MEANINGS = {
@@ -561,6 +563,7 @@ def compare_summary(result: CompareResult) -> dict[str, Any]:
         "left_out": dict(sorted(result.left_out.items())),
         "notes": list(result.notes),
     }
+    summary.update(task_summary(result.task, result.auroc, result.label_changes))
     if result.matching:
         summary["matching"] = dict(result.matching)
     cleaned: dict[str, Any] = clean_floats(summary)

@@ -16,6 +16,7 @@ import numpy as np
 from reportgen.compare.formats import _count_rate, _p_value, _pct, _pp, _signed
 from reportgen.compare.metrics import CompareResult
 from reportgen.compare.slices_present import slice_blocks
+from reportgen.compare.tasks_present import label_blocks, set_flip_text, task_rows
 from reportgen.report.figures import (
     figure_to_picture,
     mosaic,
@@ -111,9 +112,10 @@ def headline_rows(result: CompareResult) -> list[list[Cell]]:
     rows: list[list[Cell]] = []
     ci = r.accuracy_delta_ci95
     if r.flip_meaning == "label":
+        what = "exact match of the label sets" if r.task == "multilabel" else "accuracy"
         rows.append(
             [
-                f"accuracy ({r.labelled_images} labelled images)",
+                f"{what} ({r.labelled_images} labelled images)",
                 _pct(r.accuracy_old),
                 _pct(r.accuracy_new),
                 _pp(r.accuracy_delta)
@@ -145,6 +147,7 @@ def headline_rows(result: CompareResult) -> list[list[Cell]]:
                 _signed(r.ece_delta),
             ]
         )
+        rows += task_rows(r)
     else:
         rows.append(
             [
@@ -350,6 +353,8 @@ def _gallery(
 
 
 def _flip_text(result: CompareResult, p: int) -> str:
+    if result.task == "multilabel":
+        return set_flip_text(result, p)
     old, new = result.old, result.new
     names = result.class_names
 
@@ -403,12 +408,19 @@ def compare_section(
         images = dict(zip(wanted, got, strict=True))
 
     section.add(*slice_blocks(r))
+    section.add(*label_blocks(r))
     if r.per_class:
         rows_pc = r.per_class[:max_classes]
+        labels = r.task == "multilabel"
         section.add(
             Table(
                 caption=(
-                    "Per class, sorted by the largest change of recall or precision"
+                    (
+                        "Per label, sorted by the largest change of sensitivity (recall of the "
+                        "label) or precision"
+                        if labels
+                        else "Per class, sorted by the largest change of recall or precision"
+                    )
                     + (
                         f" (the {len(rows_pc)} most changed of {len(r.per_class)} classes)"
                         if len(r.per_class) > len(rows_pc)
@@ -416,7 +428,7 @@ def compare_section(
                     )
                 ),
                 columns=[
-                    "class",
+                    "label" if labels else "class",
                     "images",
                     "recall baseline",
                     "recall new",

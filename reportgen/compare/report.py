@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reportgen.compare.folders import compare_folders, folder_thumbnails, read_report_folder
+from reportgen.compare.folders import folder_thumbnails, read_report_folder
 from reportgen.compare.markdown import compare_markdown
+from reportgen.compare.matching import compare_folders
 from reportgen.compare.metrics import compare_summary
 from reportgen.compare.present import compare_section
 from reportgen.report.gates import evaluate_gates, gates_failed, known_metric_names, parse_gates

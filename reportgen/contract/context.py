@@ -89,6 +89,13 @@ class QueryBatch:
         """The distinct query images, in row order (for sections that show each image once)."""
         return list(dict.fromkeys(self.positions))
 
+    def first_rows(self) -> list[int]:
+        """The row where each distinct image first appears, in row order."""
+        seen: dict[int, int] = {}
+        for i, p in enumerate(self.positions):
+            seen.setdefault(p, i)
+        return list(seen.values())
+
     def arrays(self) -> dict[str, np.ndarray]:
         """``image_ids``, ``inputs`` and ``targets`` for arrays.npz (the same bytes every time)."""
         return {
@@ -268,6 +275,27 @@ class AnalysisContext:
             return " | ".join(names) if names else "none"
         label = self.label(position)
         return self.class_name(label) if label >= 0 else "unlabelled"
+
+    @property
+    def explained_words(self) -> str:
+        """What the per-image maps explain, in words (for captions)."""
+        return {
+            "multiclass": "the explained class (the true label, or the prediction for "
+            "unlabelled images)",
+            "binary": "the positive class (a binary model's one logit, whatever the label: "
+            "evidence for positive raises it, evidence against lowers it)",
+            "multilabel": "the explained label (each query is explained for its true and "
+            "predicted labels, the most probable first, named on every row)",
+        }[self.head.task]
+
+    def prediction_text(self, position: int) -> str:
+        """The model's prediction for an image as shown to a reader: a class name, or the
+        predicted label set (``a | b``, ``none``)."""
+        res = self.pass_result
+        if res.head.single_label:
+            return self.class_name(int(res.predictions[position]))
+        labels = res.predicted_sets[position].nonzero().flatten().tolist()
+        return " | ".join(self.class_name(k) for k in labels) or "none"
 
     def targets(self, positions: Sequence[int]) -> torch.Tensor:
         """The class each query is explained for (single-label heads): its true label when

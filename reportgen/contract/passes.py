@@ -10,6 +10,12 @@ import torch
 from reportgen.errors import DataError
 from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.folders import ImageItem
+from reportgen.methods.scores import (
+    BinaryScores,
+    MultilabelScores,
+    binary_scores,
+    multilabel_scores,
+)
 
 
 @dataclass
@@ -106,6 +112,23 @@ class PassResult:
             return self.labelled_rows & self.finite.cpu()
         labels = self.labels
         return (labels >= 0) & (labels < self.num_classes) & self.finite.cpu()
+
+    def task_scores(self) -> BinaryScores | MultilabelScores | None:
+        """A binary or multi-label model's scores on the scored images (AUROC, AP, F1 ...),
+        from the float64 probabilities predictions.csv holds; None for a multiclass model or
+        without a scored image."""
+        if self.head.task == "multiclass":
+            return None
+        scored = self.scored().numpy()
+        if not scored.any():
+            return None
+        z = self.logits.float().cpu().numpy()[scored]
+        probs = self.head.probabilities(z)
+        if self.head.task == "binary":
+            return binary_scores(self.labels.numpy()[scored], probs[:, 1], self.head.threshold)
+        assert self.label_sets is not None
+        truth = self.label_sets.numpy()[scored] > 0
+        return multilabel_scores(truth, probs, self.head.predictions(z))
 
     def __len__(self) -> int:
         return len(self.item_index)

@@ -133,3 +133,27 @@ def leave_one_out_agreement(
     own = torch.arange(xs.shape[0], device=x.device)
     _, idx = knn(xs, xs, k, metric=metric, exclude=own, chunk=chunk)
     return float((ys[idx] == ys[:, None]).float().mean())
+
+
+def leave_one_out_jaccard(
+    x: torch.Tensor, sets: torch.Tensor, k: int, metric: Metric = "euclidean", chunk: int = 1024
+) -> float | None:
+    """Mean Jaccard similarity of each point's label set with those of its k nearest other
+    points (multi-label agreement: 1 = the same labels). ``sets``: N×K, 1/0 per label, -1
+    across an unlabelled row; only labelled points count, as points and as neighbours. Two
+    empty sets are the same labels (1)."""
+    keep = (sets >= 0).all(dim=1).nonzero().flatten()
+    if keep.numel() < 2:
+        return None
+    xs = x[keep.to(x.device)]
+    ys = (sets[keep] > 0).to(x.device)
+    own = torch.arange(xs.shape[0], device=x.device)
+    _, idx = knn(xs, xs, k, metric=metric, exclude=own, chunk=chunk)
+    return float(jaccard(ys[:, None, :], ys[idx]).mean())
+
+
+def jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a ∩ b| / |a ∪ b| of boolean label sets along the last axis (1 where both are empty)."""
+    inter = (a & b).sum(dim=-1).float()
+    union = (a | b).sum(dim=-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))

@@ -15,6 +15,7 @@ from reportgen.compare.present import compare_section
 from reportgen.config import Config, ModelConfig
 from reportgen.contract import AnalysisContext
 from reportgen.errors import ConfigError, ReportgenError
+from reportgen.heads import Head
 from reportgen.loading.models import first_weight_4d, load_model
 from reportgen.loading.types import LoadedModel
 from reportgen.methods import trust
@@ -49,14 +50,19 @@ def load_baseline(cfg: Config) -> LoadedModel | None:
 
 
 def _maps(
-    model: LoadedModel, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int
+    model: LoadedModel,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int,
+    head: Head,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Gradient and Grad-CAM maps (Q×H×W) of one model for the query images, with the reductions
-    the saliency section and the attribution checks use."""
+    the saliency section and the attribution checks use, of the score ``head`` explains."""
     wanted = ["gradient", "gradcam"] if model.supports_hooks else ["gradient"]
     maps: dict[str, np.ndarray] = {}
     notes: list[str] = []
-    for name, fn in trust.attribution_methods(wanted, batch_size=batch_size).items():
+    fns = trust.attribution_methods(wanted, batch_size=batch_size, head=head)
+    for name, fn in fns.items():
         try:
             maps[name] = fn(model.module, inputs, targets).detach().float().cpu().numpy()
         except (RuntimeError, ValueError, ReportgenError) as exc:
@@ -72,18 +78,23 @@ def compare_with_baseline(
     if res.baseline_logits is None:
         raise ReportgenError("the dataset pass produced no baseline predictions")
     new = run_predictions(res, ctx.folder, res.logits, "this model")
-    old = run_predictions(res, ctx.folder, res.baseline_logits, "the baseline")
+    old = run_predictions(res, ctx.folder, res.baseline_logits, "the baseline", res.baseline_head)
     paths = new.paths
     notes: list[str] = []
     left_out: dict[str, str] = {}
     maps = None
     if ctx.queries:
         batch = ctx.query_batch()
-        old_maps, old_notes = _maps(baseline, batch.inputs, batch.targets, ctx.batch_size)
-        new_maps, new_notes = _maps(ctx.model, batch.inputs, batch.targets, ctx.batch_size)
+        old_head = res.baseline_head or res.head
+        old_maps, old_notes = _maps(baseline, batch.inputs, batch.targets, ctx.batch_size, old_head)
+        new_maps, new_notes = _maps(
+            ctx.model, batch.inputs, batch.targets, ctx.batch_size, res.head
+        )
         common = [m for m in new_maps if m in old_maps]
         maps = ExplanationMaps(
-            list(ctx.queries), {m: old_maps[m] for m in common}, {m: new_maps[m] for m in common}
+            list(batch.positions),
+            {m: old_maps[m] for m in common},
+            {m: new_maps[m] for m in common},
         )
         notes += old_notes + new_notes
     else:

@@ -18,6 +18,7 @@ from reportgen.loading.model_checks import (
 )
 from reportgen.loading.sources import item_header_size
 from reportgen.loading.types import LoadedModel
+from reportgen.methods.vit import TokenLayout, describe_vit
 
 
 def input_size(folder: DataFolder, pre: Preprocessor) -> tuple[int, int] | None:
@@ -110,3 +111,14 @@ def check_outputs(warn: Callable[[str], None], pass_result: PassResult, folder: 
         "so accuracy, calibration and the label checks leave them out (summary.json "
         "data.num_nonfinite_outputs)"
     )
+
+
+def token_layout(model: LoadedModel, pre: Preprocessor) -> TokenLayout | None:
+    """A vision transformer's token layout (one probe forward pass), or None for other models."""
+    size = pre.crop or pre.resize
+    if not model.supports_hooks or size is None:
+        return None
+    try:
+        return describe_vit(model.module, (size, size))
+    except (RuntimeError, ValueError, StopIteration):
+        return None

@@ -226,4 +226,3 @@ def dataset_pass(
         if dataset.folder.label_sets
         else None,
     )
-

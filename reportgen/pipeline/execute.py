@@ -37,18 +37,29 @@ from reportgen.loading.images import ImageDataset, Preprocessor
 from reportgen.loading.models import load_model
 from reportgen.loading.sources import check_uniform_size, open_source
 from reportgen.loading.types import LoadedModel
-from reportgen.methods.vit import TokenLayout, describe_vit
 from reportgen.pipeline import cost, distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.calibration import Throughput, calibrate
-from reportgen.pipeline.checks import check_label_count, check_model, check_outputs, input_size
+from reportgen.pipeline.checks import (
+    check_label_count,
+    check_model,
+    check_outputs,
+    input_size,
+    token_layout,
+)
 from reportgen.pipeline.dataset_pass import dataset_pass
 from reportgen.pipeline.environment import resolve_device, seed_everything
 from reportgen.pipeline.metadata import SOURCE_LABELS, Resolved, apply_metadata
 from reportgen.pipeline.outputs import arrays_npz, predictions_text, write_outputs
-from reportgen.pipeline.plan import Plan, check_spatial_layers, config_gates, make_plan
+from reportgen.pipeline.plan import (
+    Plan,
+    check_spatial_layers,
+    check_task_gates,
+    config_gates,
+    make_plan,
+)
 from reportgen.pipeline.queries import select_queries
-from reportgen.pipeline.summary import accuracy_metrics, build_summary
+from reportgen.pipeline.summary import TASK_HEADLINES, accuracy_metrics, build_summary
 from reportgen.pipeline.task import (
     TaskChoice,
     baseline_head,
@@ -119,17 +130,6 @@ class Prepared:
         return dataclasses.replace(self.context, collector=self.collectors.get(name))
 
 
-def token_layout(model: LoadedModel, pre: Preprocessor) -> TokenLayout | None:
-    """A vision transformer's token layout (one probe forward pass), or None for other models."""
-    size = pre.crop or pre.resize
-    if not model.supports_hooks or size is None:
-        return None
-    try:
-        return describe_vit(model.module, (size, size))
-    except (RuntimeError, ValueError, StopIteration):
-        return None
-
-
 class _NotMainRank(Exception):
     """Raised inside a torchrun rank other than 0 once its shard of the pass is gathered."""
 
@@ -198,21 +198,17 @@ class Pipeline:
             effective.preprocess, self.resolved.preprocess_sources, model.in_channels
         )
         baseline = load_baseline(cfg)
-        for m in (model, baseline):
-            if m is None:
-                continue
+        for m in (m for m in (model, baseline) if m is not None):
             m.module.to(device)
             if device.type == "cuda":
                 m.module.to(memory_format=torch.channels_last)
         folder = open_source(effective.data)
         self.task = choice = data_task(cfg, choice, folder)
         head = choice.head
+        check_task_gates(config_gates(cfg, self.registry), head, choice.source)
         folder = with_class_names(folder, head)
-        if cfg.model.threshold != 0.5 and head.task == "multiclass":
-            self._warn(
-                f"model.threshold ({cfg.model.threshold:g}) is not used: a multiclass model "
-                "predicts its most probable class"
-            )
+        for message in choice.notes:
+            self._warn(message)
         check_label_count(model, effective.data.labels, self.config.data.labels, head)
         pre = Preprocessor.from_config(effective.preprocess, model.in_channels)
         # One size, or what to set: before work.
@@ -514,6 +510,7 @@ class Pipeline:
             world_size=self.dist.world_size,
             resolved=self.resolved,
             warnings=self.warnings,
+            task=self.task,
         )
         summary["run"]["planned_passes"] = {n: cost.as_record(c) for n, c in costs.items()}
         summary["run"]["left_out"] = dict(self.left_out)
@@ -533,10 +530,13 @@ class Pipeline:
                 evaluate_gates(gates, summary["metrics"], summary.get("compare"))
             )
         headlines = [
-            Headline(m.key, m.label, m.kind)
-            for _, analysis in plan.analyses
-            for m in analysis.metrics
-            if m.headline
+            *TASK_HEADLINES.get(ctx.head.task, ()),
+            *(
+                Headline(m.key, m.label, m.kind)
+                for _, analysis in plan.analyses
+                for m in analysis.metrics
+                if m.headline
+            ),
         ]
         # What the analyses declared as headline metrics, for `reportgen history`'s trends.
         summary["headlines"] = [{"key": h.key, "label": h.label, "kind": h.kind} for h in headlines]

@@ -16,6 +16,7 @@ import yaml
 from reportgen.compare.markdown import compare_markdown
 from reportgen.config import Config
 from reportgen.contract import PassResult
+from reportgen.heads import Head
 from reportgen.loading.folders import DataFolder
 from reportgen.report.predictions import (
     FILE_NAME,
@@ -157,6 +158,8 @@ def arrays_npz(
         "logits": pass_result.logits.float().cpu().numpy(),
         "labels": pass_result.labels.numpy(),
     }
+    if pass_result.label_sets is not None:
+        arrays["label_sets"] = pass_result.label_sets.numpy()
     if pass_result.features is not None:
         arrays["features"] = pass_result.features.float().cpu().numpy()
     arrays.update(analysis_arrays)
@@ -166,10 +169,15 @@ def arrays_npz(
 
 
 def run_predictions(
-    pass_result: PassResult, folder: DataFolder, logits: torch.Tensor, source: str
+    pass_result: PassResult,
+    folder: DataFolder,
+    logits: torch.Tensor,
+    source: str,
+    head: Head | None = None,
 ) -> PredictionSet:
     """One model's predictions on the run's readable images, in dataset order (predictions.csv's
-    rows; the in-run comparison uses the same rows for the baseline's logits)."""
+    rows; the in-run comparison uses the same rows for the baseline's logits and head).
+    ``head``: default the run's."""
     items = [folder.items[i] for i in pass_result.item_index]
     digests = {rel: digest for rel, _, digest in pass_result.manifest}
     return prediction_set(
@@ -179,6 +187,8 @@ def run_predictions(
         folder.class_names,
         logits.float().cpu().numpy(),
         source=source,
+        head=head or pass_result.head,
+        label_sets=None if pass_result.label_sets is None else pass_result.label_sets.numpy(),
         metadata={
             name: [values[it.row] if it.row >= 0 else "" for it in items]
             for name, values in folder.metadata.items()

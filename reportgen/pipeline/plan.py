@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from reportgen.config import Config
 from reportgen.contract import Analysis, Needs
 from reportgen.errors import ConfigError, LayerError
+from reportgen.heads import Head
 from reportgen.loading.types import LoadedModel
 from reportgen.params import layer_fields, needs_parameters
+from reportgen.pipeline.summary import TASK_METRICS
 from reportgen.report.gates import COMPARE_PREFIX, Gate, known_metric_names, parse_gates
 from reportgen.report.section import Section
 
@@ -97,8 +99,17 @@ def make_plan(config: Config, model: LoadedModel, registry: Mapping[str, type[An
     return plan
 
 
-BASE_METRICS = ("accuracy", "num_labelled")
-"""Metrics every run reports, whatever analyses it runs."""
+BASE_METRICS = ("accuracy", "num_labelled", *(k for keys in TASK_METRICS.values() for k in keys))
+"""Metrics a run reports whatever analyses it runs (the task's own: binary or multi-label)."""
+COMPARE_TASK_KEYS = {
+    "binary": ("auroc_baseline", "auroc", "auroc_delta", "auroc_delta_p"),
+    "multilabel": (
+        "macro_auroc_baseline",
+        "macro_auroc",
+        "macro_auroc_delta",
+        "worst_label_auroc_delta",
+    ),
+}
 
 
 def metric_names(registry: Mapping[str, type[Analysis]]) -> list[str]:
@@ -120,6 +131,26 @@ def config_gates(config: Config, registry: Mapping[str, type[Analysis]]) -> list
             )
     known = known_metric_names(metric_names(registry), compare=config.baseline.enabled)
     return parse_gates(config.gates, known, source="gates")
+
+
+def check_task_gates(gates: list[Gate], head: Head, source: str) -> None:
+    """A gate on another task's metric (``auroc`` on a multiclass model) can never pass: an
+    input error naming the task, before any work."""
+    for g in gates:
+        metric = g.metric[len(COMPARE_PREFIX) :] if g.is_compare else g.metric
+        table = COMPARE_TASK_KEYS if g.is_compare else TASK_METRICS
+        owner = next((task for task, keys in table.items() if metric in keys), None)
+        if owner is not None and owner != head.task:
+            raise ConfigError(
+                f"gates: {g.expr!r} checks {g.metric}, a {owner} model's metric, but this model "
+                f"is {head.task} ({source}); gate on "
+                + (
+                    "accuracy"
+                    if head.task == "multiclass"
+                    else ", ".join(TASK_METRICS[head.task][:3])
+                )
+                + ", or set model.task"
+            )
 
 
 def check_spatial_layers(

@@ -16,8 +16,10 @@ def select_queries(
 ) -> list[int]:
     """Query images (positions among readable images), deterministic for a seed.
 
-    A count picks round-robin across classes (a seeded shuffle within each class); unlabelled data
-    gets evenly spaced images. A list names images by their path relative to the data root.
+    A count picks round-robin across classes (a seeded shuffle within each class) — for label
+    sets, across labels (an image is picked once, for the first label it comes up for; images
+    with none of the labels form one more group); unlabelled data gets evenly spaced images. A
+    list names images by their path relative to the data root.
     """
     if isinstance(spec, list):
         by_path = {folder.items[i].relpath: pos for pos, i in enumerate(result.item_index)}
@@ -42,6 +44,13 @@ def select_queries(
         return []
     rng = np.random.default_rng(seed)
     labels = result.labels.numpy()
+    sets = result.label_sets
+    if sets is not None and folder.labelled:
+        has = (sets > 0).numpy() & finite[:, None]
+        known = (sets >= 0).all(dim=1).numpy() & finite
+        members = [np.flatnonzero(has[:, k]) for k in range(has.shape[1])]
+        members.append(np.flatnonzero(known & ~has.any(axis=1)))  # none of the labels
+        return _round_robin([rng.permutation(m).tolist() for m in members if m.size], count)
     if folder.labelled:
         groups = {
             c: rng.permutation(np.flatnonzero((labels == c) & finite)).tolist()
@@ -57,3 +66,19 @@ def select_queries(
         return picks
     usable = np.flatnonzero(finite)
     return usable[np.linspace(0, len(usable) - 1, count).round().astype(int)].tolist()
+
+
+def _round_robin(groups: list[list[int]], count: int) -> list[int]:
+    """Up to ``count`` positions, one from each group in turn (each position once)."""
+    picks: list[int] = []
+    taken: set[int] = set()
+    cursors = [0] * len(groups)
+    while len(picks) < count and any(c < len(g) for c, g in zip(cursors, groups, strict=True)):
+        for i, group in enumerate(groups):
+            while cursors[i] < len(group) and group[cursors[i]] in taken:
+                cursors[i] += 1
+            if cursors[i] < len(group) and len(picks) < count:
+                picks.append(group[cursors[i]])
+                taken.add(group[cursors[i]])
+                cursors[i] += 1
+    return picks

@@ -12,9 +12,11 @@ from reportgen.config import Config
 from reportgen.contract import PassResult
 from reportgen.loading.folders import DataFolder, manifest_sha256
 from reportgen.loading.types import LoadedModel
+from reportgen.methods.scores import BinaryScores, MultilabelScores
 from reportgen.pipeline.environment import device_description, library_versions
 from reportgen.pipeline.metadata import Resolved
-from reportgen.report.render import clean_floats
+from reportgen.pipeline.task import TaskChoice
+from reportgen.report.render import Headline, clean_floats
 from reportgen.report.section import Section
 from reportgen.version import __version__
 
@@ -44,16 +46,97 @@ def _relative_paths(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return config
 
 
+TASK_METRICS = {
+    "binary": ("auroc", "average_precision", "f1", "sensitivity", "specificity"),
+    "multilabel": ("macro_auroc", "micro_f1", "exact_match", "hamming_loss", "worst_label_auroc"),
+}
+"""Metrics every run of a task reports (None where not computable), gate-able by name."""
+TASK_HEADLINES = {
+    "binary": (
+        Headline("auroc", "AUROC", "number"),
+        Headline("average_precision", "average precision", "number"),
+        Headline("sensitivity", "sensitivity at the threshold", "percent"),
+        Headline("specificity", "specificity at the threshold", "percent"),
+    ),
+    "multilabel": (
+        Headline("macro_auroc", "macro AUROC", "number"),
+        Headline("micro_f1", "micro F1", "number"),
+        Headline("exact_match", "exact-match ratio", "percent"),
+        Headline("hamming_loss", "Hamming loss", "number"),
+    ),
+}
+"""The task's metrics shown first in the run summary and summary.md (and trended by history)."""
+
+
 def accuracy_metrics(pass_result: PassResult) -> dict[str, Any]:
-    """Top-1 accuracy over the labelled images the model can predict, and their number."""
+    """Top-1 accuracy over the labelled images the model can predict, and their number (a
+    multi-label model has no single accuracy: see its exact-match ratio)."""
     labels = pass_result.labels
     known = pass_result.scored()
+    if not pass_result.head.single_label:
+        return {"accuracy": None, "num_labelled": int(known.sum())}
     accuracy = (
         float((pass_result.predictions.cpu()[known] == labels[known]).float().mean())
         if bool(known.any())
         else None
     )
     return {"accuracy": accuracy, "num_labelled": int(known.sum())}
+
+
+def task_metrics(pass_result: PassResult) -> dict[str, Any]:
+    """The task's own metrics (binary: AUROC, AP, F1, sensitivity, specificity at the threshold;
+    multi-label: macro AUROC, micro F1, exact match, Hamming loss, worst label AUROC)."""
+    keys = TASK_METRICS.get(pass_result.head.task, ())
+    scores = pass_result.task_scores()
+    values = scores.metrics() if scores is not None else {}
+    return {key: values.get(key) for key in keys}
+
+
+def task_record(pass_result: PassResult, names: list[str]) -> dict[str, Any] | None:
+    """summary.json's ``scores``: the threshold table (binary) or the per-label table
+    (multi-label), for readers and ``reportgen history``."""
+    scores = pass_result.task_scores()
+    if isinstance(scores, BinaryScores):
+        return {
+            "images": scores.n,
+            "positives": scores.positives,
+            "threshold": scores.threshold,
+            "thresholds": [
+                {
+                    "threshold": t,
+                    "tp": c.tp,
+                    "fp": c.fp,
+                    "tn": c.tn,
+                    "fn": c.fn,
+                    "precision": c.precision,
+                    "sensitivity": c.sensitivity,
+                    "specificity": c.specificity,
+                    "f1": c.f1,
+                }
+                for t, c in scores.table
+            ],
+        }
+    if isinstance(scores, MultilabelScores):
+        return {
+            "images": scores.n,
+            "macro_auroc_labels": scores.macro_auroc_labels,
+            "macro_average_precision": scores.macro_average_precision,
+            "macro_f1": scores.macro_f1,
+            "labels": [
+                {
+                    "label": names[s.index] if s.index < len(names) else str(s.index),
+                    "support": s.support,
+                    "predicted": s.predicted,
+                    "auroc": s.auroc,
+                    "average_precision": s.average_precision,
+                    "f1": s.counts.f1,
+                    "sensitivity": s.counts.sensitivity,
+                    "specificity": s.counts.specificity,
+                }
+                for s in scores.labels
+            ],
+        }
+    return None
 
 
 def build_summary(
@@ -70,12 +153,15 @@ def build_summary(
     world_size: int = 1,
     resolved: Resolved | None = None,
     warnings: list[str] | None = None,
+    task: TaskChoice | None = None,
 ) -> dict[str, Any]:
-    """The summary: ``metrics`` holds accuracy and every declared metric (None when not computed)."""
-    labels = pass_result.labels
+    """The summary: ``metrics`` holds accuracy, the task's metrics and every declared metric
+    (None when not computed)."""
+    head = pass_result.head
     all_metrics: dict[str, Any] = {"accuracy": None}
     all_metrics.update(dict.fromkeys(declared_metrics))
     all_metrics.update(accuracy_metrics(pass_result))
+    all_metrics.update(task_metrics(pass_result))
     all_metrics.update(metrics)
     manifest = manifest_sha256(pass_result.manifest)
     config = cfg.to_dict(for_provenance=True)
@@ -94,7 +180,11 @@ def build_summary(
             "sha256": model.sha256,
             "checkpoint_file": model.source,
             "checkpoint_kind": model.kind,
-            "num_classes": model.num_classes,
+            "num_classes": pass_result.num_classes,
+            "num_outputs": model.num_classes,
+            "task": head.task,
+            "task_source": task.source if task is not None else "model.task",
+            "threshold": None if head.task == "multiclass" else head.threshold,
             "in_channels": model.in_channels,
             "feature_layer": pass_result.feature_layer,
             "feature_dim": None
@@ -109,7 +199,7 @@ def build_summary(
             "metadata_columns": folder.metadata_columns,
             "labelled": folder.labelled,
             "num_images": len(pass_result),
-            "num_classes": len(set(labels[labels >= 0].tolist())) if folder.labelled else None,
+            "num_classes": _classes_present(pass_result) if folder.labelled else None,
             "class_names": folder.class_names,
             "class_names_source": resolved.class_names_source if resolved else None,
             "num_skipped": len(pass_result.skipped),
@@ -142,4 +232,15 @@ def build_summary(
             "manifest_sha256": manifest,
         },
     }
+    scores = task_record(pass_result, folder.class_names)
+    if scores is not None:
+        summary["scores"] = scores
     return clean_floats(summary)
+
+
+def _classes_present(pass_result: PassResult) -> int:
+    """Classes with at least one labelled image (labels present, for a multi-label model)."""
+    if pass_result.label_sets is not None:
+        return int((pass_result.label_sets > 0).any(dim=0).sum())
+    labels = pass_result.labels
+    return len(set(labels[labels >= 0].tolist()))

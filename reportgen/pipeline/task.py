@@ -27,6 +27,8 @@ class TaskChoice:
 
     head: Head
     source: str
+    notes: tuple[str, ...] = ()
+    """What the reader should know (a threshold set for a model that does not use one)."""
 
     def record(self) -> dict[str, object]:
         return {
@@ -70,7 +72,13 @@ def model_task(cfg: Config, model: LoadedModel) -> TaskChoice:
             "model.task: multiclass needs at least two outputs, but this model has one (a "
             "sigmoid logit, whose softmax is always 1.0); use model.task: binary or auto"
         )
-    return TaskChoice(Head(task, cfg.model.threshold), source)
+    notes: tuple[str, ...] = ()
+    if "model.threshold" in cfg.explicit and task == "multiclass":
+        notes = (
+            f"model.threshold ({cfg.model.threshold:g}) is not used: a multiclass model "
+            "predicts its most probable class",
+        )
+    return TaskChoice(Head(task, cfg.model.threshold), source, notes)
 
 
 def data_task(cfg: Config, choice: TaskChoice, folder: DataFolder) -> TaskChoice:

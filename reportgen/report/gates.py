@@ -38,6 +38,14 @@ COMPARE_KEYS: tuple[str, ...] = (
     "explanation_rank_corr",
     "filter_cosine_mean",
     "slices_worst_delta",
+    "auroc_baseline",
+    "auroc",
+    "auroc_delta",
+    "auroc_delta_p",
+    "macro_auroc_baseline",
+    "macro_auroc",
+    "macro_auroc_delta",
+    "worst_label_auroc_delta",
 )
 """The numeric keys of summary.json's ``compare`` object, usable as ``compare.<key>`` in a gate."""
 

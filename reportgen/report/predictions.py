@@ -18,107 +18,64 @@ and byte-reproducible:
 - file names that are not valid UTF-8 (Python gives them as ``str`` with ``surrogateescape``)
   are written with each undecodable byte as ``\\xNN`` (:func:`csv_path`), so the file stays
   valid UTF-8; ``arrays.npz``'s ``dataset_ids`` go through the same function when matched.
+
+A binary model (one logit, :mod:`reportgen.heads`) writes the same columns over its two classes
+(0 negative, 1 positive; ``confidence`` the probability of the predicted class) and then
+:data:`PREDICTED_POSITIVE`, the positive class' probability. A multi-label model's file has
+label sets instead (:mod:`reportgen.report.predictions_multilabel`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import io
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from reportgen.errors import ReportgenError
-from reportgen.heads import np_softmax
-
-COLUMNS = (
-    "path",
-    "sha256",
-    "label",
-    "label_name",
-    "prediction",
-    "prediction_name",
-    "confidence",
-    "p_label",
-    "correct",
+from reportgen.heads import MULTICLASS, Head, np_softmax
+from reportgen.report.prediction_set import (
+    COLUMNS,
+    FILE_NAME,
+    META_PREFIX,
+    SHA256,
+    BadRow,
+    PredictionSet,
+    check_row_identity,
+    csv_path,
+    field_text,
+    float_text,
+    read_error,
 )
-FILE_NAME = "predictions.csv"
-META_PREFIX = "meta:"
-"""Metadata columns follow :data:`COLUMNS` as ``meta:<column>`` (so a metadata column named like
-one of reportgen's, ``label`` or ``path``, cannot be mistaken for it)."""
+from reportgen.report.predictions_multilabel import (
+    MULTILABEL_COLUMNS,
+    format_multilabel,
+    multilabel_prediction_set,
+    read_multilabel,
+)
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+__all__ = [
+    "COLUMNS",
+    "FILE_NAME",
+    "META_PREFIX",
+    "PREDICTED_POSITIVE",
+    "PredictionSet",
+    "csv_path",
+    "format_predictions",
+    "prediction_set",
+    "predictions_csv",
+    "read_predictions",
+]
 
-
-@dataclass(frozen=True, eq=False)
-class PredictionSet:
-    """One model's predictions on a list of images (rows in dataset order)."""
-
-    source: str
-    """Where the predictions come from (a file, or a description such as "baseline model")."""
-    paths: list[str]
-    """Image paths relative to the data root, as written in predictions.csv (:func:`csv_path`)."""
-    sha256: list[str]
-    labels: np.ndarray
-    """int64 class index in the model's output order; -1 when unlabelled."""
-    predictions: np.ndarray
-    """int64 predicted class (arg-max of the logits)."""
-    confidence: np.ndarray
-    """float64 probability of the predicted class."""
-    p_label: np.ndarray
-    """float64 probability of the true class; NaN where not scored."""
-    correct: np.ndarray
-    """int8: 1 right, 0 wrong, -1 not scored (unlabelled, or a label the model has no output for)."""
-    class_names: list[str]
-    """Class index -> name; may be shorter than the largest index (see :meth:`class_name`)."""
-    metadata: dict[str, list[str]] = field(default_factory=dict)
-    """Metadata column -> one text value per row (a manifest's or dataset's extra columns);
-    written as ``meta:<column>`` columns after :data:`COLUMNS`."""
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def scored(self) -> np.ndarray:
-        """Boolean mask of the rows with a label the model can be right or wrong about."""
-        return np.asarray(self.correct >= 0)
-
-    @property
-    def labelled(self) -> bool:
-        return bool(self.scored.any())
-
-    def class_name(self, index: int) -> str:
-        """The class's name; its index as text when no name is known (the report's convention)."""
-        if 0 <= index < len(self.class_names):
-            return self.class_names[index]
-        return str(index)
-
-    def accuracy(self) -> float | None:
-        ok = self.correct[self.scored]
-        return float(ok.mean()) if ok.size else None
-
-
-def csv_path(relpath: str) -> str:
-    """A relative path as written to predictions.csv: undecodable bytes become ``\\xNN``.
-
-    Python hands file names that are not valid UTF-8 over as ``str`` with lone surrogates
-    (``surrogateescape``), which cannot be encoded as UTF-8. Each such byte is written as the
-    four characters ``\\xNN`` instead, so the file stays valid UTF-8 and the same name always
-    gives the same text (which is all matching two folders needs).
-    """
-    try:
-        raw = relpath.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        # A surrogate outside U+DC80..U+DCFF did not come from a file system; keep it visible.
-        return relpath.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+PREDICTED_POSITIVE = "p_positive"
+"""Binary models: the column after :data:`COLUMNS` with the positive class' probability."""
 
 
 def prediction_set(
@@ -131,13 +88,21 @@ def prediction_set(
     probabilities: bool = False,
     source: str = "this run",
     metadata: dict[str, list[str]] | None = None,
+    head: Head = MULTICLASS,
+    label_sets: np.ndarray | None = None,
 ) -> PredictionSet:
-    """Predictions from N×K scores: logits (softmax in float64 here) or, with
-    ``probabilities=True``, probabilities as they are.
+    """Predictions from N×K scores: logits read by ``head`` (softmax or sigmoid in float64
+    here) or, with ``probabilities=True``, multiclass probabilities as they are.
 
     ``paths`` are relative paths as the data folder gives them (any ``str``); ``labels`` -1 where
-    unlabelled. The prediction is the arg-max of the scores (the first one on ties, as torch).
+    unlabelled. The prediction is the head's: the arg-max of the scores (the first one on ties,
+    as torch), or for a binary head ``p ≥ threshold``. A multi-label head takes its truth from
+    ``label_sets`` (N×K, -1 across unlabelled rows).
     """
+    if not head.single_label:
+        return multilabel_prediction_set(
+            paths, sha256s, class_names, logits_or_probs, head, label_sets, source, metadata
+        )
     scores = np.asarray(logits_or_probs)
     n = len(paths)
     if scores.ndim != 2 or scores.shape[0] != n or scores.shape[1] < 1:
@@ -147,10 +112,14 @@ def prediction_set(
         raise ValueError(
             f"paths ({n}), sha256s ({len(sha256s)}) and labels ({y.shape[0]}) differ in length"
         )
-    probs = np.asarray(scores, dtype=np.float64) if probabilities else np_softmax(scores)
-    preds = np.argmax(scores, axis=1).astype(np.int64)
+    if probabilities:
+        probs = np.asarray(scores, dtype=np.float64)
+        preds = np.argmax(scores, axis=1).astype(np.int64)
+    else:
+        probs = head.probabilities(scores) if head.task == "binary" else np_softmax(scores)
+        preds = head.predictions(scores)
     rows = np.arange(n)
-    scored = (y >= 0) & (y < scores.shape[1])
+    scored = (y >= 0) & (y < probs.shape[1])
     p_label = np.full(n, np.nan)
     p_label[scored] = probs[rows[scored], y[scored]]
     correct = np.full(n, -1, dtype=np.int8)
@@ -166,23 +135,18 @@ def prediction_set(
         correct=correct,
         class_names=list(class_names),
         metadata=dict(metadata or {}),
+        task=head.task,
+        p_positive=probs[:, 1].copy() if head.task == "binary" else None,
     )
-
-
-def _field(value: str) -> str:
-    if _NEEDS_QUOTES.search(value):
-        return '"' + value.replace('"', '""') + '"'
-    return value
-
-
-def _float(x: float) -> str:
-    return repr(float(x))
 
 
 def format_predictions(ps: PredictionSet) -> str:
     """The text of predictions.csv for a prediction set (see the module docstring)."""
+    if not ps.single_label:
+        return format_multilabel(ps)
     meta = list(ps.metadata.items())
-    lines = [",".join([*COLUMNS, *(_field(META_PREFIX + name) for name, _ in meta)])]
+    binary = [PREDICTED_POSITIVE] if ps.p_positive is not None else []
+    lines = [",".join([*COLUMNS, *binary, *(field_text(META_PREFIX + name) for name, _ in meta)])]
     for i in range(len(ps)):
         label = int(ps.labels[i])
         pred = int(ps.predictions[i])
@@ -194,12 +158,13 @@ def format_predictions(ps: PredictionSet) -> str:
             ps.class_name(label) if label >= 0 else "",
             str(pred),
             ps.class_name(pred),
-            _float(ps.confidence[i]),
-            _float(ps.p_label[i]) if ok >= 0 else "",
+            float_text(ps.confidence[i]),
+            float_text(ps.p_label[i]) if ok >= 0 else "",
             str(ok) if ok >= 0 else "",
+            *([float_text(ps.p_positive[i])] if ps.p_positive is not None else []),
             *(values[i] for _, values in meta),
         ]
-        lines.append(",".join(_field(c) for c in cells))
+        lines.append(",".join(field_text(c) for c in cells))
     return "\n".join(lines) + "\n"
 
 
@@ -223,10 +188,6 @@ def predictions_csv(
 # --------------------------------------------------------------------------- reading
 
 
-class _BadRow(Exception):
-    pass
-
-
 MAX_CLASS_INDEX = 1_000_000
 """No classifier reportgen reads has more outputs; a larger index is a damaged file (a class
 index of 10^10 would otherwise build a 10^10-entry class list)."""
@@ -236,12 +197,12 @@ def _parse_int(text: str, column: str, minimum: int) -> int:
     digits = text[1:] if text[:1] == "-" else text
     # ASCII digits only (str.isdigit alone also takes '²'), at most 12 of them.
     if not (digits.isascii() and digits.isdigit()) or len(text) > 12:
-        raise _BadRow(f"{column} {text[:20]!r} is not a whole number of at most 12 digits")
+        raise BadRow(f"{column} {text[:20]!r} is not a whole number of at most 12 digits")
     value = int(text)
     if value < minimum:
-        raise _BadRow(f"{column} {value} is below {minimum}")
+        raise BadRow(f"{column} {value} is below {minimum}")
     if value >= MAX_CLASS_INDEX:
-        raise _BadRow(
+        raise BadRow(
             f"{column} {value} is not a class index (at most {MAX_CLASS_INDEX - 1:,}); "
             "the file is damaged"
         )
@@ -252,9 +213,9 @@ def _parse_probability(text: str, column: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise _BadRow(f"{column} {text!r} is not a number") from None
+        raise BadRow(f"{column} {text!r} is not a number") from None
     if not math.isnan(value) and not 0.0 <= value <= 1.0:
-        raise _BadRow(f"{column} {value} is not a probability in [0, 1]")
+        raise BadRow(f"{column} {value} is not a probability in [0, 1]")
     return value
 
 
@@ -272,7 +233,7 @@ def _fast_read(rows: list[list[str]], extra: list[str], where: str) -> Predictio
     paths, shas, label_s, label_name, pred_s, pred_name, conf_s, p_label_s, correct_s = cols[:9]
     if not all(paths) or len(set(paths)) != len(paths):
         return None
-    if not all(map(_SHA256.fullmatch, shas)) or not all(map(_INT.fullmatch, label_s)):
+    if not all(map(SHA256.fullmatch, shas)) or not all(map(_INT.fullmatch, label_s)):
         return None
     if not all(map(_INT.fullmatch, pred_s)):
         return None
@@ -326,12 +287,64 @@ def _fast_read(rows: list[list[str]], extra: list[str], where: str) -> Predictio
 
 
 def read_predictions(path: str | Path) -> PredictionSet:
-    """Read a predictions.csv written by :func:`predictions_csv`.
+    """Read a predictions.csv written by :func:`predictions_csv` (any task).
 
     Raises :class:`ReportgenError` naming the file and what is wrong (missing file, not UTF-8,
     wrong header, a bad row with its line number, an image listed twice, a class index named
     two ways).
     """
+    where, text = read_csv_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ReportgenError(f"{where}, line 1: malformed CSV ({exc})") from None
+    if header is None:
+        raise ReportgenError(f"{where}: empty file; expected a header line {','.join(COLUMNS)}")
+    if tuple(header[: len(MULTILABEL_COLUMNS)]) == MULTILABEL_COLUMNS:
+        return read_multilabel(text, header, where)
+    extra = header[len(COLUMNS) :]
+    binary = bool(extra) and extra[0] == PREDICTED_POSITIVE
+    meta_columns = extra[1:] if binary else extra
+    if (
+        tuple(header[: len(COLUMNS)]) != COLUMNS
+        or any(not h.startswith(META_PREFIX) or len(h) == len(META_PREFIX) for h in meta_columns)
+        or len(set(meta_columns)) != len(meta_columns)
+    ):
+        raise ReportgenError(
+            f"{where}: header is {','.join(header)!r}; expected {','.join(COLUMNS)!r}, "
+            f"{PREDICTED_POSITIVE} for a binary model, and then meta:<column> columns only (a "
+            "predictions.csv written by `reportgen run`)"
+        )
+    # The rows are millions of small objects none of which can form a cycle: the cyclic garbage
+    # collector, run again and again over every object alive (other releases' rows included),
+    # would cost more than the parse (reportgen history of 50 releases: 24 s -> 13 s).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            rows: list[list[str]] | None = list(reader)
+        except csv.Error:
+            rows = None
+        fast = None
+        if rows is not None and all(len(r) == len(header) for r in rows):
+            p_texts = [r[len(COLUMNS)] for r in rows] if binary else None
+            if binary:
+                rows = [r[: len(COLUMNS)] + r[len(COLUMNS) + 1 :] for r in rows]
+            fast = _fast_read(rows, meta_columns, where)
+            if fast is not None and p_texts is not None:
+                fast = _with_positive(fast, p_texts)
+    finally:
+        if collecting:
+            gc.enable()
+    if fast is not None:
+        return fast
+    return _slow_read(text, header, meta_columns, binary, where)
+
+
+def read_csv_text(path: str | Path) -> tuple[str, str]:
+    """(the file as named in messages, its text): a missing file, a folder, an unreadable or
+    non-UTF-8 file is one ReportgenError naming it (a byte-order mark is tolerated)."""
     path = Path(path)
     where = str(path)
     try:
@@ -345,46 +358,32 @@ def read_predictions(path: str | Path) -> PredictionSet:
     except OSError as exc:
         raise ReportgenError(f"{where}: cannot be read ({exc.strerror or exc})") from None
     try:
-        text = data.decode("utf-8-sig")  # tolerate a BOM added by a spreadsheet
+        return where, data.decode("utf-8-sig")  # tolerate a BOM added by a spreadsheet
     except UnicodeDecodeError as exc:
         raise ReportgenError(
             f"{where}: not UTF-8 text (bad byte at offset {exc.start}); "
             "is it a predictions.csv written by `reportgen run`?"
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+
+
+def _with_positive(ps: PredictionSet, texts: Sequence[str]) -> PredictionSet | None:
+    """The binary column parsed onto a single-label set; None when a value is not a
+    probability (the caller then reads row by row for the message)."""
     try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise ReportgenError(f"{where}, line 1: malformed CSV ({exc})") from None
-    if header is None:
-        raise ReportgenError(f"{where}: empty file; expected a header line {','.join(COLUMNS)}")
-    extra = header[len(COLUMNS) :]
-    if (
-        tuple(header[: len(COLUMNS)]) != COLUMNS
-        or any(not h.startswith(META_PREFIX) or len(h) == len(META_PREFIX) for h in extra)
-        or len(set(extra)) != len(extra)
-    ):
-        raise ReportgenError(
-            f"{where}: header is {','.join(header)!r}; expected {','.join(COLUMNS)!r} "
-            "and then meta:<column> columns only (a predictions.csv written by `reportgen run`)"
-        )
-    # The rows are millions of small objects none of which can form a cycle: the cyclic garbage
-    # collector, run again and again over every object alive (other releases' rows included),
-    # would cost more than the parse (reportgen history of 50 releases: 24 s -> 13 s).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        try:
-            rows = list(reader)
-        except csv.Error:
-            rows = None
-        fast = _fast_read(rows, extra, where) if rows is not None else None
-    finally:
-        if collecting:
-            gc.enable()
-    if fast is not None:
-        return fast
-    # Something is wrong: read again row by row for the message that names the line.
+        p = np.array(list(map(float, texts)), dtype=np.float64)
+    except ValueError:
+        return None
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        return None
+    if (ps.predictions > 1).any() or (ps.labels > 1).any():
+        return None
+    return dataclasses.replace(ps, task="binary", p_positive=p)
+
+
+def _slow_read(
+    text: str, header: list[str], extra: list[str], binary: bool, where: str
+) -> PredictionSet:
+    """Something is wrong: read again row by row, for the message that names the line."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     next(reader)
     paths: list[str] = []
@@ -394,43 +393,47 @@ def read_predictions(path: str | Path) -> PredictionSet:
     conf: list[float] = []
     p_label: list[float] = []
     correct: list[int] = []
+    positive: list[float] = []
     names: dict[int, str] = {}
     seen: dict[str, int] = {}
     meta: list[list[str]] = [[] for _ in extra]
     width = len(header)
+    first_meta = len(COLUMNS) + (1 if binary else 0)
     line = 1
 
     def name(index: int, value: str, column: str) -> None:
         known = names.setdefault(index, value)
         if known != value:
-            raise _BadRow(
-                f"{column} {value!r} for class {index}, which earlier rows call {known!r}"
-            )
+            raise BadRow(f"{column} {value!r} for class {index}, which earlier rows call {known!r}")
 
     try:
         for row in reader:
             line = reader.line_num
             if len(row) != width:
-                raise _BadRow(f"{len(row)} fields, expected {width}")
-            for values, value in zip(meta, row[len(COLUMNS) :], strict=True):
+                raise BadRow(f"{len(row)} fields, expected {width}")
+            for values, value in zip(meta, row[first_meta:], strict=True):
                 values.append(value)
             rel, sha, label_s, label_name, pred_s, pred_name, conf_s, p_label_s, correct_s = row[
                 : len(COLUMNS)
             ]
-            if not rel:
-                raise _BadRow("empty path")
-            if rel in seen:
-                raise _BadRow(f"path {rel!r} is listed twice (first on line {seen[rel]})")
-            seen[rel] = line
-            if not _SHA256.fullmatch(sha):
-                raise _BadRow(f"sha256 {sha!r} is not 64 lowercase hex digits")
+            check_row_identity(rel, sha, seen, line)
             label = _parse_int(label_s, "label", -1)
             pred = _parse_int(pred_s, "prediction", 0)
             name(pred, pred_name, "prediction_name")
             confidence = _parse_probability(conf_s, "confidence")
+            if binary:
+                if pred > 1 or label > 1:
+                    raise BadRow(
+                        f"a binary model's classes are 0 and 1, not label {label} / prediction "
+                        f"{pred}"
+                    )
+                p_pos = _parse_probability(row[len(COLUMNS)], PREDICTED_POSITIVE)
+                if math.isnan(p_pos):
+                    raise BadRow(f"{PREDICTED_POSITIVE} is not a probability")
+                positive.append(p_pos)
             if label < 0:
                 if label_name or p_label_s or correct_s:
-                    raise _BadRow("an unlabelled row (label -1) has label_name, p_label or correct")
+                    raise BadRow("an unlabelled row (label -1) has label_name, p_label or correct")
                 p, ok = math.nan, -1
             else:
                 name(label, label_name, "label_name")
@@ -440,9 +443,9 @@ def read_predictions(path: str | Path) -> PredictionSet:
                     p = _parse_probability(p_label_s, "p_label")
                     ok = int(correct_s)
                     if ok != int(label == pred):
-                        raise _BadRow(f"correct is {ok} but label {label} vs prediction {pred}")
+                        raise BadRow(f"correct is {ok} but label {label} vs prediction {pred}")
                 else:
-                    raise _BadRow(
+                    raise BadRow(
                         f"p_label {p_label_s!r} and correct {correct_s!r}: both empty, or a "
                         "probability and 0/1"
                     )
@@ -453,10 +456,10 @@ def read_predictions(path: str | Path) -> PredictionSet:
             conf.append(confidence)
             p_label.append(p)
             correct.append(ok)
-    except _BadRow as exc:
-        raise ReportgenError(f"{where}, line {line}: {exc}") from None
+    except BadRow as exc:
+        raise read_error(where, line, exc) from None
     except csv.Error as exc:
-        raise ReportgenError(f"{where}, line {reader.line_num}: malformed CSV ({exc})") from None
+        raise read_error(where, reader.line_num, exc) from None
     size = max(names) + 1 if names else 0
     class_names = [names.get(i, str(i)) for i in range(size)]
     return PredictionSet(
@@ -470,4 +473,6 @@ def read_predictions(path: str | Path) -> PredictionSet:
         correct=np.array(correct, dtype=np.int8),
         class_names=class_names,
         metadata={h[len(META_PREFIX) :]: values for h, values in zip(extra, meta, strict=True)},
+        task="binary" if binary else "multiclass",
+        p_positive=np.array(positive, dtype=np.float64) if binary else None,
     )

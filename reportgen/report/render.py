@@ -143,11 +143,52 @@ def _data_source(d: dict[str, Any]) -> str:
     return f"{kind} {d['source_file']}"
 
 
+def _task_text(model: dict[str, Any]) -> str:
+    """The task and where it came from (:mod:`reportgen.heads`)."""
+    task = model.get("task", "multiclass")
+    words = {
+        "multiclass": "multiclass: softmax over the outputs, the most probable class predicted",
+        "binary": "binary: one logit, p = sigmoid(z) the positive class' probability, "
+        f"positive when p ≥ {model.get('threshold')}",
+        "multilabel": "multi-label: p = sigmoid per label, a label predicted when p ≥ "
+        f"{model.get('threshold')}",
+    }
+    source = model.get("task_source")
+    return words.get(task, task) + (f" ({source})" if source else "")
+
+
+def _accuracy_row(task: str, met: dict[str, Any], d: dict[str, Any]) -> tuple[str, str]:
+    """Accuracy (single-label) or the exact-match ratio (multi-label) over the labelled images."""
+    key, name = (
+        ("exact_match", "exact match (label sets)")
+        if task == "multilabel"
+        else (
+            "accuracy",
+            "accuracy at the threshold" if task == "binary" else "accuracy (top-1)",
+        )
+    )
+    value = met.get(key)
+    text = (
+        "n/a (unlabelled)"
+        if value is None
+        else f"{100 * value:.2f} % of {met['num_labelled']} labelled images"
+        + (
+            f" ({d['num_nonfinite_outputs']} with non-finite outputs left out)"
+            if d.get("num_nonfinite_outputs")
+            else ""
+        )
+    )
+    return name, text
+
+
 def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tuple[str, str]]:
     """The run summary's key/value table (presentation of summary.json)."""
     m, d, met = summary["model"], summary["data"], summary["metrics"]
+    task = m.get("task", "multiclass")
+    classes = "labels" if task == "multilabel" else "classes"
     rows = [
-        ("model", f"{m['arch']} ({m['num_classes']} classes, {m['in_channels']}-channel input)"),
+        ("model", f"{m['arch']} ({m['num_classes']} {classes}, {m['in_channels']}-channel input)"),
+        ("task", _task_text(m)),
         (
             "checkpoint",
             f"{m['checkpoint_file'] or 'none'} ({m['checkpoint_kind'].replace('_', ' ')})",
@@ -170,19 +211,9 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
         (
             "images",
             f"{d['num_images']} read, {d['num_skipped']} skipped"
-            + (f", {d['num_classes']} classes" if d["labelled"] else ", unlabelled"),
+            + (f", {d['num_classes']} {classes}" if d["labelled"] else ", unlabelled"),
         ),
-        (
-            "accuracy (top-1)",
-            "n/a (unlabelled)"
-            if met["accuracy"] is None
-            else f"{100 * met['accuracy']:.2f} % of {met['num_labelled']} labelled images"
-            + (
-                f" ({d['num_nonfinite_outputs']} with non-finite outputs left out)"
-                if d.get("num_nonfinite_outputs")
-                else ""
-            ),
-        ),
+        _accuracy_row(task, met, d),
     ]
     rows += [(h.label, format_metric(met.get(h.key), h.kind)) for h in headlines]
     pre = summary.get("preprocessing") or {}

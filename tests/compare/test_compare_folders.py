@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reportgen.compare.folders import compare_folders, read_report_folder
+from reportgen.compare.folders import read_report_folder
+from reportgen.compare.matching import compare_folders
 from reportgen.compare.metrics import ExplanationMaps, build_compare, compare_summary
 from reportgen.errors import ReportgenError
 from reportgen.report.gates import COMPARE_KEYS

@@ -394,15 +394,50 @@ def test_an_unsupported_suffix_is_a_config_error(tmp_path: Path) -> None:
     assert ".csv" in message and ".parquet" in message
 
 
-def test_a_multi_label_column_is_refused(tmp_path: Path) -> None:
+def test_a_label_set_column_is_read_as_label_sets(tmp_path: Path) -> None:
+    for i, name in enumerate(["x", "y", "z", "w"]):
+        write_png(tmp_path / f"{name}.png", i)
+    rows = [["path", "labels"], ["x.png", "cat|dog"], ["y.png", " dog "], ["z.png", ""]]
+    rows.append(["w.png", '["dog", "cat", "dog"]'])
+    folder = scan_manifest(manifest_cfg(write_rows(tmp_path / "m.csv", rows)))
+    assert folder.label_sets and folder.labelled
+    assert folder.class_names == ["cat", "dog"]  # sorted, as class folders are
+    # every image labelled (an empty cell: none of the labels), ``label`` unused
+    assert [it.labels for it in folder.items] == [(0, 1), (1,), (), (0, 1)]
+    assert labels_of(folder) == [-1, -1, -1, -1]
+    assert folder.label_note is not None and "label sets" in folder.label_note
+
+
+def test_label_sets_follow_the_model_names_and_refuse_unknown_ones(tmp_path: Path) -> None:
     write_png(tmp_path / "x.png")
     write_png(tmp_path / "y.png", 1)
-    write_rows(tmp_path / "m.csv", [["path", "labels"], ["x.png", "cat|dog"], ["y.png", "dog"]])
-    with pytest.raises(ConfigError) as exc:
-        scan_manifest(manifest_cfg(tmp_path / "m.csv"))
-    message = input_error(exc, "m.csv")
-    assert "'labels'" in message
-    assert "multi-label" in message and "single-label" in message
+    manifest = write_rows(
+        tmp_path / "m.jsonl.csv", [["path", "labels"], ["x.png", "b|c"], ["y.png", "a"]]
+    )
+    folder = scan_manifest(manifest_cfg(manifest, labels=["c", "b", "a"]))
+    assert [it.labels for it in folder.items] == [(0, 1), (2,)]
+    with pytest.raises(DataError) as exc:
+        scan_manifest(manifest_cfg(manifest, labels=["c", "b", "d"]))
+    message = input_error(exc, "m.jsonl.csv")
+    assert "'a'" in message and "line 3" in message
+
+
+def test_a_null_label_set_is_unlabelled_and_both_columns_are_refused(tmp_path: Path) -> None:
+    write_png(tmp_path / "x.png")
+    write_png(tmp_path / "y.png", 1)
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(
+        '{"path": "x.png", "labels": ["a", "b"]}\n{"path": "y.png", "labels": null}\n',
+        encoding="utf-8",
+    )
+    folder = scan_manifest(manifest_cfg(jsonl))
+    assert [it.labels for it in folder.items] == [(0, 1), None]
+    both = write_rows(
+        tmp_path / "m.csv", [["path", "label", "labels"], ["x.png", "a", "a|b"]]
+    )
+    with pytest.raises(DataError) as exc:
+        scan_manifest(manifest_cfg(both))
+    assert "'label' column" in input_error(exc, "m.csv")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,62 @@
+"""Accuracy per metadata subgroup under two models: "which subgroup did this change hurt?"
+(both comparison paths; the slices section's column rules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from reportgen.methods.slicing import slice_columns
+from reportgen.report.predictions import PredictionSet
+
+
+@dataclass(frozen=True)
+class SliceDelta:
+    """One metadata subgroup's accuracy under both models (the new report's labels)."""
+
+    column: str
+    value: str
+    n: int
+    accuracy_old: float
+    accuracy_new: float
+    negative_flips: int
+    positive_flips: int
+
+    @property
+    def delta(self) -> float:
+        return self.accuracy_new - self.accuracy_old
+
+
+SLICE_MIN_SIZE = 20
+"""Subgroups smaller than this are listed after the others, never called the worst."""
+
+
+def slice_deltas(
+    new: PredictionSet, scored: np.ndarray, correct_old: np.ndarray, correct_new: np.ndarray
+) -> list[SliceDelta]:
+    """Per subgroup of the new report's metadata columns (the slices section's rules), the
+    accuracy of both models on its labelled images, the worst regression first."""
+    if not new.metadata or not scored.any():
+        return []
+    idx = np.nonzero(scored)[0]
+    meta = {c: [v[i] for i in idx] for c, v in new.metadata.items()}
+    columns, _ = slice_columns(meta)
+    co, cn = correct_old[idx], correct_new[idx]
+    out = []
+    for column, values in columns.items():
+        arr = np.array(values, dtype=object)
+        for value in sorted(set(values)):
+            m = arr == value
+            out.append(
+                SliceDelta(
+                    column,
+                    value,
+                    int(m.sum()),
+                    float(co[m].mean()),
+                    float(cn[m].mean()),
+                    int((co[m] & ~cn[m]).sum()),
+                    int((~co[m] & cn[m]).sum()),
+                )
+            )
+    return sorted(out, key=lambda d: (d.n < SLICE_MIN_SIZE, d.delta, d.column, d.value))

@@ -1,0 +1,229 @@
+"""Binary and multi-label models end to end (issue 22): every section speaks the task, the
+metrics equal scikit-learn's on the run's own predictions.csv (read here with the csv module),
+no number comes from the wrong head, and every impossible task is one line, exit 2, before any
+work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_ARCH, write_image_folder
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    hamming_loss,
+    recall_score,
+    roc_auc_score,
+)
+from test_hostile_cli import SMALL, assert_one_line_error, reportgen
+from tiny_models import tiny_net
+
+from reportgen.api import run_demo
+from reportgen.pipeline.execute import RunResult
+
+
+def _rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "predictions.csv").open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    out = tmp_path_factory.mktemp("binary")
+    return run_demo(out, task="binary", per_class=16, epochs=6, formats=["html"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    out = tmp_path_factory.mktemp("multilabel")
+    return run_demo(
+        out, task="multilabel", per_class=16, epochs=6, formats=["html"], device="cpu"
+    )
+
+
+def _sections_ok(result: RunResult) -> None:
+    bad = [(s.name, s.status, s.reason) for s in result.sections if s.status != "ok"]
+    assert bad == []
+
+
+def test_binary_report_speaks_the_one_logit_head(binary_run: RunResult) -> None:
+    out = binary_run.out_dir
+    _sections_ok(binary_run)
+    s = _summary(out)
+    assert s["model"]["task"] == "binary" and s["model"]["num_outputs"] == 1
+    assert s["model"]["num_classes"] == 2 and s["model"]["threshold"] == 0.5
+    rows = _rows(out)
+    y = np.array([int(r["label"]) for r in rows])
+    p = np.array([float(r["p_positive"]) for r in rows])
+    conf = np.array([float(r["confidence"]) for r in rows])
+    pred = np.array([int(r["prediction"]) for r in rows])
+    # No number from a softmax over one logit: confidences vary, predictions follow p ≥ 0.5.
+    assert conf.min() < 0.999 and not np.all(conf == 1.0)
+    assert (pred == (p >= 0.5)).all() and set(y.tolist()) == {0, 1}
+    np.testing.assert_allclose(conf, np.where(pred == 1, p, 1 - p), atol=1e-12)
+    m = s["metrics"]
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert m["average_precision"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    assert m["f1"] == pytest.approx(f1_score(y, pred), abs=1e-12)
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred), abs=1e-12)
+    assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - pred), abs=1e-12)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    table = {row["threshold"]: row for row in s["scores"]["thresholds"]}
+    assert table[0.3]["tp"] + table[0.3]["fp"] == int((p >= 0.3).sum())
+    with np.load(out / "arrays.npz") as arrays:
+        occ = arrays["occlusion_prob"]
+        assert (arrays["targets"] == 1).all()  # maps explain the positive logit
+    assert all(np.ptp(m_) > 1e-3 for m_ in occ)  # no flat occlusion map
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for text in ("ROC curve", "Threshold table", "positive class", "AUROC"):
+        assert text in html
+    assert "AUROC" in (out / "summary.md").read_text(encoding="utf-8")
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["plan"] == timings["passes"]
+
+
+def test_multilabel_report_explains_each_label(multilabel_run: RunResult) -> None:
+    out = multilabel_run.out_dir
+    _sections_ok(multilabel_run)
+    s = _summary(out)
+    assert s["model"]["task"] == "multilabel" and s["model"]["num_outputs"] == 3
+    rows = _rows(out)
+    names = [c[2:] for c in rows[0] if c.startswith("p:")]
+    assert names == ["even", "greater_than_4", "prime"]
+    truth = np.array([[n in r["labels"].split("|") for n in names] for r in rows])
+    predicted = np.array([[n in r["predicted"].split("|") for n in names] for r in rows])
+    probs = np.array([[float(r[f"p:{n}"]) for n in names] for r in rows])
+    assert (predicted == (probs >= 0.5)).all()
+    # The digit metadata says which labels each image has: the manifest was read right.
+    digits = np.array([int(r["meta:digit"]) for r in rows])
+    np.testing.assert_array_equal(truth[:, 0], digits % 2 == 0)
+    np.testing.assert_array_equal(truth[:, 2], np.isin(digits, [2, 3, 5, 7]))
+    m = s["metrics"]
+    assert m["accuracy"] is None  # a label set has no single accuracy
+    assert m["exact_match"] == pytest.approx(accuracy_score(truth, predicted))
+    assert m["hamming_loss"] == pytest.approx(hamming_loss(truth, predicted))
+    assert m["micro_f1"] == pytest.approx(f1_score(truth, predicted, average="micro"))
+    assert m["macro_auroc"] == pytest.approx(roc_auc_score(truth, probs, average="macro"))
+    assert m["worst_label_auroc"] == pytest.approx(
+        roc_auc_score(truth, probs, average=None).min()
+    )
+    per_label = {row["label"]: row for row in s["scores"]["labels"]}
+    assert per_label["prime"]["support"] == int(truth[:, 2].sum())
+    with np.load(out / "arrays.npz") as arrays:
+        ids, targets = arrays["image_ids"].tolist(), arrays["targets"].tolist()
+        occ = arrays["occlusion_prob"]
+        label_sets = arrays["label_sets"]
+    # Each query is explained for its labels (true ∪ predicted, at most 3), every row named.
+    by_image: dict[str, list[int]] = {}
+    for image, target in zip(ids, targets, strict=True):
+        by_image.setdefault(image, []).append(target)
+    assert len(by_image) == 8 and len(ids) > 8
+    for image, labels_explained in by_image.items():
+        row = next(r for r in rows if r["path"] == image)
+        wanted = {names.index(n) for n in (row["labels"] + "|" + row["predicted"]).split("|") if n}
+        assert set(labels_explained) <= (wanted or set(range(3)))
+    assert all(np.ptp(m_) > 1e-3 for m_ in occ)
+    assert label_sets.shape == (len(rows), 3)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for text in ("Per label over", "co-occurrence", "Jaccard", "greater_than_4"):
+        assert text in html
+
+
+def test_multilabel_queries_cover_every_label(multilabel_run: RunResult) -> None:
+    s = _summary(multilabel_run.out_dir)
+    rows = {r["path"]: r for r in _rows(multilabel_run.out_dir)}
+    covered = {n for q in s["data"]["queries"] for n in rows[q]["labels"].split("|") if n}
+    assert covered == {"even", "greater_than_4", "prime"}
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> dict[str, Path]:
+    images = write_image_folder(tmp_path / "images", {"neg": 4, "pos": 4}, size=32)
+    paths = {"images": images, "root": tmp_path}
+    for k in (1, 2, 3):
+        paths[f"w{k}"] = tmp_path / f"w{k}.pt"
+        torch.save(tiny_net(k).state_dict(), paths[f"w{k}"])
+    fast = tmp_path / "fast.yaml"
+    fast.write_text("preprocess: {resize: 32, crop: 32, pixel_size: 16}\nrun: {workers: 0}\n")
+    paths["cfg"] = fast
+    return paths
+
+
+def _run(models: dict[str, Path], weights: str, *extra: str) -> Any:
+    out = models["root"] / "out"
+    done = reportgen(
+        "run", "--config", str(models["cfg"]), "--model", TINY_ARCH, "--weights",
+        str(models[weights]), "--data", str(models["images"]), "--out", str(out), *SMALL, *extra,
+    )  # fmt: skip
+    assert not out.exists() or done.returncode != 2
+    return done
+
+
+@pytest.mark.parametrize(
+    ("weights", "extra", "needles"),
+    [
+        ("w1", ["--threshold", "1.5"], ["model.threshold", "between 0 and 1"]),
+        ("w1", ["--threshold", "0"], ["model.threshold"]),
+        ("w3", ["--task", "binary"], ["model.task: binary", "one output", "has 3"]),
+        ("w1", ["--task", "multiclass"], ["model.task: multiclass", "one (a sigmoid logit"]),
+        ("w3", ["--task", "multilabel"], ["multilabel", "data.manifest", "class folders"]),
+        ("w3", ["--fail-on", "auroc>=0.9"], ["'auroc>=0.9'", "binary model's metric"]),
+        ("w1", ["--fail-on", "macro_auroc>=0.9"], ["multilabel model's metric", "binary"]),
+    ],
+)
+def test_impossible_tasks_are_one_line_before_any_work(
+    models: dict[str, Path], weights: str, extra: list[str], needles: list[str]
+) -> None:
+    done = _run(models, weights, *extra)
+    assert_one_line_error(done, *needles)
+    assert not (models["root"] / "out").exists()
+
+
+def test_data_labels_of_a_binary_model_name_two_classes(models: dict[str, Path]) -> None:
+    bad = models["root"] / "labels.yaml"
+    bad.write_text(models["cfg"].read_text() + "data: {labels: [only]}\n")
+    out = models["root"] / "out"
+    done = reportgen(
+        "run", "--config", str(bad), "--model", TINY_ARCH, "--weights", str(models["w1"]),
+        "--data", str(models["images"]), "--out", str(out), *SMALL,
+    )  # fmt: skip
+    assert_one_line_error(done, "data.labels", "two classes", "negative class first")
+
+
+def test_label_sets_need_a_multilabel_task(models: dict[str, Path]) -> None:
+    root = models["root"]
+    manifest = root / "images" / "m.csv"
+    manifest.write_text(
+        "path,labels\nneg/neg_000.png,a|b\npos/pos_000.png,b\nneg/neg_001.png,\n",
+        encoding="utf-8",
+    )
+    out = root / "out"
+    args = ["run", "--config", str(models["cfg"]), "--model", TINY_ARCH, "--weights"]
+    done = reportgen(
+        *args, str(models["w3"]), "--manifest", str(manifest), "--task", "multiclass",
+        "--out", str(out), *SMALL,
+    )  # fmt: skip
+    assert_one_line_error(done, "data.manifest", "'labels' holds label sets", "model.task")
+    # auto: a manifest with label sets is multi-label; two label names, three outputs
+    done = reportgen(
+        *args, str(models["w3"]), "--manifest", str(manifest), "--out", str(out), *SMALL,
+        "--analyses", "audit,neighbors",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    s = _summary(out)
+    assert s["model"]["task"] == "multilabel"
+    assert "label-set column" in s["model"]["task_source"]
