@@ -35,7 +35,9 @@ def test_softmax_of_two_logits_is_the_sigmoid_of_their_difference() -> None:
     probabilities (to float64 rounding) and predictions."""
     binary = Head("binary")
     z = (LOGITS2[:, 1] - LOGITS2[:, 0])[:, None]
-    np.testing.assert_allclose(binary.probabilities(z), MULTICLASS.probabilities(LOGITS2), atol=1e-15)
+    np.testing.assert_allclose(
+        binary.probabilities(z), MULTICLASS.probabilities(LOGITS2), atol=1e-15
+    )
     assert (binary.predictions(z) == MULTICLASS.predictions(LOGITS2)).all()
     np.testing.assert_allclose(binary.confidence(z), MULTICLASS.confidence(LOGITS2), atol=1e-15)
     t = RNG.integers(0, 2, 50)

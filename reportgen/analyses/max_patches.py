@@ -435,7 +435,7 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
             height, width = next(iter(images.values())).shape[:2] if images else (0, 0)
             geometry_rows.append(self._geometry_row(name, st, rf, height, width))
             for ci, c in enumerate(chans):
-                labels = [ctx.label(q) for q in pos[ci] if q >= 0]
+                labels = [k for q in pos[ci] if q >= 0 for k in self._labels_of(ctx, q)]
                 channel_rows.append(
                     [
                         name,
@@ -519,6 +519,13 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
             f"{rf.offset[0]}" if same else f"{rf.offset[0]}, {rf.offset[1]}",
             f"{inside_r * inside_c} of {h * w} units",
         ]
+
+    @staticmethod
+    def _labels_of(ctx: AnalysisContext, position: int) -> list[int]:
+        """An image's label (single-label) or each of its labels (multi-label)."""
+        if ctx.pass_result.label_sets is not None:
+            return ctx.label_set(position)
+        return [ctx.label(position)]
 
     @staticmethod
     def _label_summary(ctx: AnalysisContext, labels: list[int]) -> str:

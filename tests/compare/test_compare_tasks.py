@@ -99,7 +99,9 @@ def test_multilabel_comparison_is_about_sets_and_names_the_label_that_lost() -> 
     assert s["labels"][0]["label"] == "b"  # the largest AUROC loss first
     for j, name in enumerate(["a", "b", "c", "d"]):
         y = truth[scored, j]
-        assert labels[name]["auroc"] == pytest.approx(roc_auc_score(y, new.probabilities[scored, j]))  # type: ignore[index]
+        assert labels[name]["auroc"] == pytest.approx(
+            roc_auc_score(y, new.probabilities[scored, j])
+        )  # type: ignore[index]
         decided_old = old.predicted_sets[scored, j] == y  # type: ignore[index]
         decided_new = new.predicted_sets[scored, j] == y  # type: ignore[index]
         assert labels[name]["negative_flips"] == int((decided_old & ~decided_new).sum())

@@ -432,9 +432,7 @@ def test_a_null_label_set_is_unlabelled_and_both_columns_are_refused(tmp_path: P
     )
     folder = scan_manifest(manifest_cfg(jsonl))
     assert [it.labels for it in folder.items] == [(0, 1), None]
-    both = write_rows(
-        tmp_path / "m.csv", [["path", "label", "labels"], ["x.png", "a", "a|b"]]
-    )
+    both = write_rows(tmp_path / "m.csv", [["path", "label", "labels"], ["x.png", "a", "a|b"]])
     with pytest.raises(DataError) as exc:
         scan_manifest(manifest_cfg(both))
     assert "'label' column" in input_error(exc, "m.csv")

@@ -66,13 +66,13 @@ def test_multilabel_scores_equal_scikit_learn(seed: int) -> None:
     assert got.hamming_loss == pytest.approx(hamming_loss(y, pred))
     assert got.micro.f1 == pytest.approx(f1_score(y, pred, average="micro"))
     assert got.macro_auroc == pytest.approx(roc_auc_score(y, p, average="macro"))
-    assert got.macro_average_precision == pytest.approx(average_precision_score(y, p, average="macro"))
+    assert got.macro_average_precision == pytest.approx(
+        average_precision_score(y, p, average="macro")
+    )
     per_label = roc_auc_score(y, p, average=None)
     assert [s.auroc for s in got.labels] == pytest.approx(list(per_label))
     assert got.worst_label_auroc == pytest.approx(per_label.min())
-    assert [s.counts.f1 for s in got.labels] == pytest.approx(
-        list(f1_score(y, pred, average=None))
-    )
+    assert [s.counts.f1 for s in got.labels] == pytest.approx(list(f1_score(y, pred, average=None)))
     assert [s.support for s in got.labels] == y.sum(axis=0).tolist()
     np.testing.assert_array_equal(got.co_occurrence, y.astype(int).T @ y.astype(int))
 

@@ -47,9 +47,7 @@ def binary_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 @pytest.fixture(scope="module")
 def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     out = tmp_path_factory.mktemp("multilabel")
-    return run_demo(
-        out, task="multilabel", per_class=16, epochs=6, formats=["html"], device="cpu"
-    )
+    return run_demo(out, task="multilabel", per_class=16, epochs=6, formats=["html"], device="cpu")
 
 
 def _sections_ok(result: RunResult) -> None:
@@ -115,9 +113,7 @@ def test_multilabel_report_explains_each_label(multilabel_run: RunResult) -> Non
     assert m["hamming_loss"] == pytest.approx(hamming_loss(truth, predicted))
     assert m["micro_f1"] == pytest.approx(f1_score(truth, predicted, average="micro"))
     assert m["macro_auroc"] == pytest.approx(roc_auc_score(truth, probs, average="macro"))
-    assert m["worst_label_auroc"] == pytest.approx(
-        roc_auc_score(truth, probs, average=None).min()
-    )
+    assert m["worst_label_auroc"] == pytest.approx(roc_auc_score(truth, probs, average=None).min())
     per_label = {row["label"]: row for row in s["scores"]["labels"]}
     assert per_label["prime"]["support"] == int(truth[:, 2].sum())
     with np.load(out / "arrays.npz") as arrays:
@@ -227,3 +223,111 @@ def test_label_sets_need_a_multilabel_task(models: dict[str, Path]) -> None:
     s = _summary(out)
     assert s["model"]["task"] == "multilabel"
     assert "label-set column" in s["model"]["task_source"]
+
+
+# --------------------------------------------------------------------------- model metadata
+
+
+def test_a_hugging_face_multi_label_model_is_read_as_one(tmp_path: Path) -> None:
+    from conftest import make_config
+    from hub_models import hf_model, hf_resnet_config, save_hf_folder
+
+    from reportgen.api import run_report
+
+    config = hf_resnet_config(3, {0: "cat", 1: "dog", 2: "fox"})
+    config.problem_type = "multi_label_classification"
+    folder = save_hf_folder(hf_model(config), tmp_path / "tagger")
+    images = write_image_folder(tmp_path / "images", {"cat": 3, "dog": 3}, size=32)
+    manifest = images / "tags.csv"
+    rows = [
+        f"{p.relative_to(images).as_posix()},{p.parent.name}|fox" for p in images.rglob("*.png")
+    ]
+    manifest.write_text("path,labels\n" + "\n".join(sorted(rows)) + "\n", encoding="utf-8")
+    cfg = make_config(
+        tmp_path,
+        {"model.arch": str(folder), "data.root": None, "data.manifest": str(manifest)},
+        analyses=["audit"],
+    )
+    result = run_report(cfg)
+    s = result.summary
+    assert s["model"]["task"] == "multilabel"
+    assert "problem_type multi_label_classification" in s["model"]["task_source"]
+    assert s["data"]["class_names"] == ["cat", "dog", "fox"]
+    # fox is on every image: no AUROC, left out of the macro average (and counted)
+    assert s["scores"]["macro_auroc_labels"] == 2 and s["metrics"]["macro_auroc"] is not None
+    fox = next(row for row in s["scores"]["labels"] if row["label"] == "fox")
+    assert fox["support"] == 6 and fox["auroc"] is None
+
+
+def test_a_one_output_model_named_by_its_metadata_is_binary(tmp_path: Path) -> None:
+    """A Hugging Face model with one output names its positive class: "not defect" / "defect"."""
+    from conftest import make_config
+    from hub_models import hf_model, hf_resnet_config, save_hf_folder
+
+    from reportgen.api import run_report
+
+    folder = save_hf_folder(hf_model(hf_resnet_config(1, {0: "defect"})), tmp_path / "qc")
+    write_image_folder(tmp_path / "images", {"a": 3, "b": 3}, size=32, flat=True)
+    cfg = make_config(tmp_path, {"model.arch": str(folder)}, analyses=["audit", "occlusion"])
+    result = run_report(cfg)
+    s = result.summary
+    assert s["model"]["task"] == "binary" and "one output" in s["model"]["task_source"]
+    assert s["data"]["class_names"] == ["not defect", "defect"]
+    assert [x["status"] for x in s["sections"]] == ["ok", "ok"]
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def test_a_multilabel_baseline_in_the_run_equals_reportgen_compare(
+    multilabel_run: RunResult, tmp_path: Path
+) -> None:
+    """A second multi-label model (the demo's with a nudged last layer) against the demo's:
+    the baseline inside a run and ``reportgen compare`` on the two folders give the same
+    per-label numbers, and the per-label flips are the hand count from the predictions."""
+    from reportgen.compare.folders import read_report_folder
+    from reportgen.compare.matching import compare_folders
+    from reportgen.compare.metrics import compare_summary
+
+    demo = multilabel_run.out_dir
+    state = torch.load(demo / "model.pt", weights_only=True)
+    state["classifier.3.bias"] = state["classifier.3.bias"] + torch.tensor([0.0, 2.0, -1.5])
+    torch.save(state, tmp_path / "new.pt")
+    out = tmp_path / "new"
+    done = reportgen(
+        "run", "--config", str(demo / "config.yaml"), "--weights", str(tmp_path / "new.pt"),
+        "--baseline-weights", str(demo / "model.pt"), "--analyses", "audit", "--out", str(out),
+        "--fail-on", "compare.worst_label_auroc_delta>=-0.5", *SMALL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    in_run = _summary(out)["compare"]
+    assert in_run["task"] == "multilabel"
+    folders = compare_summary(compare_folders(demo, out))
+    for key in ("labels", "macro_auroc_delta", "negative_flips", "accuracy_delta", "ece"):
+        assert folders[key] == in_run[key], key
+    old, new = read_report_folder(demo).predictions, read_report_folder(out).predictions
+    assert old.label_sets is not None and new.predicted_sets is not None
+    truth = new.label_sets > 0  # type: ignore[operator]
+    by_label = {row["label"]: row for row in in_run["labels"]}
+    for j, name in enumerate(new.class_names):
+        right_old = old.predicted_sets[:, j] == truth[:, j]  # type: ignore[index]
+        right_new = new.predicted_sets[:, j] == truth[:, j]
+        assert by_label[name]["negative_flips"] == int((right_old & ~right_new).sum())
+    # The shifted biases move the decisions on labels 1 and 2 only.
+    assert by_label["even"]["negative_flips"] == 0 and by_label["even"]["positive_flips"] == 0
+    assert by_label["greater_than_4"]["negative_flips"] > 0
+    # reportgen history over the two releases trends the task's own headline metrics and
+    # shows per-label recall.
+    hist = tmp_path / "history"
+    done = reportgen("history", str(demo), str(out), "--out", str(hist), "--format", "html")
+    assert done.returncode == 0, done.stderr
+    h = _summary(hist)["history"]
+    trended = [t["key"] for t in h["headlines"]]
+    assert trended[:4] == ["macro_auroc", "micro_f1", "exact_match", "hamming_loss"]
+    recall = h["per_class_recall"]
+    assert recall["classes"] == ["even", "greater_than_4", "prime"]
+    for release, ps in enumerate((old, new)):
+        for j in range(3):
+            has = ps.label_sets[:, j] > 0  # type: ignore[index]
+            hits = (ps.predicted_sets[:, j] & has).sum()  # type: ignore[index]
+            assert recall["recall"][release][j] == pytest.approx(hits / has.sum())

@@ -109,7 +109,7 @@ def test_multilabel_file_has_label_sets_and_one_probability_column_per_label(
         (f"x/4.png,{sha(3)},,,1,1.5,0.1,0.1,A", "p:cat 1.5 is not a probability"),
         (f"x/4.png,{sha(3)},,,1,nan,0.1,0.1,A", "p:cat nan is not a probability"),
         (f"x/1.png,{sha(3)},,,1,0.1,0.1,0.1,A", "listed twice"),
-        (f"x/4.png,nothex,,,1,0.1,0.1,0.1,A", "sha256 'nothex'"),
+        ("x/4.png,nothex,,,1,0.1,0.1,0.1,A", "sha256 'nothex'"),
     ],
 )
 def test_multilabel_reader_names_line_and_problem(tmp_path: Path, row: str, message: str) -> None:
