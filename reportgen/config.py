@@ -88,7 +88,8 @@ class DataConfig:
     """Class names in model-output order: a text file (one per line) or a list."""
     max_images: int | None = None
     queries: int | list[str] = 8
-    """How many query images (chosen across classes), or a list of paths relative to ``root``."""
+    """How many query images (chosen across classes), or a list of paths relative to ``root``.
+    For a multi-label model the count is of explained rows (image, label)."""
     max_labels_per_query: int = 3
     """Multi-label models: the labels each query image is explained for (its true and predicted
     labels, the most probable first), at most this many."""

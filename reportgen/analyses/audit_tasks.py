@@ -148,7 +148,7 @@ def co_occurrence_figure(true: np.ndarray, predicted: np.ndarray, names: list[st
     predictions (K×K counts; the diagonal is each label's count)."""
     k = true.shape[0]
     size = float(np.clip(0.35 * k + 2.2, 3.2, 6.5))
-    fig = new_figure(2 * size + 0.8, size)
+    fig = new_figure(2 * size + 0.8, size + 1.2)  # room for titles and rotated names
     axes = fig.subplots(1, 2)
     top = max(1, int(true.max()), int(predicted.max()))
     artist = None

@@ -157,6 +157,8 @@ class AnalysisContext:
     meaningless, and the per-image sections explain the prediction."""
     max_labels_per_query: int = 3
     """Multi-label models: labels explained per query image (``data.max_labels_per_query``)."""
+    max_query_rows: int | None = None
+    """Multi-label models: explained rows in all (``data.queries`` as a count; None: a list)."""
     forward_batch: int = 16
     """Images per forward-only pass in the perturbation sections (measured: ``run.memory_format``)."""
     backward_batch: int = 8
@@ -315,24 +317,18 @@ class AnalysisContext:
         """(position, explained class) of every row the per-image sections explain.
 
         Single-label: one row per query (:meth:`targets`). Multi-label: per query its true and
-        predicted labels, the most probable first, at most ``max_labels_per_query`` (an image
-        with neither: its most probable label), so every panel names the label it explains."""
+        predicted labels, the most probable first, at most ``max_labels_per_query``
+        (:meth:`PassResult.explained_labels`), so every panel names the label it explains; at
+        most ``max_query_rows`` rows in all (``data.queries`` as a count), so a multi-label
+        report costs what a multiclass one with the same ``data.queries`` does."""
         res = self.pass_result
         if res.head.single_label:
             targets = self.targets(self.queries).cpu().tolist() if self.queries else []
             return list(zip(self.queries, targets, strict=True))
-        rows: list[Row] = []
-        probs = res.probabilities().cpu()
-        predicted = res.predicted_sets.cpu()
-        sets = res.label_sets
-        for p in self.queries:
-            wanted = predicted[p].clone()
-            if sets is not None and bool(res.labelled_rows[p]):
-                wanted |= sets[p] > 0
-            order = torch.argsort(probs[p], descending=True, stable=True).tolist()
-            chosen = [k for k in order if bool(wanted[k])][: self.max_labels_per_query]
-            rows += [(p, k) for k in chosen or order[:1]]
-        return rows
+        rows = [
+            (p, k) for p in self.queries for k in res.explained_labels(p, self.max_labels_per_query)
+        ]
+        return rows if self.max_query_rows is None else rows[: self.max_query_rows]
 
     def query_batch(self) -> QueryBatch:
         """The query rows' images and targets, read once per run and shared by the analyses."""

@@ -113,6 +113,17 @@ class PassResult:
         labels = self.labels
         return (labels >= 0) & (labels < self.num_classes) & self.finite.cpu()
 
+    def explained_labels(self, position: int, cap: int) -> list[int]:
+        """A multi-label image's labels its per-image maps explain: its true and predicted
+        labels, the most probable first, at most ``cap`` (with neither: its most probable)."""
+        probs = self.head.probabilities(self.logits[position : position + 1].float())[0].cpu()
+        wanted = self.predicted_sets[position].cpu().clone()
+        if self.label_sets is not None and bool(self.labelled_rows[position]):
+            wanted |= self.label_sets[position] > 0
+        order = torch.argsort(probs, descending=True, stable=True).tolist()
+        chosen = [k for k in order if bool(wanted[k])][:cap]
+        return chosen or order[:1]
+
     def task_scores(self) -> BinaryScores | MultilabelScores | None:
         """A binary or multi-label model's scores on the scored images (AUROC, AP, F1 ...),
         from the float64 probabilities predictions.csv holds; None for a multiclass model or

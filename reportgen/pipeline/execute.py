@@ -254,7 +254,9 @@ class Pipeline:
         self._check_accuracy(pass_result, folder)
         self._tell()
 
-        queries = select_queries(pass_result, folder, cfg.data.queries, cfg.run.seed)
+        queries = select_queries(
+            pass_result, folder, cfg.data.queries, cfg.run.seed, cfg.data.max_labels_per_query
+        )
         context = AnalysisContext(
             model=model,
             folder=folder,
@@ -271,6 +273,7 @@ class Pipeline:
             token_layout=layout,
             labels_are_model_classes=self._classes_trusted,
             max_labels_per_query=cfg.data.max_labels_per_query,
+            max_query_rows=cfg.data.queries if isinstance(cfg.data.queries, int) else None,
             forward_batch=self.throughput.forward_batch,
             backward_batch=self.throughput.backward_batch,
         )

@@ -12,13 +12,18 @@ from reportgen.loading.folders import DataFolder
 
 
 def select_queries(
-    result: PassResult, folder: DataFolder, spec: int | list[str], seed: int
+    result: PassResult,
+    folder: DataFolder,
+    spec: int | list[str],
+    seed: int,
+    labels_per_query: int = 3,
 ) -> list[int]:
     """Query images (positions among readable images), deterministic for a seed.
 
     A count picks round-robin across classes (a seeded shuffle within each class) — for label
     sets, across labels (an image is picked once, for the first label it comes up for; images
-    with none of the labels form one more group); unlabelled data gets evenly spaced images. A
+    with none of the labels form one more group), until the images' explained labels (at most
+    ``labels_per_query`` each) fill ``spec`` rows; unlabelled data gets evenly spaced images. A
     list names images by their path relative to the data root.
     """
     if isinstance(spec, list):
@@ -50,7 +55,8 @@ def select_queries(
         known = (sets >= 0).all(dim=1).numpy() & finite
         members = [np.flatnonzero(has[:, k]) for k in range(has.shape[1])]
         members.append(np.flatnonzero(known & ~has.any(axis=1)))  # none of the labels
-        return _round_robin([rng.permutation(m).tolist() for m in members if m.size], count)
+        order = _round_robin([rng.permutation(m).tolist() for m in members if m.size], count)
+        return _fill_rows(result, order, count, labels_per_query)
     if folder.labelled:
         groups = {
             c: rng.permutation(np.flatnonzero((labels == c) & finite)).tolist()
@@ -65,7 +71,24 @@ def select_queries(
             depth += 1
         return picks
     usable = np.flatnonzero(finite)
-    return usable[np.linspace(0, len(usable) - 1, count).round().astype(int)].tolist()
+    spaced = usable[np.linspace(0, len(usable) - 1, count).round().astype(int)].tolist()
+    if not result.head.single_label:
+        return _fill_rows(result, spaced, count, labels_per_query)
+    return spaced
+
+
+def _fill_rows(result: PassResult, order: list[int], count: int, per_image: int) -> list[int]:
+    """The first images of ``order`` whose explained labels fill ``count`` rows (multi-label:
+    ``data.queries`` counts explained rows, so the per-image sections cost what they cost for a
+    single-label model)."""
+    chosen: list[int] = []
+    rows = 0
+    for p in order:
+        if rows >= count:
+            break
+        chosen.append(p)
+        rows += len(result.explained_labels(p, per_image))
+    return chosen
 
 
 def _round_robin(groups: list[list[int]], count: int) -> list[int]:
