@@ -116,8 +116,9 @@ class PassResult:
     def explained_labels(self, position: int, cap: int) -> list[int]:
         """A multi-label image's labels its per-image maps explain: its true and predicted
         labels, the most probable first, at most ``cap`` (with neither: its most probable)."""
-        probs = self.head.probabilities(self.logits[position : position + 1].float())[0].cpu()
-        wanted = self.predicted_sets[position].cpu().clone()
+        row = self.logits[position : position + 1].float()
+        probs = self.head.probabilities(row)[0].cpu()
+        wanted = self.head.predictions(row)[0].cpu().clone()
         if self.label_sets is not None and bool(self.labelled_rows[position]):
             wanted |= self.label_sets[position] > 0
         order = torch.argsort(probs, descending=True, stable=True).tolist()
