@@ -26,7 +26,8 @@ from conftest import make_config
 from reportgen.api import run_report
 base, out = Path(sys.argv[1]), sys.argv[2]
 run_report(make_config(base, {"model.weights": str(base / "tiny.pt"),
-                              "output.formats": ["html", "pdf"], "output.dir": out}))
+                              "output.formats": ["html", "pdf"], "output.dir": out,
+                              "analyses.slices.min_size": 5}))
 """
 
 
@@ -48,6 +49,7 @@ def test_two_runs_are_byte_identical(tmp_path: Path) -> None:
                 "model.weights": str(base / "tiny.pt"),
                 "output.formats": ["html", "pdf"],
                 "output.dir": str(first),
+                "analyses.slices.min_size": 5,  # 17 images: the clusters are tested too
             },
         )
     )
