@@ -20,7 +20,16 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["report", "occlusion", "tsne", "knn", "memory", "baseline", "attribution_checks"]
+BENCHMARKS = [
+    "report",
+    "occlusion",
+    "tsne",
+    "knn",
+    "memory",
+    "baseline",
+    "attribution_checks",
+    "discovery",
+]
 
 
 def machine(device: str) -> str:

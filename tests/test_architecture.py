@@ -4,6 +4,7 @@ registry line gets validated parameters, a layer check before the pass, a sectio
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -276,7 +277,7 @@ def test_toy_analysis_gets_a_section_metric_and_checks(
     logits = np.load(out / "arrays.npz")["logits"]
     assert summary["metrics"]["toy_mean_logit"] == pytest.approx(2.0 * float(logits.mean()))
     assert np.load(out / "arrays.npz")["toy"].tolist() == [summary["metrics"]["toy_mean_logit"]]
-    assert [s["name"] for s in summary["sections"]][-2:] == ["audit", "toy"]
+    assert [s["name"] for s in summary["sections"]][-2:] == ["slices", "toy"]
     html = (out / "report.html").read_text()
     assert 'id="section-toy"' in html and "toy mean logit" in html
     assert "toy mean logit" in (out / "summary.md").read_text()
@@ -309,6 +310,36 @@ def test_undeclared_metric_fails_the_section(
     cfg = make_config(tmp_path, {"model.weights": str(tiny_weights)}, analyses=["loose"])
     (section,) = run_report(cfg).sections
     assert section.status == "failed" and "not_declared" in (section.reason or "")
+
+
+def test_an_analysis_needing_metadata_is_left_out_quietly_without_it(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Needs(metadata=True)`` on data without metadata columns: not a skipped section in every
+    folder report, but left out, and listed in summary.json's ``run.left_out``."""
+
+    class NeedsMetadata(ToyAnalysis):
+        name = "by_site"
+        needs = Needs(metadata=True)
+        metrics = ()
+
+        def run(self, ctx: AnalysisContext, p: ToyParams) -> Result:
+            raise AssertionError("ran without metadata")
+
+    monkeypatch.setitem(reportgen.analyses.REGISTRY, "by_site", NeedsMetadata)
+    write_image_folder(tmp_path / "images")
+    cfg = make_config(tmp_path, {"model.weights": str(tiny_weights)})
+    cfg = dataclasses.replace(
+        cfg,
+        analyses={
+            n: dataclasses.replace(a, enabled=n in ("by_site", "filters"))
+            for n, a in cfg.analyses.items()
+        },
+    )
+    result = run_report(cfg)
+    assert result.exit_code == 0
+    assert [s.name for s in result.sections] == ["filters"]
+    assert result.summary["run"]["left_out"] == {"by_site": "the data has no metadata columns"}
 
 
 # --------------------------------------------------------------------------- a fake pass result

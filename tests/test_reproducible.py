@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import TESTS, make_config, write_image_folder
 
+import reportgen
 from reportgen.api import run_report
 
 OUTPUTS = ["report.html", "report.pdf", "summary.json", "summary.md"]
@@ -26,14 +27,19 @@ from conftest import make_config
 from reportgen.api import run_report
 base, out = Path(sys.argv[1]), sys.argv[2]
 run_report(make_config(base, {"model.weights": str(base / "tiny.pt"),
-                              "output.formats": ["html", "pdf"], "output.dir": out}))
+                              "output.formats": ["html", "pdf"], "output.dir": out,
+                              "analyses.slices.min_size": 5}))
 """
 
 
 @pytest.mark.slow
-def test_two_runs_are_byte_identical(tmp_path: Path) -> None:
+def test_two_runs_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from tiny_models import tiny_net
+
+    # Both runs share a measured-batch cache of their own: another test of the same tiny model
+    # running beside this one (pytest -n 2) must not measure and overwrite it between them.
+    monkeypatch.setenv("REPORTGEN_CACHE_DIR", str(tmp_path / "cache"))
 
     base = tmp_path / "shared"
     write_image_folder(base / "images")
@@ -48,11 +54,14 @@ def test_two_runs_are_byte_identical(tmp_path: Path) -> None:
                 "model.weights": str(base / "tiny.pt"),
                 "output.formats": ["html", "pdf"],
                 "output.dir": str(first),
+                "analyses.slices.min_size": 5,  # 17 images: the clusters are tested too
             },
         )
     )
     second = tmp_path / "second run, elsewhere"
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(TESTS)}
+    # The reportgen under test, not whichever one the environment installed (a worktree).
+    source = Path(reportgen.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": f"{TESTS}{os.pathsep}{source}"}
     subprocess.run(
         [sys.executable, "-c", SECOND_RUN, str(base), str(second)],
         check=True,

@@ -12,7 +12,8 @@ from reportgen.api import run_report
 
 def test_tiny_report_end_to_end(tmp_path: Path, tiny_weights: Path) -> None:
     write_image_folder(tmp_path / "images")
-    cfg = make_config(tmp_path, {"model.weights": str(tiny_weights)})
+    # 18 images: clusters of 5 are tested, so the slices section's discovery runs too.
+    cfg = make_config(tmp_path, {"model.weights": str(tiny_weights), "analyses.slices.min_size": 5})
     result = run_report(cfg)
     assert result.exit_code == 0, [(s.name, s.status, s.reason) for s in result.sections]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

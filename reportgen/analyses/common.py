@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
     from reportgen.methods.vit import TokenLayout
 
+TSNE_MAP = "embedding.tsne"
+"""Key under which the embedding section shares its t-SNE map (N×2, by pass position) with later
+sections (:meth:`~reportgen.contract.AnalysisContext.share_array`): the slices section outlines
+its failing clusters on the very map the reader saw."""
+
 
 def pixel_vectors(pixels: torch.Tensor) -> torch.Tensor:
     """N×C×s×s uint8 -> N×(C·s·s) float in [0, 1]."""

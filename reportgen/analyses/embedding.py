@@ -10,6 +10,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
 
 from reportgen import methods
+from reportgen.analyses.common import TSNE_MAP
 from reportgen.contract import Analysis, Metric, Needs, Result, SkipSection
 from reportgen.methods.native_tsne import NativeCrash, fit_isolated
 from reportgen.params import AnalysisParams, at_least, between, positive, rule
@@ -265,6 +266,7 @@ class EmbeddingAnalysis(Analysis[EmbeddingParams]):
             res.features, tsne2, p.trustworthiness_k, p.trustworthiness_max_points, seed, ctx.device
         )
         arrays = {"tsne": tsne2.astype(np.float32)}
+        ctx.share_array(TSNE_MAP, arrays["tsne"])
         metrics = {"tsne_trustworthiness": trust, "tsne_backend": backend}
 
         colour_by, names, legend, coloured = self._colours(ctx, p)

@@ -1,4 +1,4 @@
-"""Where does the model fail? Accuracy per subgroup of the metadata columns.
+"""Where does the model fail? Accuracy per declared subgroup, and failing clusters discovered.
 
 Declared slices come from the data's metadata columns (a manifest's or dataset's extra columns):
 every column with 2–``max_values`` distinct values, numeric columns with more cut into quantile
@@ -7,6 +7,11 @@ interval, the gap to the rest of the data and a two-sided Fisher exact test of i
 are Holm-corrected over every slice tested (those of at least ``min_size`` images), and a slice
 is *flagged* when its corrected p is below ``alpha`` and it does worse than the rest. Smaller
 slices are listed, never ranked worst.
+
+Discovered slices need no metadata: clusters of the penultimate features
+(:mod:`reportgen.methods.discovery`), tested the same way in a Holm family of their own and
+presented by :mod:`reportgen.analyses.slices_discovered`. Which images count and what an error
+is are decided in one place, :func:`outcomes`, for both parts.
 """
 
 from __future__ import annotations
@@ -19,23 +24,28 @@ import numpy as np
 from PIL import Image
 
 from reportgen import loading, methods
+from reportgen.analyses.slices_discovered import DISCOVERED_METRICS, discovered_part
 from reportgen.contract import Analysis, Cost, Metric, Needs, Result, SkipSection
 from reportgen.errors import ReportgenError
 from reportgen.methods.slicing import SliceStats, holm, slice_columns, slice_stats
 from reportgen.params import AnalysisParams, between, in_range, rule
 from reportgen.report.figures import colormap, figure_to_picture, new_figure
-from reportgen.report.section import Figure, Picture, Table, Text, Thumb
+from reportgen.report.section import Block, Figure, Picture, Table, Text, Thumb
 from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
     from reportgen.contract import AnalysisContext, PassResult
 
 HOW_TO_READ = (
-    "Each row is a subgroup of the images named by a metadata column (a site, a scanner, an "
-    "age band). The interval is where the subgroup's accuracy plausibly lies given its size; "
-    "the gap compares it with every other image, and the corrected p-value (Holm, over all the "
-    "subgroups tested) says whether the gap is larger than chance. A flagged subgroup is one "
-    "the model serves significantly worse: look at its mistakes before shipping."
+    "Two ways of finding images the model serves worse. Declared subgroups are named by a "
+    "metadata column (a site, a scanner, an age band); discovered clusters are groups of images "
+    "that lie together in the model's own feature space, found without any column and without "
+    "looking at which images are wrong. Each is compared with every other image: the interval "
+    "is where its accuracy plausibly lies given its size, the gap is its accuracy minus the "
+    "rest's, and the corrected p-value (Holm, over the subgroups tested, and separately over "
+    "the clusters tested) says whether the gap is larger than chance. A flagged subgroup is one "
+    "the model serves significantly worse: look at its mistakes before shipping. A flagged "
+    "cluster is a hypothesis: look at its images and name what they share before acting on it."
 )
 
 
@@ -54,8 +64,18 @@ class SlicesParams(AnalysisParams):
     alpha: float = field(default=0.05, metadata=rule(in_range(0, 1, lo_open=True, hi_open=True)))
     """Family-wise error rate of the flags (Holm)."""
     show: int = field(default=8, metadata=rule(between(0, 50)))
-    """Most confident mistakes shown per flagged slice."""
+    """Most confident mistakes shown per flagged slice (and typical members per flagged cluster)."""
     thumb_size: int = field(default=72, metadata=rule(between(16, 256)))
+    discover: bool = True
+    """Also look for failing clusters in the penultimate features (no metadata needed)."""
+    clusters: int = field(default=0, metadata=rule(between(0, 1000)))
+    """k-means clusters; 0 = one per 50 scored images, at least 2 and at most 64."""
+    pca_dims: int = field(default=32, metadata=rule(between(2, 512)))
+    """Principal components of the features the clusters are made in."""
+    min_gap: float = field(default=0.1, metadata=rule(in_range(0, 1)))
+    """A flagged cluster is at least this much less accurate than the rest and than the images of
+    its classes elsewhere (errors gather at class boundaries, so a cluster a few points worse is
+    no slice; one hard class is the per-class recall's finding)."""
 
 
 def declared_slices(
@@ -192,25 +212,30 @@ def _record(s: SliceStats) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, eq=False)
-class Prepared:
-    """What both the cost plan and the section need: the subgroups and the scored images."""
+class Outcomes:
+    """Which images count and whether the model got each right."""
 
-    slices: list[SliceStats]
-    columns: dict[str, list[str]]
-    """Column -> one slice value per scored image."""
-    notes: list[str]
     positions: np.ndarray
     """Pass positions of the scored images."""
     correct: np.ndarray
+    """Per scored image: the model's answer is right."""
+    labels: np.ndarray
+    """Per scored image: its true class (multi-label: the index of its label set among
+    :attr:`class_names`)."""
     conf: np.ndarray
-    """Confidence of every image of the pass (by pass position)."""
+    """Confidence of every image of the pass (by pass position), to rank mistakes."""
+    class_names: list[str]
+    """What :attr:`labels` index: the classes, or the label sets ("even | prime", "none")."""
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
 
 
 def right_or_wrong(res: PassResult) -> np.ndarray:
     """Per image: was the model right? The prediction equals the label (multiclass, binary at
     the threshold), or the predicted label set equals the true one (multi-label: exact match)."""
     if res.head.single_label:
-        return (res.predictions.cpu().numpy() == res.labels.cpu().numpy()).astype(bool)
+        return np.asarray(res.predictions.cpu().numpy() == res.labels.cpu().numpy())
     assert res.label_sets is not None
     return ((res.label_sets > 0) == res.predicted_sets.cpu()).all(dim=1).numpy()
 
@@ -222,6 +247,29 @@ def confidence(res: PassResult) -> np.ndarray:
         return res.confidence().cpu().numpy()
     probs = res.probabilities().cpu()
     return torch.maximum(probs, 1 - probs).mean(dim=1).numpy()
+
+
+def outcomes(ctx: AnalysisContext) -> Outcomes:
+    """The one place both parts learn which images are scored and what an error is: labelled
+    (with a class the model outputs, or a known label set) and finite outputs; right when the
+    prediction is the label (multiclass; binary at the threshold) or the predicted label set is
+    the true one (multi-label). A multi-label image's "class", for the class mix of a cluster,
+    is its label set. Raises SkipSection when nothing is scored."""
+    res = ctx.pass_result
+    scored = res.scored().cpu().numpy()
+    if not ctx.labels_are_model_classes or not scored.any():
+        raise SkipSection("no labelled image the model can be right or wrong about")
+    positions = np.nonzero(scored)[0]
+    correct = right_or_wrong(res)[positions]
+    if res.head.single_label:
+        labels = res.labels.cpu().numpy()[positions]
+        names = [ctx.class_name(c) for c in range(int(labels.max()) + 1)]
+    else:
+        sets = [ctx.label_text(int(q)) for q in positions]
+        names = sorted(set(sets))
+        index = {name: i for i, name in enumerate(names)}
+        labels = np.array([index[t] for t in sets], dtype=np.int64)
+    return Outcomes(positions, correct, labels, confidence(res), names)
 
 
 def mistaken_targets(ctx: AnalysisContext, positions: list[int]) -> list[int]:
@@ -237,55 +285,180 @@ def mistaken_targets(ctx: AnalysisContext, positions: list[int]) -> list[int]:
     return margin.argmax(dim=1).tolist()
 
 
+NO_METADATA = "the data has no metadata columns"
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """What both the cost plan and the section need: the scored images and the subgroups."""
+
+    outcomes: Outcomes
+    slices: list[SliceStats]
+    """Declared subgroups (empty when there are none)."""
+    columns: dict[str, list[str]]
+    """Column -> one slice value per scored image."""
+    notes: list[str]
+    absent: str | None = None
+    """Why there are no declared subgroups (None when there are)."""
+
+
 def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
-    """The subgroups of the scored images. Raises SkipSection with the reason."""
+    """The scored images and their declared subgroups. Raises SkipSection with the reason."""
     folder = ctx.folder
-    if not folder.metadata:
-        raise SkipSection(
-            "the data has no metadata columns: give a manifest (--manifest) or dataset with "
-            "columns such as site or scanner to see accuracy per subgroup"
+    o = outcomes(ctx)
+    unknown = [c for c in p.columns or [] if c not in folder.metadata]
+    if unknown:
+        reason = (
+            f"analyses.slices.columns names {', '.join(unknown)}, not a metadata column "
+            f"(the data has {', '.join(folder.metadata_columns) or 'none'})"
         )
-    if p.columns is not None:
-        unknown = [c for c in p.columns if c not in folder.metadata]
-        if unknown:
-            raise SkipSection(
-                f"analyses.slices.columns names {', '.join(unknown)}, not a metadata column "
-                f"(the data has {', '.join(folder.metadata_columns)})"
-            )
+        return Prepared(o, [], {}, [], reason)
+    if not folder.metadata:
+        return Prepared(o, [], {}, [], NO_METADATA)
     res = ctx.pass_result
-    scored = res.scored().cpu().numpy()
-    if not ctx.labels_are_model_classes or not scored.any():
-        raise SkipSection("no labelled image the model can be right or wrong about")
-    positions = np.nonzero(scored)[0]
-    correct = right_or_wrong(res)[positions]
-    rows = [folder.items[res.item_index[int(q)]] for q in positions]
+    rows = [folder.items[res.item_index[int(q)]] for q in o.positions]
     metadata = {
         c: [v[it.row] if it.row >= 0 else "" for it in rows] for c, v in folder.metadata.items()
     }
     columns, notes = slice_columns(metadata, p.columns, max_values=p.max_values, bins=p.bins)
     if not columns:
-        raise SkipSection(
-            "no metadata column has between 2 and max_values values: " + "; ".join(notes)
+        reason = "no metadata column has between 2 and max_values values: " + "; ".join(notes)
+        return Prepared(o, [], {}, notes, reason)
+    return Prepared(o, declared_slices(columns, o.correct, p), columns, notes)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"
+
+
+def _declared_blocks(ctx: AnalysisContext, sp: Prepared, p: SlicesParams) -> list[Block]:
+    """The declared part: the lead, the forest plot, the table and the flagged subgroups'
+    confident mistakes with their Grad-CAM."""
+    slices, o = sp.slices, sp.outcomes
+    overall = float(o.correct.mean())
+    flagged = [s for s in slices if s.flagged]
+    tested = sum(1 for s in slices if s.p_holm is not None)
+    blocks: list[Block] = []
+    if flagged:
+        worst = flagged[0]
+        blocks.append(
+            Text(
+                f"{len(flagged)} subgroup(s) significantly worse than the rest (Holm over "
+                f"{tested} tested, alpha {p.alpha:g}); the worst: {worst.column} = "
+                f"{worst.value or '(empty)'} at {100 * worst.accuracy:.1f} % on {worst.n} images "
+                f"vs {100 * (worst.rest_accuracy or 0):.1f} % elsewhere.",
+                "warning",
+            )
         )
-    conf = confidence(res)
-    return Prepared(declared_slices(columns, correct, p), columns, notes, positions, correct, conf)
+    else:
+        blocks.append(
+            Text(
+                f"No subgroup is significantly worse than the rest (Holm over {tested} tested, "
+                f"alpha {p.alpha:g}); subgroups under {p.min_size} images are listed, not tested.",
+                "note",
+            )
+        )
+    blocks.append(
+        Figure(
+            forest_figure(slices, overall),
+            caption=f"Accuracy per subgroup with its Wilson 95 % interval (red: flagged; gray: under {p.min_size} images, not tested){'; the 30 lowest of ' + str(len(slices)) if len(slices) > 30 else ''}.",
+            alt="Forest plot of subgroup accuracy",
+        )
+    )
+    blocks.append(
+        Table(
+            caption="Subgroups, worst first (gap: the subgroup's accuracy minus the rest's)",
+            columns=[
+                "column",
+                "value",
+                "images",
+                "accuracy",
+                "95 % interval",
+                "rest",
+                "gap",
+                "p (Holm)",
+                "flag",
+            ],
+            rows=[
+                [
+                    s.column,
+                    s.value or "(empty)",
+                    s.n,
+                    _pct(s.accuracy),
+                    "n/a" if s.ci95 is None else f"{100 * s.ci95[0]:.1f}–{100 * s.ci95[1]:.1f} %",
+                    _pct(s.rest_accuracy),
+                    "n/a" if s.gap is None else f"{100 * s.gap:+.1f} pp",
+                    "not tested" if s.p_holm is None else s.p_holm,
+                    "worse" if s.flagged else "",
+                ]
+                for s in slices[:60]
+            ],
+        )
+    )
+    if sp.notes:
+        blocks.append(Text("Columns not sliced: " + "; ".join(sp.notes) + ".", "note"))
+    for s, order in _mistakes(flagged, sp.columns, o.positions, o.correct, o.conf, p.show):
+        note = ""
+        try:
+            if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
+                raise methods.attribution.NotApplicable("the model does not take layer hooks")
+            images = gradcam_overlays(ctx, order, mistaken_targets(ctx, order), p.thumb_size)
+            note = (
+                ", with the Grad-CAM of the (wrong) predicted class laid over each"
+                if ctx.head.single_label
+                else ", with the Grad-CAM of the most confidently wrong label laid over each"
+            )
+        except (methods.attribution.NotApplicable, ReportgenError) as exc:  # or a changed file
+            images = ctx.display_images(order, p.thumb_size)
+            note = f" (Grad-CAM not shown: {exc})"
+        blocks.append(
+            Table(
+                caption=f"{s.column} = {s.value or '(empty)'}: its most confident mistakes{note}",
+                columns=[f"#{k + 1}" for k in range(len(order))],
+                rows=[
+                    [
+                        Thumb(
+                            Picture(img, kind="photo"),
+                            label=f"{ctx.label_text(q)} → {ctx.prediction_text(q)} ({o.conf[q]:.2f})",
+                            alt=ctx.relpath(q),
+                        )
+                        for q, img in zip(order, images, strict=True)
+                    ]
+                ],
+            )
+        )
+    return blocks
+
+
+def _declared_lead(flagged: list[SliceStats]) -> list[str]:
+    if not flagged:
+        return []
+    s = flagged[0]
+    return [
+        f"subgroup {s.column} = {s.value or '(empty)'}: accuracy {100 * s.accuracy:.1f} % on "
+        f"{s.n} images vs {100 * (s.rest_accuracy or 0):.1f} % on the rest (Holm-corrected "
+        f"p {s.p_holm:.2g}); {len(flagged)} subgroup(s) significantly worse — see 'Where does "
+        "the model fail?'"
+    ]
 
 
 class SlicesAnalysis(Analysis[SlicesParams]):
     name = "slices"
-    title = "Where does the model fail? Accuracy per subgroup"
+    title = "Where does the model fail? Subgroups and failing clusters"
     Params = SlicesParams
-    needs = Needs(metadata=True)
+    needs = Needs()  # declared subgroups need metadata, discovered ones features: each says why not
     metrics = (
         Metric("slices_worst_accuracy", "worst subgroup accuracy", kind="percent"),
         Metric("slices_max_gap", "largest subgroup gap to the rest", kind="percent"),
         Metric("slices_flagged", "subgroups significantly worse", headline=True, kind="count"),
+        *DISCOVERED_METRICS,
     )
     order = 95
 
     def cost(self, ctx: AnalysisContext, p: SlicesParams) -> Cost:
-        """One forward+backward per mistake shown with its Grad-CAM (the flagged subgroups'
-        most confident mistakes; none when nothing is flagged), and the layer probe."""
+        """One forward+backward per declared subgroup mistake shown with its Grad-CAM (the
+        flagged subgroups' most confident mistakes; none when nothing is flagged), and the layer
+        probe. Discovery runs no model pass (its thumbnails are re-read images)."""
         try:
             sp = prepare(ctx, p)
         except SkipSection:
@@ -293,11 +466,10 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
             return Cost()
         flagged = [s for s in sp.slices if s.flagged]
+        o = sp.outcomes
         shown = [
             order
-            for _, order in _mistakes(
-                flagged, sp.columns, sp.positions, sp.correct, sp.conf, p.show
-            )
+            for _, order in _mistakes(flagged, sp.columns, o.positions, o.correct, o.conf, p.show)
         ]
         n = sum(len(order) for order in shown)
         # One forward+backward per image; a CNN's last spatial layer is found by a one-image
@@ -307,139 +479,47 @@ class SlicesAnalysis(Analysis[SlicesParams]):
 
     def run(self, ctx: AnalysisContext, p: SlicesParams) -> Result:
         sp = prepare(ctx, p)
-        slices, columns, positions, correct, conf = (
-            sp.slices,
-            sp.columns,
-            sp.positions,
-            sp.correct,
-            sp.conf,
-        )
-        notes = sp.notes
-        overall = float(correct.mean())
+        found = discovered_part(ctx, sp.outcomes, sp.columns, p)
+        if sp.absent and found.absent:
+            raise SkipSection(f"{sp.absent}, and {found.absent}")
+        slices = sp.slices
         ranked = [s for s in slices if s.ranked]
         flagged = [s for s in slices if s.flagged]
-        metrics = {
+        metrics: dict[str, Any] = {
             "slices_worst_accuracy": min((s.accuracy for s in ranked), default=None),
             "slices_max_gap": max(
                 (-(s.gap or 0) for s in ranked if s.gap is not None), default=None
             ),
-            "slices_flagged": len(flagged),
+            "slices_flagged": None if sp.absent else len(flagged),
+            **found.metrics,
         }
         section = self.section(HOW_TO_READ)
-        tested = sum(1 for s in slices if s.p_holm is not None)
-        if flagged:
-            worst = flagged[0]
-            section.add(
-                Text(
-                    f"{len(flagged)} subgroup(s) significantly worse than the rest (Holm over "
-                    f"{tested} tested, alpha {p.alpha:g}); the worst: {worst.column} = "
-                    f"{worst.value or '(empty)'} at {100 * worst.accuracy:.1f} % on {worst.n} images "
-                    f"vs {100 * (worst.rest_accuracy or 0):.1f} % elsewhere.",
-                    "warning",
-                )
+        section.add(Text("Declared subgroups (metadata columns)", "paragraph"))
+        if sp.absent:
+            hint = (
+                " Give a manifest (--manifest) or a dataset with columns such as site or scanner "
+                "to see accuracy per subgroup."
+                if sp.absent == NO_METADATA
+                else ""
             )
+            section.add(Text(f"Not shown: {sp.absent}.{hint}", "note"))
         else:
-            section.add(
-                Text(
-                    f"No subgroup is significantly worse than the rest (Holm over {tested} tested, "
-                    f"alpha {p.alpha:g}); subgroups under {p.min_size} images are listed, not tested.",
-                    "note",
-                )
-            )
-        section.add(
-            Figure(
-                forest_figure(slices, overall),
-                caption=f"Accuracy per subgroup with its Wilson 95 % interval (red: flagged; gray: under {p.min_size} images, not tested){'; the 30 lowest of ' + str(len(slices)) if len(slices) > 30 else ''}.",
-                alt="Forest plot of subgroup accuracy",
-            )
-        )
-
-        def pct(v: float | None) -> str:
-            return "n/a" if v is None else f"{100 * v:.1f} %"
-
-        section.add(
-            Table(
-                caption="Subgroups, worst first (gap: the subgroup's accuracy minus the rest's)",
-                columns=[
-                    "column",
-                    "value",
-                    "images",
-                    "accuracy",
-                    "95 % interval",
-                    "rest",
-                    "gap",
-                    "p (Holm)",
-                    "flag",
-                ],
-                rows=[
-                    [
-                        s.column,
-                        s.value or "(empty)",
-                        s.n,
-                        pct(s.accuracy),
-                        "n/a"
-                        if s.ci95 is None
-                        else f"{100 * s.ci95[0]:.1f}–{100 * s.ci95[1]:.1f} %",
-                        pct(s.rest_accuracy),
-                        "n/a" if s.gap is None else f"{100 * s.gap:+.1f} pp",
-                        "not tested" if s.p_holm is None else s.p_holm,
-                        "worse" if s.flagged else "",
-                    ]
-                    for s in slices[:60]
-                ],
-            )
-        )
-        if notes:
-            section.add(Text("Columns not sliced: " + "; ".join(notes) + ".", "note"))
-        galleries = _mistakes(flagged, columns, positions, correct, conf, p.show)
-        for s, order in galleries:
-            note = ""
-            try:
-                if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
-                    raise methods.attribution.NotApplicable("the model does not take layer hooks")
-                images = gradcam_overlays(ctx, order, mistaken_targets(ctx, order), p.thumb_size)
-                note = (
-                    ", with the Grad-CAM of the (wrong) predicted class laid over each"
-                    if ctx.head.single_label
-                    else ", with the Grad-CAM of the most confidently wrong label laid over each"
-                )
-            except (methods.attribution.NotApplicable, ReportgenError) as exc:  # or a changed file
-                images = ctx.display_images(order, p.thumb_size)
-                note = f" (Grad-CAM not shown: {exc})"
-            section.add(
-                Table(
-                    caption=f"{s.column} = {s.value or '(empty)'}: its most confident mistakes{note}",
-                    columns=[f"#{k + 1}" for k in range(len(order))],
-                    rows=[
-                        [
-                            Thumb(
-                                Picture(img, kind="photo"),
-                                label=f"{ctx.label_text(q)} → {ctx.prediction_text(q)} ({conf[q]:.2f})",
-                                alt=ctx.relpath(q),
-                            )
-                            for q, img in zip(order, images, strict=True)
-                        ]
-                    ],
-                )
-            )
-        lead = (
-            [
-                f"subgroup {flagged[0].column} = {flagged[0].value or '(empty)'}: accuracy "
-                f"{100 * flagged[0].accuracy:.1f} % on {flagged[0].n} images vs "
-                f"{100 * (flagged[0].rest_accuracy or 0):.1f} % on the rest (Holm-corrected "
-                f"p {flagged[0].p_holm:.2g}); {len(flagged)} subgroup(s) significantly worse — "
-                "see 'Where does the model fail?'"
-            ]
-            if flagged
-            else []
-        )
+            section.add(*_declared_blocks(ctx, sp, p))
+        section.add(Text("Discovered clusters (penultimate features)", "paragraph"))
+        section.add(*found.blocks)
+        record: dict[str, Any] = {
+            "declared": [_record(s) for s in slices],
+            "discovered": found.record,
+            "alpha": p.alpha,
+            "min_size": p.min_size,
+            "discovery": found.info,
+        }
+        if sp.absent:
+            record["declared_absent"] = sp.absent
         return Result(
             section,
-            warnings=lead,
+            arrays=found.arrays,
+            warnings=_declared_lead(flagged) + found.warnings,
             metrics=metrics,
-            record={
-                "declared": [_record(s) for s in slices],
-                "alpha": p.alpha,
-                "min_size": p.min_size,
-            },
+            record=record,
         )

@@ -166,6 +166,7 @@ class AnalysisContext:
     progress: Callable[..., Iterator[Any]] = _no_progress
     _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
     _maps: _MapStore = field(default_factory=_MapStore, repr=False)
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ images and labels
 
@@ -391,6 +392,19 @@ class AnalysisContext:
         if any(r not in index for r in rows):
             return None
         return entry[1][[index[r] for r in rows]]
+
+    # ------------------------------------------------------------------ shared arrays
+
+    def share_array(self, key: str, array: np.ndarray) -> None:
+        """Offer a per-image array (one row per pass position, e.g. the embedding's t-SNE map)
+        to later analyses, which draw on it instead of computing their own. No model pass
+        depends on it, so the cost plan needs no promise: an analysis that finds none (the
+        sharing one disabled, skipped or failed) falls back to its own and says so."""
+        self._arrays[key] = array
+
+    def shared_array(self, key: str) -> np.ndarray | None:
+        """The array an earlier analysis shared under ``key``, or None."""
+        return self._arrays.get(key)
 
     # ------------------------------------------------------------------ the model
 

@@ -254,9 +254,7 @@ class Pipeline:
         self._check_accuracy(pass_result, folder)
         self._tell()
 
-        queries = select_queries(
-            pass_result, folder, cfg.data.queries, cfg.run.seed, cfg.data.max_labels_per_query
-        )
+        queries = select_queries(pass_result, folder, cfg.data, cfg.run.seed)
         context = AnalysisContext(
             model=model,
             folder=folder,

@@ -6,26 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
+from reportgen.config import DataConfig
 from reportgen.contract import PassResult
 from reportgen.errors import ConfigError, did_you_mean
 from reportgen.loading.folders import DataFolder
 
 
 def select_queries(
-    result: PassResult,
-    folder: DataFolder,
-    spec: int | list[str],
-    seed: int,
-    labels_per_query: int = 3,
+    result: PassResult, folder: DataFolder, data: DataConfig, seed: int
 ) -> list[int]:
     """Query images (positions among readable images), deterministic for a seed.
 
-    A count picks round-robin across classes (a seeded shuffle within each class) — for label
-    sets, across labels (an image is picked once, for the first label it comes up for; images
-    with none of the labels form one more group), until the images' explained labels (at most
-    ``labels_per_query`` each) fill ``spec`` rows; unlabelled data gets evenly spaced images. A
-    list names images by their path relative to the data root.
+    ``data.queries`` as a count picks round-robin across classes (a seeded shuffle within each
+    class) — for label sets, across labels (an image is picked once, for the first label it
+    comes up for; images with none of the labels form one more group), until the images'
+    explained labels (at most ``data.max_labels_per_query`` each) fill that many rows;
+    unlabelled data gets evenly spaced images. A list names images by their path relative to
+    the data root.
     """
+    spec, labels_per_query = data.queries, data.max_labels_per_query
     if isinstance(spec, list):
         by_path = {folder.items[i].relpath: pos for pos, i in enumerate(result.item_index)}
         skipped = {p for p, _ in result.skipped}

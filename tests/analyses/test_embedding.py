@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_config, make_context, write_image_folder
 
+from reportgen.analyses.common import TSNE_MAP
 from reportgen.analyses.embedding import (
     EmbeddingAnalysis,
     EmbeddingParams,
@@ -80,6 +81,7 @@ def test_section_records_trustworthiness_and_tsne_array(tmp_path: Path, tiny_wei
     trust = result.metrics["tsne_trustworthiness"]
     assert isinstance(trust, float) and 0.5 < trust <= 1.0
     assert result.arrays["tsne"].shape == (24, 2)
+    assert ctx.shared_array(TSNE_MAP) is result.arrays["tsne"]  # for the slices section's map
     figures = [b for b in section.blocks if isinstance(b, Figure)]
     assert len(figures) == 2  # scatter + image map
     grid = int(np.ceil(np.sqrt(24)))

@@ -1,22 +1,27 @@
-"""The slices analysis: per-subgroup numbers against a pandas group-by on predictions.csv, Holm
-against a hand loop, and a planted failing subgroup (a fifth of the digits colour-inverted, on
-which the demo model fails) found as the worst and only flagged slice; no false alarm."""
+"""The slices analysis: per-subgroup and per-cluster numbers against a pandas group-by on
+predictions.csv, Holm against a hand loop, and a planted failing subgroup (a fifth of the digits
+colour-inverted, on which the demo model fails) found as the worst and only flagged slice, both
+from a metadata column and — without the column — as the one failing cluster of the features;
+no false alarm on the plain digits."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_context
 from PIL import Image
 from scipy.stats import fisher_exact
 
+from reportgen.analyses.common import TSNE_MAP
+from reportgen.analyses.slices import SlicesAnalysis
 from reportgen.api import load_config, run_report
 from reportgen.demo import prepare_demo
 from reportgen.methods.slicing import holm, quantile_bins, wilson
+from reportgen.report.section import Figure
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +42,12 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"{f.name},{f.parent.name},{'yes' if inverted else 'no'},{site},{int(rng.integers(20, 90))}"
         )
     (root / "val.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    bare = [",".join(row.split(",")[:2]) for row in rows]  # path,label: no metadata
+    (root / "bare.csv").write_text("\n".join(bare) + "\n", encoding="utf-8")
     return root
 
 
-def _run(root: Path, name: str, **over: object) -> dict:
+def _run(root: Path, name: str, analyses: list[str] | None = None, **over: object) -> dict:
     cfg = load_config(
         root / "demo" / "config.yaml",
         {
@@ -49,7 +56,7 @@ def _run(root: Path, name: str, **over: object) -> dict:
             "run.quiet": True,
             **over,
         },
-        analyses=["slices"],
+        analyses=analyses or ["slices"],
     )
     result = run_report(cfg)
     assert result.exit_code == 0
@@ -108,8 +115,16 @@ def test_the_planted_subgroup_is_the_worst_and_only_flag(planted: Path) -> None:
     timings = json.loads((planted / "declared" / "timings.json").read_text(encoding="utf-8"))
     assert timings["plan"]["slices"] == timings["passes"]["slices"] == {"forward": 1, "backward": 8}
     # The report leads with it: a run warning ("Read this first") and a summary card.
-    assert any(w.startswith("subgroup inverted = yes: accuracy") for w in s["warnings"])
+    assert s["warnings"][0].startswith("subgroup inverted = yes: accuracy")
     assert html.index("subgroup inverted = yes") < html.index('id="section-slices"')
+    # Discovery finds the same images as a cluster and names the column over-represented in it.
+    assert s["metrics"]["slices_discovered_flagged"] == 1
+    top = s["slices"]["discovered"][0]
+    assert top["id"] == "D1" and top["flagged"]
+    over = top["over_represented"][0]
+    assert (over["column"], over["value"]) == ("inverted", "yes") and over["share"] >= 0.8
+    assert s["warnings"][1].startswith("failing cluster D1 found in feature space")
+    assert "most over-represented: inverted = yes" in s["warnings"][1]
 
 
 def test_a_gate_on_slice_metrics_exits_3(planted: Path) -> None:
@@ -129,28 +144,21 @@ def test_a_gate_on_slice_metrics_exits_3(planted: Path) -> None:
 
 
 def test_no_false_alarm_without_a_failing_subgroup(planted: Path) -> None:
-    # The plain demo folder: no metadata. Named (--analyses slices): skipped with the reason;
-    # in a default run it is left out quietly, not a skipped section in every folder report.
+    # The plain demo folder: no metadata, so no declared part (said in one line); discovery runs
+    # and flags nothing, so nothing leads the report.
     s = _run(planted, "plain")
     sec = next(x for x in s["sections"] if x["name"] == "slices")
-    assert sec["status"] == "skipped" and "no metadata columns" in sec["reason"]
+    assert sec["status"] == "ok"
+    assert s["slices"]["declared"] == [] and "no metadata columns" in s["slices"]["declared_absent"]
     assert s["metrics"]["slices_flagged"] is None and s["warnings"] == []
-    cfg = load_config(
-        planted / "demo" / "config.yaml",
-        {"output.dir": str(planted / "default"), "output.formats": ["html"], "run.quiet": True},
-        analyses=None,
-    )
-    cfg = dataclasses.replace(
-        cfg,
-        analyses={
-            n: dataclasses.replace(a, enabled=n in ("slices", "filters"))
-            for n, a in cfg.analyses.items()
-        },
-    )
-    assert run_report(cfg).exit_code == 0
-    s = json.loads((planted / "default" / "summary.json").read_text(encoding="utf-8"))
-    assert [x["name"] for x in s["sections"]] == ["filters"]
-    assert s["run"]["left_out"] == {"slices": "the data has no metadata columns"}
+    assert s["metrics"]["slices_discovered_flagged"] == 0
+    assert s["slices"]["discovered"] and not any(x["flagged"] for x in s["slices"]["discovered"])
+    assert s["run"]["left_out"] == {}
+    html = (planted / "plain" / "report.html").read_text(encoding="utf-8")
+    assert "Not shown: the data has no metadata columns" in html
+    assert "No cluster is significantly and at least 10 points worse" in html
+    timings = json.loads((planted / "plain" / "timings.json").read_text(encoding="utf-8"))
+    assert timings["plan"]["slices"] == timings["passes"]["slices"] == {"forward": 0, "backward": 0}
     # Metadata without a failing subgroup (random sites on the uninverted images) flags nothing.
     lines = (planted / "val.csv").read_text(encoding="utf-8").splitlines()
     kept = [lines[0]] + [ln for ln in lines[1:] if ",no," in ln]
@@ -166,6 +174,105 @@ def test_no_false_alarm_without_a_failing_subgroup(planted: Path) -> None:
     )
     assert s["metrics"]["slices_flagged"] == 0
     assert not any(x["flagged"] for x in s["slices"]["declared"])
+    assert s["metrics"]["slices_discovered_flagged"] == 0
+
+
+def test_discovery_finds_the_planted_slice_without_the_column(planted: Path) -> None:
+    """The inverted fifth, with no column naming it, is the top-ranked and only flagged
+    cluster (precision ≥ 0.8, recall ≥ 0.5), and the report leads with it."""
+    data = {"data.manifest": str(planted / "bare.csv"), "data.root": str(planted / "flat")}
+    s = _run(planted, "bare", **data)
+    found = s["slices"]["discovered"]
+    assert [x["flagged"] for x in found].count(True) == 1 and found[0]["flagged"]
+    assert s["metrics"]["slices_discovered_flagged"] == 1
+    assert s["metrics"]["slices_flagged"] is None  # no metadata: no declared subgroups
+    arrays = np.load(planted / "bare" / "arrays.npz", allow_pickle=False)
+    members = np.isin(arrays["slices_clusters"], found[0]["clusters"])
+    inverted = np.array([i % 5 == 0 for i in range(len(members))])  # the fixture's rows, in order
+    assert list(arrays["dataset_ids"]) == sorted(arrays["dataset_ids"])
+    precision = inverted[members].mean()
+    recall = (inverted & members).sum() / inverted.sum()
+    assert precision >= 0.8 and recall >= 0.5, (precision, recall)
+    # The report leads with it: "Read this first" and the summary card, before the section.
+    assert s["warnings"][0].startswith("failing cluster D1 found in feature space")
+    html = (planted / "bare" / "report.html").read_text(encoding="utf-8")
+    card = html.index("failing clusters found in feature space")
+    assert html.index("failing cluster D1 found") < card < html.index('id="section-slices"')
+    assert "a hypothesis for a person to name" in html
+    assert "the first two principal components of the scored images" in html  # no t-SNE ran
+    # With the embedding section's t-SNE map shared, the outline is drawn on it.
+    cfg = load_config(
+        planted / "demo" / "config.yaml",
+        {"output.dir": str(planted / "unused"), "run.quiet": True, **data},
+        analyses=["embedding", "slices"],
+    )
+    ctx = make_context(cfg)
+    tsne = np.random.default_rng(0).normal(size=(len(members), 2)).astype(np.float32)
+    ctx.share_array(TSNE_MAP, tsne)
+    result = SlicesAnalysis().run(ctx, cfg.analyses["slices"])  # type: ignore[arg-type]
+    assert result.record is not None
+    assert result.record["discovered"][0]["clusters"] == found[0]["clusters"]
+    captions = [b.caption for b in result.section.blocks if isinstance(b, Figure)]
+    assert len(captions) == 1 and "t-SNE map of every image" in captions[0]
+    # A gate on it exits 3.
+    cfg = load_config(
+        planted / "demo" / "config.yaml",
+        {
+            "output.dir": str(planted / "bare-gated"),
+            "output.formats": ["html"],
+            "run.quiet": True,
+            **data,
+        },
+        analyses=["slices"],
+        extra_gates=["slices_discovered_flagged==0"],
+    )
+    assert run_report(cfg).exit_code == 3
+
+
+def test_discovered_numbers_against_a_group_by(planted: Path) -> None:
+    """Each discovered cluster's numbers from predictions.csv and arrays.npz, here: size,
+    accuracy, rest, Wilson interval, Fisher p, Holm over the clusters tested (a joined slice
+    carries its clusters' largest), and the accuracy its class mix predicts (a hand loop)."""
+    if not (planted / "bare" / "summary.json").exists():
+        _run(
+            planted,
+            "bare",
+            **{"data.manifest": str(planted / "bare.csv"), "data.root": str(planted / "flat")},
+        )
+    s = json.loads((planted / "bare" / "summary.json").read_text(encoding="utf-8"))
+    df = pd.read_csv(planted / "bare" / "predictions.csv", keep_default_na=False)
+    cluster = np.load(planted / "bare" / "arrays.npz", allow_pickle=False)["slices_clusters"]
+    df["cluster"] = cluster
+    correct = df["correct"].astype(int)
+    min_size = s["slices"]["min_size"]
+    pvalues = {}
+    for c, group in df.groupby("cluster"):
+        if len(group) >= min_size:
+            k, n = int(correct[group.index].sum()), len(group)
+            rk, rn = int(correct.sum()) - k, len(df) - n
+            pvalues[c] = fisher_exact([[k, n - k], [rk, rn - rk]]).pvalue
+    holm_ref = dict(zip(pvalues, holm(list(pvalues.values())), strict=True))
+    assert s["slices"]["discovery"]["tested"] == len(pvalues)
+    assert sorted(c for x in s["slices"]["discovered"] for c in x["clusters"]) == sorted(
+        set(cluster.tolist())
+    )
+    for x in s["slices"]["discovered"]:
+        member = df["cluster"].isin(x["clusters"])
+        k, n = int(correct[member].sum()), int(member.sum())
+        rk, rn = int(correct[~member].sum()), int((~member).sum())
+        assert x["n"] == n and x["correct"] == k
+        assert x["accuracy"] == pytest.approx(k / n, abs=1e-12)
+        assert x["rest_accuracy"] == pytest.approx(rk / rn, abs=1e-12)
+        assert x["ci95"] == pytest.approx(list(wilson(k, n)))  # type: ignore[arg-type]
+        assert x["p"] == pytest.approx(fisher_exact([[k, n - k], [rk, rn - rk]]).pvalue)
+        if x["p_holm"] is not None:
+            assert x["p_holm"] == pytest.approx(max(holm_ref[c] for c in x["clusters"]))
+        expected = 0.0
+        for label, group in df[member].groupby("label"):
+            elsewhere = correct[~member & (df["label"] == label)]
+            acc = elsewhere.mean() if len(elsewhere) else correct[group.index].mean()
+            expected += len(group) * acc
+        assert x["expected_accuracy"] == pytest.approx(expected / n, abs=1e-12)
 
 
 def test_compare_says_which_subgroup_a_change_hurt(planted: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ FAST = {
     "analyses.embedding.perplexity": 4,
     "analyses.max_patches.k": 3,
     "analyses.max_patches.channels_per_layer": 4,
+    "analyses.slices.min_size": 5,  # 15 images: clusters of 5 are tested, so discovery runs
 }
 
 

@@ -20,7 +20,10 @@ def test_planned_passes_are_the_passes_the_sections_make(tmp_path: Path) -> None
     attribution checks' plan leaves out the maps saliency and occlusion share with it."""
     write_image_folder(tmp_path / "images")
     torch.save(tiny_net(3).state_dict(), tmp_path / "tiny.pt")
-    cfg = make_config(tmp_path, {"model.weights": str(tmp_path / "tiny.pt")})
+    # 18 images: clusters of 5 are tested, so the slices section runs (and plans no pass).
+    cfg = make_config(
+        tmp_path, {"model.weights": str(tmp_path / "tiny.pt"), "analyses.slices.min_size": 5}
+    )
     result = run_report(cfg)
     assert all(s.status == "ok" for s in result.sections), [
         (s.name, s.reason) for s in result.sections if s.status != "ok"
