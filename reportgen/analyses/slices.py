@@ -27,7 +27,14 @@ from reportgen import loading, methods
 from reportgen.analyses.slices_discovered import DISCOVERED_METRICS, discovered_part
 from reportgen.contract import Analysis, Cost, Metric, Needs, Result, SkipSection
 from reportgen.errors import ReportgenError
-from reportgen.methods.slicing import SliceStats, holm, slice_columns, slice_stats
+from reportgen.methods.slicing import (
+    SliceStats,
+    TaskScores,
+    holm,
+    slice_columns,
+    slice_stats,
+    slice_task_metrics,
+)
 from reportgen.params import AnalysisParams, between, in_range, rule
 from reportgen.report.figures import colormap, figure_to_picture, new_figure
 from reportgen.report.section import Block, Figure, Picture, Table, Text, Thumb
@@ -78,11 +85,21 @@ class SlicesParams(AnalysisParams):
     no slice; one hard class is the per-class recall's finding)."""
 
 
+SliceKey = tuple[str, str]
+
+
 def declared_slices(
-    columns: dict[str, list[str]], correct: np.ndarray, p: SlicesParams
-) -> list[SliceStats]:
-    """Every slice's numbers, the tested ones Holm-corrected, flagged, worst first."""
+    columns: dict[str, list[str]],
+    correct: np.ndarray,
+    p: SlicesParams,
+    scores: TaskScores | None = None,
+    seed: int = 0,
+) -> tuple[list[SliceStats], dict[SliceKey, dict[str, Any]]]:
+    """Every slice's numbers, the tested ones Holm-corrected, flagged, worst first; and for a
+    binary or multi-label model each slice's task metrics ((column, value) -> AUROC and F1, or
+    macro AUROC, with seeded bootstrap intervals)."""
     found: list[SliceStats] = []
+    extra: dict[SliceKey, dict[str, Any]] = {}
     groups: list[tuple[str, np.ndarray]] = [
         (c, np.array(v, dtype=object)) for c, v in columns.items()
     ]
@@ -97,6 +114,9 @@ def declared_slices(
     for column, values in groups:
         for value in sorted(set(values.tolist())):
             found.append(slice_stats(column, value, values == value, correct))
+            if scores is not None:
+                key = [seed, len(found)]
+                extra[(column, value)] = slice_task_metrics(scores, values == value, key)
     tested = [i for i, s in enumerate(found) if s.n >= p.min_size and s.p is not None]
     adjusted = holm([found[i].p for i in tested])  # type: ignore[misc]
     out = list(found)
@@ -108,7 +128,7 @@ def declared_slices(
     for i, s in enumerate(out):
         if s.n < p.min_size:
             out[i] = SliceStats(**{**s.__dict__, "ranked": False})
-    return sorted(out, key=lambda s: (not s.ranked, s.accuracy, s.column, s.value))
+    return sorted(out, key=lambda s: (not s.ranked, s.accuracy, s.column, s.value)), extra
 
 
 def forest_figure(slices: list[SliceStats], overall: float) -> Picture:
@@ -195,8 +215,9 @@ def gradcam_overlays(
     return out
 
 
-def _record(s: SliceStats) -> dict[str, Any]:
+def _record(s: SliceStats, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
+        **(extra or {}),
         "column": s.column,
         "value": s.value,
         "n": s.n,
@@ -226,6 +247,9 @@ class Outcomes:
     """Confidence of every image of the pass (by pass position), to rank mistakes."""
     class_names: list[str]
     """What :attr:`labels` index: the classes, or the label sets ("even | prime", "none")."""
+    scores: TaskScores | None = None
+    """A binary or multi-label model's truth and probabilities per scored image (the slices'
+    AUROC and F1)."""
 
     def class_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
@@ -261,15 +285,23 @@ def outcomes(ctx: AnalysisContext) -> Outcomes:
         raise SkipSection("no labelled image the model can be right or wrong about")
     positions = np.nonzero(scored)[0]
     correct = right_or_wrong(res)[positions]
+    z = res.logits.float().cpu().numpy()[positions]
+    probs, predicted = res.head.probabilities(z), res.head.predictions(z)
+    scores = None
     if res.head.single_label:
         labels = res.labels.cpu().numpy()[positions]
         names = [ctx.class_name(c) for c in range(int(labels.max()) + 1)]
+        if res.head.task == "binary":
+            scores = TaskScores("binary", labels, probs[:, 1], predicted)
     else:
+        assert res.label_sets is not None
         sets = [ctx.label_text(int(q)) for q in positions]
         names = sorted(set(sets))
         index = {name: i for i, name in enumerate(names)}
         labels = np.array([index[t] for t in sets], dtype=np.int64)
-    return Outcomes(positions, correct, labels, confidence(res), names)
+        truth = res.label_sets.numpy()[positions] > 0
+        scores = TaskScores("multilabel", truth, probs, predicted)
+    return Outcomes(positions, correct, labels, confidence(res), names, scores)
 
 
 def mistaken_targets(ctx: AnalysisContext, positions: list[int]) -> list[int]:
@@ -300,6 +332,8 @@ class Prepared:
     notes: list[str]
     absent: str | None = None
     """Why there are no declared subgroups (None when there are)."""
+    task_metrics: dict[SliceKey, dict[str, Any]] = field(default_factory=dict)
+    """(column, value) -> the subgroup's AUROC and F1 (binary) or macro AUROC (multi-label)."""
 
 
 def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
@@ -324,7 +358,8 @@ def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
     if not columns:
         reason = "no metadata column has between 2 and max_values values: " + "; ".join(notes)
         return Prepared(o, [], {}, notes, reason)
-    return Prepared(o, declared_slices(columns, o.correct, p), columns, notes)
+    slices, extra = declared_slices(columns, o.correct, p, o.scores, ctx.seed)
+    return Prepared(o, slices, columns, notes, task_metrics=extra)
 
 
 def _pct(v: float | None) -> str:
@@ -365,36 +400,7 @@ def _declared_blocks(ctx: AnalysisContext, sp: Prepared, p: SlicesParams) -> lis
             alt="Forest plot of subgroup accuracy",
         )
     )
-    blocks.append(
-        Table(
-            caption="Subgroups, worst first (gap: the subgroup's accuracy minus the rest's)",
-            columns=[
-                "column",
-                "value",
-                "images",
-                "accuracy",
-                "95 % interval",
-                "rest",
-                "gap",
-                "p (Holm)",
-                "flag",
-            ],
-            rows=[
-                [
-                    s.column,
-                    s.value or "(empty)",
-                    s.n,
-                    _pct(s.accuracy),
-                    "n/a" if s.ci95 is None else f"{100 * s.ci95[0]:.1f}–{100 * s.ci95[1]:.1f} %",
-                    _pct(s.rest_accuracy),
-                    "n/a" if s.gap is None else f"{100 * s.gap:+.1f} pp",
-                    "not tested" if s.p_holm is None else s.p_holm,
-                    "worse" if s.flagged else "",
-                ]
-                for s in slices[:60]
-            ],
-        )
-    )
+    blocks.append(_declared_table(slices, sp.task_metrics, o))
     if sp.notes:
         blocks.append(Text("Columns not sliced: " + "; ".join(sp.notes) + ".", "note"))
     for s, order in _mistakes(flagged, sp.columns, o.positions, o.correct, o.conf, p.show):
@@ -430,6 +436,69 @@ def _declared_blocks(ctx: AnalysisContext, sp: Prepared, p: SlicesParams) -> lis
     return blocks
 
 
+def _interval(values: list[float] | None) -> str:
+    return "" if values is None else f" ({values[0]:.3f}–{values[1]:.3f})"
+
+
+def _declared_table(
+    slices: list[SliceStats], extra: dict[SliceKey, dict[str, Any]], o: Outcomes
+) -> Table:
+    """The subgroups, worst first; a binary model's AUROC and F1, a multi-label model's macro
+    AUROC beside the accuracy."""
+    task = o.scores.task if o.scores is not None else None
+    columns = ["column", "value", "images", "accuracy", "95 % interval", "rest", "gap"]
+    if task == "binary":
+        columns += ["AUROC (95 % CI)", "F1"]
+    elif task == "multilabel":
+        columns += ["macro AUROC (95 % CI)"]
+    rows: list[list[Any]] = []
+    for s in slices[:60]:
+        m = extra.get((s.column, s.value), {})
+        row: list[Any] = [
+            s.column,
+            s.value or "(empty)",
+            s.n,
+            _pct(s.accuracy),
+            "n/a" if s.ci95 is None else f"{100 * s.ci95[0]:.1f}–{100 * s.ci95[1]:.1f} %",
+            _pct(s.rest_accuracy),
+            "n/a" if s.gap is None else f"{100 * s.gap:+.1f} pp",
+        ]
+        if task == "binary":
+            auc = m.get("auroc")
+            row += [
+                "n/a" if auc is None else f"{auc:.3f}{_interval(m.get('auroc_ci95'))}",
+                "n/a" if m.get("f1") is None else f"{m['f1']:.3f}",
+            ]
+        elif task == "multilabel":
+            auc = m.get("macro_auroc")
+            row += ["n/a" if auc is None else f"{auc:.3f}{_interval(m.get('macro_auroc_ci95'))}"]
+        rows.append(
+            [*row, "not tested" if s.p_holm is None else s.p_holm, "worse" if s.flagged else ""]
+        )
+    what = {
+        "binary": " (accuracy at the threshold; AUROC with a seeded bootstrap interval)",
+        "multilabel": " (accuracy: the exact match of the label sets; macro AUROC with a seeded "
+        "bootstrap interval)",
+    }.get(task or "", "")
+    return Table(
+        caption="Subgroups, worst first (gap: the subgroup's accuracy minus the rest's)" + what,
+        columns=[*columns, "p (Holm)", "flag"],
+        rows=rows,
+    )
+
+
+def _worst_auroc(slices: list[SliceStats], extra: dict[SliceKey, dict[str, Any]]) -> float | None:
+    """The lowest subgroup AUROC (macro for multi-label) among the subgroups tested."""
+    values = [
+        v
+        for s in slices
+        if s.ranked
+        for key in ("auroc", "macro_auroc")
+        if (v := extra.get((s.column, s.value), {}).get(key)) is not None
+    ]
+    return min(values) if values else None
+
+
 def _declared_lead(flagged: list[SliceStats]) -> list[str]:
     if not flagged:
         return []
@@ -451,6 +520,7 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         Metric("slices_worst_accuracy", "worst subgroup accuracy", kind="percent"),
         Metric("slices_max_gap", "largest subgroup gap to the rest", kind="percent"),
         Metric("slices_flagged", "subgroups significantly worse", headline=True, kind="count"),
+        Metric("slices_worst_auroc", "worst subgroup AUROC (macro for multi-label)"),
         *DISCOVERED_METRICS,
     )
     order = 95
@@ -491,6 +561,7 @@ class SlicesAnalysis(Analysis[SlicesParams]):
                 (-(s.gap or 0) for s in ranked if s.gap is not None), default=None
             ),
             "slices_flagged": None if sp.absent else len(flagged),
+            "slices_worst_auroc": _worst_auroc(slices, sp.task_metrics),
             **found.metrics,
         }
         section = self.section(HOW_TO_READ)
@@ -508,7 +579,7 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         section.add(Text("Discovered clusters (penultimate features)", "paragraph"))
         section.add(*found.blocks)
         record: dict[str, Any] = {
-            "declared": [_record(s) for s in slices],
+            "declared": [_record(s, sp.task_metrics.get((s.column, s.value))) for s in slices],
             "discovered": found.record,
             "alpha": p.alpha,
             "min_size": p.min_size,

@@ -6,10 +6,13 @@ Arrays in, numbers out (no torch): a slice is a boolean mask over the scored ima
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from reportgen.methods.scores import Counts, roc_auc
 
 Z95 = 1.959963984540054
 
@@ -142,3 +145,69 @@ def slice_columns(
                 f"{name}: {len(distinct)} distinct values, not numeric (max_values {max_values})"
             )
     return out, notes
+
+
+# --------------------------------------------------------------------------- task metrics
+
+
+BOOTSTRAP_SAMPLES = 200
+"""Resamples of a slice's images behind the interval of its AUROC (seeded)."""
+
+
+@dataclass(frozen=True, eq=False)
+class TaskScores:
+    """What a slice's task metric is computed from, per scored image.
+
+    Binary: ``truth`` (N, 0/1), ``probs`` (N, p of the positive class), ``predicted`` (N, 0/1).
+    Multi-label: ``truth`` and ``predicted`` N×K booleans, ``probs`` N×K.
+    """
+
+    task: str
+    truth: np.ndarray
+    probs: np.ndarray
+    predicted: np.ndarray
+
+
+def _macro_auroc(truth: np.ndarray, probs: np.ndarray) -> float | None:
+    values = [roc_auc(truth[:, j], probs[:, j]) for j in range(truth.shape[1])]
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _auroc(scores: TaskScores, rows: np.ndarray) -> float | None:
+    if scores.task == "binary":
+        return roc_auc(scores.truth[rows], scores.probs[rows])
+    return _macro_auroc(scores.truth[rows], scores.probs[rows])
+
+
+def bootstrap_interval(
+    fn: Callable[[np.ndarray], float | None],
+    rows: np.ndarray,
+    seed: Sequence[int],
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> tuple[float, float] | None:
+    """The 2.5th and 97.5th percentiles of ``fn`` over seeded resamples (with replacement) of
+    ``rows``; None when ``fn`` has no value on more than half of them (one class only)."""
+    rng = np.random.default_rng(list(seed))
+    values = [fn(rows[rng.integers(0, len(rows), len(rows))]) for _ in range(samples)]
+    known = [v for v in values if v is not None]
+    if len(known) * 2 < samples:
+        return None
+    lo, hi = np.percentile(known, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def slice_task_metrics(scores: TaskScores, mask: np.ndarray, seed: Sequence[int]) -> dict[str, Any]:
+    """A slice's task metrics (``mask`` over the scored images): binary AUROC with a seeded
+    bootstrap 95 % interval and F1 at the threshold; multi-label macro AUROC with its interval
+    (the labels with both classes present in the slice)."""
+    rows = np.flatnonzero(mask)
+    auroc = _auroc(scores, rows) if rows.size else None
+    interval = (
+        bootstrap_interval(lambda r: _auroc(scores, r), rows, seed) if auroc is not None else None
+    )
+    ci = None if interval is None else list(interval)
+    if scores.task == "binary":
+        f1 = Counts.of(scores.truth[rows], scores.predicted[rows]).f1 if rows.size else None
+        return {"auroc": auroc, "auroc_ci95": ci, "f1": f1}
+    return {"macro_auroc": auroc, "macro_auroc_ci95": ci}

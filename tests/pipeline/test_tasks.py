@@ -334,3 +334,43 @@ def test_a_multilabel_baseline_in_the_run_equals_reportgen_compare(
             has = ps.label_sets[:, j] > 0  # type: ignore[index]
             hits = (ps.predicted_sets[:, j] & has).sum()  # type: ignore[index]
             assert recall["recall"][release][j] == pytest.approx(hits / has.sum())
+
+
+def test_binary_subgroups_report_auroc_and_f1(binary_run: RunResult, tmp_path: Path) -> None:
+    """Per metadata subgroup of a binary model: accuracy at the threshold, AUROC with a seeded
+    bootstrap interval and F1, each equal to scikit-learn on that subgroup of predictions.csv."""
+    demo = binary_run.out_dir
+    rows = _rows(demo)
+    sites = ["A", "B", "C"]
+    lines = ["path,label,site"]
+    for i, r in enumerate(rows):
+        name = "three" if r["label"] == "1" else "other"
+        lines.append(f"{r['path']},{name},{sites[i % 3]}")
+    manifest = demo / "data" / "sites.csv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "sliced"
+    done = reportgen(
+        "run", "--config", str(demo / "config.yaml"), "--manifest", str(manifest),
+        "--data", str(demo / "data"), "--analyses", "slices", "--out", str(out), *SMALL,
+        "--fail-on", "slices_worst_auroc>=0.0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    s = _summary(out)
+    declared = {d["value"]: d for d in s["slices"]["declared"] if d["column"] == "site"}
+    got = _rows(out)
+    y = np.array([int(r["label"]) for r in got])
+    p = np.array([float(r["p_positive"]) for r in got])
+    pred = np.array([int(r["prediction"]) for r in got])
+    site = np.array([r["meta:site"] for r in got])
+    for value in sites:
+        m = site == value
+        d = declared[value]
+        assert d["n"] == int(m.sum())
+        assert d["accuracy"] == pytest.approx(accuracy_score(y[m], pred[m]))
+        assert d["auroc"] == pytest.approx(roc_auc_score(y[m], p[m]), abs=1e-12)
+        assert d["f1"] == pytest.approx(f1_score(y[m], pred[m]), abs=1e-12)
+        lo, hi = d["auroc_ci95"]
+        assert lo <= d["auroc"] <= hi
+    assert s["metrics"]["slices_worst_auroc"] == pytest.approx(
+        min(declared[v]["auroc"] for v in sites)
+    )
