@@ -41,13 +41,13 @@ def _summary(folder: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def binary_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     out = tmp_path_factory.mktemp("binary")
-    return run_demo(out, task="binary", per_class=16, epochs=6, formats=["html"], device="cpu")
+    return run_demo(out, task="binary", per_class=12, epochs=4, formats=["html"], device="cpu")
 
 
 @pytest.fixture(scope="module")
 def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     out = tmp_path_factory.mktemp("multilabel")
-    return run_demo(out, task="multilabel", per_class=16, epochs=6, formats=["html"], device="cpu")
+    return run_demo(out, task="multilabel", per_class=12, epochs=4, formats=["html"], device="cpu")
 
 
 def _sections_ok(result: RunResult) -> None:
