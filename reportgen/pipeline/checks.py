@@ -18,6 +18,7 @@ from reportgen.loading.model_checks import (
 )
 from reportgen.loading.sources import item_header_size
 from reportgen.loading.types import LoadedModel
+from reportgen.methods.scores import BinaryScores
 from reportgen.methods.vit import TokenLayout, describe_vit
 
 
@@ -122,3 +123,49 @@ def token_layout(model: LoadedModel, pre: Preprocessor) -> TokenLayout | None:
         return describe_vit(model.module, (size, size))
     except (RuntimeError, ValueError, StopIteration):
         return None
+
+
+def chance_level(pass_result: PassResult, folder: DataFolder) -> str | None:
+    """A warning when the labels look like they are not the model's classes: multiclass
+    accuracy at chance level, a binary model's AUROC near 0.5 — or far below it, which means
+    the two classes are the other way round (class folders are taken in sorted order, and
+    "defect" sorts before "ok")."""
+    head = pass_result.head
+    if not head.single_label:
+        return None
+    if head.task == "binary":
+        scores = pass_result.task_scores()
+        if not isinstance(scores, BinaryScores) or scores.auroc is None:
+            return None
+        if min(scores.positives, scores.n - scores.positives) < 10:
+            return None
+        names = [folder.class_names[i] if i < len(folder.class_names) else str(i) for i in (0, 1)]
+        if scores.auroc < 0.4:
+            return (
+                f"AUROC {scores.auroc:.2f} is below chance (0.5): the model ranks the "
+                f"{names[0]!r} images above the {names[1]!r} ones, so the two classes are "
+                "probably the other way round (index 0 must be the negative class, 1 the "
+                "positive one the logit scores"
+                + ("; class folders are taken in sorted order" if folder.class_folders else "")
+                + f"); if so set data.labels: [{names[1]}, {names[0]}]"
+            )
+        if scores.auroc <= 0.6:
+            return (
+                f"AUROC {scores.auroc:.2f} is near chance (0.5): check that the labels are the "
+                "model's classes (index 0 negative, 1 positive) and that the checkpoint and "
+                "preprocessing are the right ones"
+            )
+        return None
+    labels = pass_result.labels
+    classes = len(set(labels[(labels >= 0) & (labels < pass_result.num_classes)].tolist()))
+    known = pass_result.scored()
+    if int(known.sum()) < 20 or classes < 2:
+        return None
+    accuracy = float((pass_result.predictions.cpu()[known] == labels[known]).float().mean())
+    if accuracy > 1.5 / classes:
+        return None
+    return (
+        f"accuracy {100 * accuracy:.1f} % is at chance level for {classes} classes: "
+        "check that the class folders are the model's classes in output order "
+        "(data.labels) and that the checkpoint and preprocessing are the right ones"
+    )

@@ -41,6 +41,7 @@ from reportgen.pipeline import cost, distributed
 from reportgen.pipeline.baseline import compare_with_baseline, load_baseline
 from reportgen.pipeline.calibration import Throughput, calibrate
 from reportgen.pipeline.checks import (
+    chance_level,
     check_label_count,
     check_model,
     check_outputs,
@@ -59,7 +60,7 @@ from reportgen.pipeline.plan import (
     make_plan,
 )
 from reportgen.pipeline.queries import select_queries
-from reportgen.pipeline.summary import TASK_HEADLINES, accuracy_metrics, build_summary
+from reportgen.pipeline.summary import TASK_HEADLINES, build_summary
 from reportgen.pipeline.task import (
     TaskChoice,
     baseline_head,
@@ -313,30 +314,15 @@ class Pipeline:
             )
 
     def _check_accuracy(self, pass_result: PassResult, folder: DataFolder) -> None:
-        """Accuracy at chance level usually means the folders are not the model's classes."""
-        if not pass_result.head.single_label:
+        """Accuracy (a binary model's AUROC) at chance level usually means the folders are not
+        the model's classes (:func:`chance_level`)."""
+        message = chance_level(pass_result, folder) if self._classes_trusted else None
+        if message is None:
             return
-        labels = pass_result.labels
-        classes = len(set(labels[(labels >= 0) & (labels < pass_result.num_classes)].tolist()))
-        scored = accuracy_metrics(pass_result)
-        accuracy = scored["accuracy"]
-        if accuracy is None or scored["num_labelled"] < 20 or classes < 2:
-            return
-        if not self._classes_trusted:
-            return
-        if accuracy <= 1.5 / classes:
-            self._warn(
-                f"accuracy {100 * accuracy:.1f} % is at chance level for {classes} classes: "
-                "check that the class folders are the model's classes in output order "
-                "(data.labels) and that the checkpoint and preprocessing are the right ones"
-                + (
-                    "; until then occlusion and saliency explain the predicted class"
-                    if self._positional_mismatch
-                    else ""
-                )
-            )
-            if self._positional_mismatch:
-                self._classes_trusted = False
+        if self._positional_mismatch:
+            message += "; until then occlusion and saliency explain the predicted class"
+            self._classes_trusted = False
+        self._warn(message)
 
     def _collectors(self, plan: Plan, setup: SetupContext) -> dict[str, Collector]:
         collectors: dict[str, Collector] = {}

@@ -374,3 +374,26 @@ def test_binary_subgroups_report_auroc_and_f1(binary_run: RunResult, tmp_path: P
     assert s["metrics"]["slices_worst_auroc"] == pytest.approx(
         min(declared[v]["auroc"] for v in sites)
     )
+
+
+def test_binary_classes_the_other_way_round_are_said(binary_run: RunResult, tmp_path: Path) -> None:
+    """A binary model's class folders in the wrong order (as "defect" sorts before "ok") give an
+    AUROC far below 0.5: the run says so and names the data.labels that would fix it."""
+    demo = binary_run.out_dir
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text(
+        (demo / "config.yaml")
+        .read_text(encoding="utf-8")
+        .replace("- other\n  - three", "- three\n  - other")
+        .replace("root: data", f"root: {demo / 'data'}")
+        .replace("weights: model.pt", f"weights: {demo / 'model.pt'}"),
+        encoding="utf-8",
+    )
+    done = reportgen(
+        "run", "--config", str(swapped), "--analyses", "audit", "--out", str(tmp_path / "o"),
+        *SMALL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warning = next(w for w in _summary(tmp_path / "o")["warnings"] if "below chance" in w)
+    assert "data.labels: [other, three]" in warning
+    assert not any("below chance" in w for w in _summary(demo)["warnings"])
