@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from reportgen.contract.analysis import Analysis, Cost, Metric, Needs, Result, SkipSection
-from reportgen.contract.collectors import Collector, MergeableCollector
+from reportgen.contract.collectors import MODEL_INPUT, Collector, MergeableCollector
 
 if TYPE_CHECKING:
     from reportgen.contract.context import AnalysisContext, QueryBatch, SetupContext, autocast
@@ -30,6 +30,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "MODEL_INPUT",
     "Analysis",
     "AnalysisContext",
     "Collector",
