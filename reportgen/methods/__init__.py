@@ -5,7 +5,8 @@ SmoothGrad; method names in :mod:`.names`), perturbation (:mod:`.perturbation`: 
 receptive fields (:mod:`.receptive_field`), vision-transformer tokens and maps (:mod:`.vit`,
 :mod:`.vit_maps`), hooks (:mod:`.hooks`), exact k-NN (:mod:`.knn`), t-SNE (:mod:`.tsne` and its
 isolated native child :mod:`.native_tsne`), calibration (:mod:`.calibration`), paired statistics
-(:mod:`.stats`), subgroup statistics (:mod:`.slicing`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
+(:mod:`.stats`), subgroup statistics (:mod:`.slicing`), feature visualisation by optimisation
+(:mod:`.feature_viz`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
 compare, pipeline or report.
 
 The modules load on first attribute access (``from reportgen import methods`` then
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from reportgen.methods import (
         attribution,
         calibration,
+        feature_viz,
         hooks,
         knn,
         names,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "attribution",
     "calibration",
+    "feature_viz",
     "hooks",
     "knn",
     "names",

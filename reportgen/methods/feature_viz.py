@@ -1,0 +1,579 @@
+"""Feature visualisation by optimisation: the image a class or a channel responds to most.
+
+Gradient ascent on the input (Simonyan et al. 2014 for class scores; Olah et al., Distill 2017,
+for channels): one image per objective, all objectives of one batch optimised together. Each
+step renders every image, takes ``crops`` random views of it (resampled to the model's input
+size), scores them and takes one Adam step on the image's parameters; the objectives of a batch
+are independent (Adam is elementwise and the loss is a sum of per-image terms), so one image
+does not depend on the others beside it.
+
+Two parameterisations:
+
+* **MACO** (Fel et al., NeurIPS 2023): only the Fourier *phase* is optimised; the amplitude is
+  fixed to the mean amplitude spectrum of the user's own images (measured during the dataset
+  pass, :class:`SpectrumAccumulator`), so the image keeps natural-image statistics and does not
+  drift into high-frequency noise. The constant term's amplitude is the spread of the images'
+  mean colour around the data's mean, so the mean colour can move within that spread. Views are
+  random crops whose smallest size shrinks over the steps, with a little Gaussian noise.
+* **Fourier** (Lucid / Lucent's baseline): the whole spectrum is optimised, scaled by 1/f,
+  colours decorrelated with the square root of the data's own colour covariance, squashed with
+  a sigmoid; views are random jitter, scale and rotation.
+
+The accumulated |gradient| of the objective with respect to the image's pixels is MACO's
+transparency (attribution) map: where the optimisation changed the image to raise the score.
+
+Nothing here knows the report; the class score and its probability are computed by one function
+each (:func:`class_objective`, :func:`class_probability`), so a task with another output head
+changes them in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.loading.models import extract_logits
+
+Parameterisation = Literal["maco", "fourier"]
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(model inputs N×C×h×w, owner of each input N) -> N objective values (differentiable)."""
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def class_objective(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The score a class image maximises: row i's logit of ``classes[i]`` (before the softmax,
+    so that it is not raised by lowering the other classes)."""
+    return logits.float().gather(1, classes[:, None].to(logits.device))[:, 0]
+
+
+def class_probability(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The model's probability of ``classes[i]`` on row i (softmax over the outputs)."""
+    return logits.float().softmax(1).gather(1, classes[:, None].to(logits.device))[:, 0]
+
+
+def class_scorer(model: nn.Module, classes: torch.Tensor) -> Scorer:
+    """Scores inputs by :func:`class_objective` of their owner's class."""
+
+    def score(x: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        return class_objective(extract_logits(model(x)), classes[owners])
+
+    return score
+
+
+class _Reached(Exception):
+    """Raised by the hook once the objective's layer has run: the rest of the forward is not
+    needed (the backward starts from that layer)."""
+
+
+class LayerNotReached(RuntimeError):
+    def __init__(self, layer: str) -> None:
+        super().__init__(f"layer {layer} was not called in the model's forward")
+
+
+def layer_output(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor) -> Any:
+    """The output of ``module`` for inputs ``x``, stopping the forward right after it."""
+    store: list[Any] = []
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        store.append(out[0] if isinstance(out, tuple | list) else out)
+        raise _Reached
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if not store:
+        raise LayerNotReached(name)
+    return store[0]
+
+
+def channel_scorer(
+    model: nn.Module,
+    module: nn.Module,
+    name: str,
+    channels: torch.Tensor,
+    to_map: Callable[[Any, int], torch.Tensor | None],
+) -> Scorer:
+    """Scores inputs by the mean over the map of the positive part of their owner's channel of
+    ``module``'s output: how much the channel fires (a linear layer's plain mean would only
+    follow the image's mean colour). ``to_map`` turns the output into N×C×h×w (a
+    transformer's tokens onto their patch grid) or None."""
+
+    def score(x: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        maps = to_map(layer_output(model, module, name, x), x.shape[0])
+        if maps is None:
+            raise LayerNotReached(f"{name} (no spatial output map)")
+        rows = torch.arange(x.shape[0], device=maps.device)
+        return maps[rows, channels[owners].to(maps.device)].float().relu().mean(dim=(1, 2))
+
+    return score
+
+
+# --------------------------------------------------------------------------- the data's spectrum
+
+
+@dataclass(frozen=True)
+class DataSpectrum:
+    """Statistics of the model inputs (what the model was fed), per channel."""
+
+    power: torch.Tensor
+    """C×H×(W//2+1) mean power |rfft2(x)|² per image (float64)."""
+    mean: torch.Tensor
+    """C mean value."""
+    covariance: torch.Tensor
+    """C×C covariance of the values (over every pixel of every image)."""
+    size: tuple[int, int]
+    count: int
+
+    def in_pixels(self, mean: torch.Tensor, std: torch.Tensor) -> PixelStatistics:
+        """The same statistics for pixels = inputs·std + mean (the preprocessing undone)."""
+        std = std.double().flatten().to(self.power.device)
+        pixels = self.size[0] * self.size[1]
+        amplitude = self.power.sqrt() * std[:, None, None]
+        # The constant term: the spread of the images' mean around the data's mean (the shift
+        # by the preprocessing's mean drops out).
+        spread = (self.power[:, 0, 0] - (pixels * self.mean) ** 2).clamp(min=0.0).sqrt()
+        amplitude[:, 0, 0] = spread * std
+        return PixelStatistics(
+            amplitude=amplitude,
+            mean=self.mean * std + mean.double().flatten().to(self.power.device),
+            covariance=self.covariance * std[:, None] * std[None, :],
+            size=self.size,
+        )
+
+
+@dataclass(frozen=True)
+class PixelStatistics:
+    """The data's statistics in pixel units ([0, 1] per channel)."""
+
+    amplitude: torch.Tensor
+    """C×H×(W//2+1) root mean power per frequency (the constant term: the spread of the
+    images' mean colour)."""
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    size: tuple[int, int]
+
+    def resized(self, size: tuple[int, int]) -> PixelStatistics:
+        """For an image of ``size``: the same power per cycle-per-pixel (each bin's amplitude
+        resampled over frequency and scaled with the number of pixels)."""
+        if size == self.size:
+            return self
+        (h, w), (nh, nw) = self.size, size
+        full = torch.fft.fftshift(self.amplitude.float(), dim=1)[None]  # 1×C×H×Wf
+        fy = torch.fft.fftshift(torch.fft.fftfreq(nh))  # cycles per pixel, centred rows
+        fx = torch.fft.rfftfreq(nw)
+        # grid_sample coordinates (align_corners=True): row index (fy·h + h//2) of 0..h−1.
+        gy = (fy * h + h // 2) / max(h - 1, 1) * 2 - 1
+        gx = (fx * w) / max(w // 2, 1) * 2 - 1
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
+        grid = grid.to(full.device, full.dtype)
+        sampled = F.grid_sample(full, grid, mode="bilinear", align_corners=True)[0]
+        amplitude = torch.fft.ifftshift(sampled, dim=1).double() * math.sqrt(nh * nw / (h * w))
+        amplitude[:, 0, 0] = self.amplitude[:, 0, 0] * (nh * nw) / (h * w)
+        return PixelStatistics(amplitude, self.mean, self.covariance, size)
+
+
+@dataclass
+class SpectrumAccumulator:
+    """Sums, over the dataset pass, each image's power spectrum and its values' first and
+    second moments (a dataclass of tensors: torchrun moves it between ranks whole). Each
+    batch's sums are rounded to float32 and added in float64: for the dynamic ranges of images
+    those additions are exact, so the totals do not depend on the order of the batches
+    (torchrun ranks give the one-process bytes)."""
+
+    power: torch.Tensor | None = None
+    """C×H×(W//2+1) sum of |rfft2(x)|²."""
+    sums: torch.Tensor | None = None
+    products: torch.Tensor | None = None
+    """C sum and C×C sum of products of the values (every pixel of every image)."""
+    count: int = 0
+    size: tuple[int, int] = (0, 0)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        b, c, h, w = x.shape
+        spec = torch.fft.rfft2(x)
+        flat = x.double().transpose(0, 1).reshape(c, -1)
+        power = (spec.real.double() ** 2 + spec.imag.double() ** 2).sum(0)
+        self._add(
+            *(t.float().double() for t in (power, flat.sum(1), flat @ flat.T)), count=b, size=(h, w)
+        )
+
+    def add(self, other: SpectrumAccumulator) -> None:
+        """Fold in another accumulator's totals (another rank's images)."""
+        if other.power is None or other.sums is None or other.products is None:
+            return
+        self._add(other.power, other.sums, other.products, count=other.count, size=other.size)
+
+    def _add(
+        self,
+        power: torch.Tensor,
+        sums: torch.Tensor,
+        products: torch.Tensor,
+        *,
+        count: int,
+        size: tuple[int, int],
+    ) -> None:
+        if self.power is None or self.sums is None or self.products is None:
+            self.power, self.sums, self.products = power, sums, products
+        else:
+            device = self.power.device
+            self.power = self.power + power.to(device)
+            self.sums = self.sums + sums.to(device)
+            self.products = self.products + products.to(device)
+        self.count += count
+        self.size = size
+
+    def result(self) -> DataSpectrum | None:
+        if self.power is None or self.sums is None or self.products is None or not self.count:
+            return None
+        values = self.count * self.size[0] * self.size[1]
+        mean = self.sums / values
+        covariance = self.products / values - mean[:, None] * mean[None, :]
+        return DataSpectrum(self.power / self.count, mean, covariance, self.size, self.count)
+
+
+def spectral_slope(image: torch.Tensor) -> float:
+    """The slope of log power against log frequency of a C×H×W image (see :func:`power_slope`):
+    about −2 for natural photographs, steeper for smooth images, flatter for noise."""
+    x = image.double() - image.double().mean(dim=(1, 2), keepdim=True)
+    spectrum = torch.fft.rfft2(x)
+    return power_slope(spectrum.real**2 + spectrum.imag**2, image.shape[-1])
+
+
+def power_slope(power: torch.Tensor, width: int) -> float:
+    """The least-squares slope of log power against log frequency of a C×H×(W//2+1) power
+    spectrum (rfft2's layout, of ``width``-pixel rows), averaged over channels and over 12 rings spaced evenly in log
+    frequency; the constant term is left out."""
+    h, w = power.shape[1], width
+    p = power.double().mean(0)
+    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    fx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
+    radius = (fy**2 + fx**2).sqrt()
+    edges = torch.logspace(math.log10(1.0 / max(h, w)), math.log10(0.5), 13, dtype=torch.float64)
+    xs, ys = [], []
+    for lo, hi in itertools.pairwise(edges.tolist()):
+        ring = (radius >= lo) & (radius < hi)
+        if ring.any():
+            xs.append(float(radius[ring].mean().log()))
+            ys.append(float(p[ring].mean().clamp(min=1e-30).log()))
+    if len(xs) < 2:
+        return float("nan")
+    xt, yt = torch.tensor(xs), torch.tensor(ys)
+    xc = xt - xt.mean()
+    return float((xc * (yt - yt.mean())).sum() / (xc**2).sum())
+
+
+# --------------------------------------------------------------------------- parameterisations
+
+
+class ImageParameters(Protocol):
+    def parameters(self) -> list[torch.Tensor]: ...
+
+    def pixels(self) -> torch.Tensor:
+        """B×C×H×W pixels in [0, 1], differentiable in the parameters."""
+        ...
+
+
+def _straight_through_clip(x: torch.Tensor) -> torch.Tensor:
+    """Clipped to [0, 1] on the way forward; the gradient passes as if unclipped (the phase-only
+    image's values are bounded by its fixed amplitudes, so nothing runs away)."""
+    return x + (x.clamp(0.0, 1.0) - x).detach()
+
+
+class MacoImage:
+    """Pixels = the data's mean + irfft2(amplitude · e^{iφ}): only the phase φ is optimised."""
+
+    def __init__(self, stats: PixelStatistics, phase: torch.Tensor) -> None:
+        self.amplitude = stats.amplitude.float().to(phase.device)
+        self.mean = stats.mean.float().to(phase.device)[None, :, None, None]
+        self.size = stats.size
+        self.phase = phase.detach().clone().requires_grad_(True)
+
+    @staticmethod
+    def initial(stats: PixelStatistics, generator: torch.Generator) -> torch.Tensor:
+        c, h, wf = stats.amplitude.shape
+        return (torch.rand(c, h, wf, generator=generator) * 2 - 1) * math.pi
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.phase]
+
+    def pixels(self) -> torch.Tensor:
+        phase = hermitian_phase(self.phase, self.size[1])
+        spectrum = torch.polar(self.amplitude.expand_as(phase), phase)
+        return _straight_through_clip(self.mean + torch.fft.irfft2(spectrum, s=self.size))
+
+
+def hermitian_phase(phase: torch.Tensor, width: int) -> torch.Tensor:
+    """Phases whose half spectrum is that of a real image: in the column of zero horizontal
+    frequency (and, for an even width, the last column) row ``k`` is the conjugate of row
+    ``H − k``, so each gets the negated phase of the other; otherwise irfft2 would drop the
+    mismatched part and with it some of the amplitude that is meant to stay fixed. The constant
+    term keeps its free phase: its real value A·cos φ moves the mean colour within the data's
+    spread."""
+    columns = [0, phase.shape[-1] - 1] if width % 2 == 0 else [0]
+    parts = list(phase.unbind(-1))
+    for c in columns:
+        column = parts[c]
+        mirrored = torch.roll(torch.flip(column, dims=[-1]), 1, dims=-1)  # row k -> row H − k
+        odd = column - mirrored
+        if c == 0:
+            odd = torch.cat([column[..., :1], odd[..., 1:]], dim=-1)
+        parts[c] = odd
+    return torch.stack(parts, dim=-1)
+
+
+class FourierImage:
+    """Lucid's parameterisation: a free spectrum scaled by 1/f, colours recorrelated with the
+    square root of the data's colour covariance, a sigmoid around the data's mean colour."""
+
+    def __init__(self, stats: PixelStatistics, spectrum: torch.Tensor) -> None:
+        device = spectrum.device
+        h, w = stats.size
+        fy = torch.fft.fftfreq(h)[:, None]
+        fx = torch.fft.rfftfreq(w)[None, :]
+        scale = 1.0 / torch.maximum((fy**2 + fx**2).sqrt(), torch.tensor(1.0 / max(h, w)))
+        self.scale = (scale * math.sqrt(h * w)).to(device)
+        self.size = stats.size
+        self.colour = colour_square_root(stats.covariance).float().to(device)
+        mean = stats.mean.float().clamp(0.05, 0.95)
+        self.offset = torch.logit(mean).to(device)[None, :, None, None]
+        self.spectrum = spectrum.detach().clone().requires_grad_(True)
+
+    @staticmethod
+    def initial(stats: PixelStatistics, generator: torch.Generator) -> torch.Tensor:
+        c, h, wf = stats.amplitude.shape
+        return torch.randn(c, h, wf, 2, generator=generator) * 0.01
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.spectrum]
+
+    def pixels(self) -> torch.Tensor:
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        z = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4.0
+        return torch.sigmoid(torch.einsum("cd,bdhw->bchw", self.colour, z) + self.offset)
+
+
+def colour_square_root(covariance: torch.Tensor) -> torch.Tensor:
+    """A square root of the colour covariance scaled to a largest column norm of 1 (Lucid's
+    decorrelation, from the user's data instead of ImageNet's); identity for one channel."""
+    c = covariance.shape[0]
+    if c == 1:
+        return torch.ones(1, 1, dtype=covariance.dtype)
+    values, vectors = torch.linalg.eigh(covariance.double().cpu())
+    root = vectors @ torch.diag(values.clamp(min=0.0).sqrt())
+    norm = root.norm(dim=0).max()
+    return root / norm if norm > 0 else torch.eye(c, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------- views
+
+
+MIN_CROP = 0.4
+"""MACO: the smallest crop side (a fraction of the image's) reached at the last step."""
+NOISE = 0.02
+"""MACO: Gaussian noise added to each view (pixel units)."""
+ROTATE, SCALE, JITTER = 10.0, 0.1, 0.075
+"""Fourier: rotation ±10°, scale ×(1 ± 0.1), translation ± 7.5 % of the side."""
+
+
+def view_transforms(
+    kind: Parameterisation, count: int, progress: float, generator: torch.Generator
+) -> torch.Tensor:
+    """``count`` affine sampling transforms (count×2×3, ``F.affine_grid``'s convention).
+
+    MACO: square crops of side U[lo, 1] with lo falling linearly from 1 to :data:`MIN_CROP` as
+    ``progress`` goes from 0 to 1, placed uniformly inside the image. Fourier: rotation, scale
+    and translation (the image reflected at its border).
+    """
+    u = torch.rand(count, 4, generator=generator, dtype=torch.float64)
+    theta = torch.zeros(count, 2, 3, dtype=torch.float64)
+    if kind == "maco":
+        lo = 1.0 - (1.0 - MIN_CROP) * progress
+        side = lo + (1.0 - lo) * u[:, 0]
+        side[0] = 1.0  # the whole image is always one of the views
+        theta[:, 0, 0] = side
+        theta[:, 1, 1] = side
+        theta[:, 0, 2] = (1.0 - side) * (2 * u[:, 1] - 1)
+        theta[:, 1, 2] = (1.0 - side) * (2 * u[:, 2] - 1)
+        return theta.float()
+    angle = torch.deg2rad((2 * u[:, 0] - 1) * ROTATE)
+    zoom = 1.0 / (1.0 + SCALE * (2 * u[:, 1] - 1))
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
+    theta[:, 0, 2] = 2 * JITTER * (2 * u[:, 2] - 1)
+    theta[:, 1, 2] = 2 * JITTER * (2 * u[:, 3] - 1)
+    return theta.float()
+
+
+def render_views(
+    pixels: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], padding: str
+) -> torch.Tensor:
+    """N×C×h×w views: ``pixels[i]`` resampled through ``theta[i]`` (bilinear)."""
+    grid = F.affine_grid(theta.to(pixels), [pixels.shape[0], pixels.shape[1], *size], False)
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def resize_to(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The whole images at the model's input size (unchanged when they are that size)."""
+    if tuple(pixels.shape[2:]) == size:
+        return pixels
+    scale = size[0] / pixels.shape[2]
+    return F.interpolate(
+        pixels, size=size, mode="bilinear", align_corners=False, antialias=scale < 1
+    ).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- the optimisation
+
+
+def objective_seed(seed: int, key: str) -> int:
+    """A seed for one objective from the run's seed and the objective's name (stable across
+    runs, processes and batch compositions)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    crops: int
+    lr: float
+    batch_size: int
+    """Views per forward+backward pass (the views of one step are split into such passes)."""
+
+
+@dataclass(frozen=True)
+class Optimised:
+    pixels: torch.Tensor
+    """B×C×H×W final images in [0, 1] (detached, on the device)."""
+    history: torch.Tensor
+    """steps×B objective value at each step (mean over that step's views)."""
+    transparency: torch.Tensor
+    """B×H×W accumulated |∂objective/∂pixel| (summed over colour channels)."""
+
+
+def make_image(
+    kind: Parameterisation, stats: PixelStatistics, generators: Sequence[torch.Generator]
+) -> MacoImage | FourierImage:
+    """The batch's image parameters, each objective's initialised from its own generator."""
+    cls = MacoImage if kind == "maco" else FourierImage
+    initial = torch.stack([cls.initial(stats, g) for g in generators])
+    return cls(stats, initial.to(stats.amplitude.device))
+
+
+def optimise(
+    kind: Parameterisation,
+    stats: PixelStatistics,
+    score: Scorer,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+    seeds: Sequence[int],
+    budget: Budget,
+    input_size: tuple[int, int],
+    device: torch.device,
+    steps: Callable[[range], Iterable[int]] = iter,
+) -> Optimised:
+    """Optimise one image per seed (objective) for ``budget.steps`` Adam steps (learning rate
+    on a cosine schedule to zero) on ``budget.crops`` views each: steps × crops
+    forward+backward image passes per objective. Only input gradients are taken (the model's
+    parameters get none). ``steps`` wraps the step range (a progress bar)."""
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    stats = PixelStatistics(
+        stats.amplitude.to(device), stats.mean.to(device), stats.covariance, stats.size
+    )
+    image = make_image(kind, stats, generators)
+    optimiser = torch.optim.Adam(image.parameters(), lr=budget.lr)
+    b, k, total = len(seeds), budget.crops, budget.steps
+    owners = torch.arange(b, device=device).repeat_interleave(k)
+    history = torch.zeros(total, b, dtype=torch.float64)
+    transparency = torch.zeros(b, *stats.size, device=device)
+    with torch.enable_grad():
+        for step in steps(range(total)):
+            progress = step / max(total - 1, 1)
+            pixels = image.pixels()
+            leaf = pixels.detach().requires_grad_(True)
+            grad, values = _views_gradient(
+                kind, leaf, score, normalise, generators, owners, k, progress, budget, input_size
+            )
+            transparency += grad.abs().sum(1)
+            optimiser.zero_grad(set_to_none=True)
+            pixels.backward(-grad)  # ascent: the optimiser minimises
+            for group in optimiser.param_groups:
+                group["lr"] = budget.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            optimiser.step()
+            history[step] = values.view(b, k).mean(1).double().cpu()
+    with torch.no_grad():
+        final = image.pixels().detach()
+    return Optimised(final, history, transparency)
+
+
+def _views_gradient(
+    kind: Parameterisation,
+    leaf: torch.Tensor,
+    score: Scorer,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+    generators: Sequence[torch.Generator],
+    owners: torch.Tensor,
+    k: int,
+    progress: float,
+    budget: Budget,
+    input_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(mean objective over each image's views)/d pixels of one step, and the views' values;
+    the views go through the model ``budget.batch_size`` at a time."""
+    theta = torch.cat([view_transforms(kind, k, progress, g) for g in generators])
+    noise = None
+    if kind == "maco":
+        shape = (k, leaf.shape[1], *input_size)
+        noise = torch.cat([torch.randn(shape, generator=g) for g in generators])
+    padding = "border" if kind == "maco" else "reflection"
+    grad = torch.zeros_like(leaf)
+    values = torch.empty(owners.shape[0], device=leaf.device)
+    for start in range(0, owners.shape[0], budget.batch_size):
+        part = slice(start, start + budget.batch_size)
+        # The images these views come from, each repeated for its views (an expand: the
+        # backward is a plain sum, the same bytes every time).
+        first, last = start // k, (min(start + budget.batch_size, owners.shape[0]) - 1) // k
+        repeated = leaf[first : last + 1, None].expand(-1, k, -1, -1, -1)
+        source = repeated.reshape(-1, *leaf.shape[1:])[start - first * k :][: budget.batch_size]
+        views = render_views(source, theta[part].to(leaf.device), input_size, padding)
+        if noise is not None:
+            views = views + NOISE * (1.0 - progress) * noise[part].to(leaf.device)
+        scored = score(normalise(views), owners[part])
+        # Each image's views average to its value; the sum keeps the images apart.
+        (g,) = torch.autograd.grad(scored.sum() / k, leaf)
+        grad += g
+        values[part] = scored.detach()
+    return grad, values
+
+
+def evaluate(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
+    input_size: tuple[int, int],
+    batch_size: int,
+) -> torch.Tensor:
+    """``fn(model inputs, owners)`` on each whole image at the model's input size (forward
+    passes only, ``batch_size`` images at a time), concatenated."""
+    out = []
+    owners = torch.arange(pixels.shape[0], device=pixels.device)
+    with torch.inference_mode():
+        for start in range(0, pixels.shape[0], batch_size):
+            x = normalise(resize_to(pixels[start : start + batch_size], input_size))
+            out.append(fn(x, owners[start : start + batch_size]).float())
+    return torch.cat(out)
