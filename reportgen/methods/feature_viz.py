@@ -127,10 +127,12 @@ def channel_scorer(
 
 @dataclass(frozen=True)
 class DataSpectrum:
-    """Statistics of the model inputs (what the model was fed), per channel."""
+    """Statistics of the model inputs (what the model was fed)."""
 
-    power: torch.Tensor
-    """C×H×(W//2+1) mean power |rfft2(x)|² per image (float64)."""
+    cross: torch.Tensor
+    """C×C×H×(W//2+1) mean cross-power rfft2(x_c)·conj(rfft2(x_d)) per image (complex128): each
+    channel's power spectrum on the diagonal, and what is needed to have it for any mix of
+    channels (a decorrelated colour basis known only after the pass)."""
     mean: torch.Tensor
     """C mean value."""
     covariance: torch.Tensor
@@ -138,21 +140,45 @@ class DataSpectrum:
     size: tuple[int, int]
     count: int
 
+    @property
+    def power(self) -> torch.Tensor:
+        """C×H×(W//2+1) each channel's mean power spectrum."""
+        return torch.diagonal(self.cross, dim1=0, dim2=1).real.permute(2, 0, 1)
+
     def in_pixels(self, mean: torch.Tensor, std: torch.Tensor) -> PixelStatistics:
-        """The same statistics for pixels = inputs·std + mean (the preprocessing undone)."""
-        std = std.double().flatten().to(self.power.device)
+        """The statistics of the pixels (inputs·std + mean: the preprocessing undone) in their
+        principal colour basis (the eigenvectors of the pixel covariance): in it the colour
+        components are uncorrelated, so MACO can give each its own phases and natural colours
+        come back when the components are mixed again."""
+        std = std.double().flatten().to(self.cross.device)
+        scale = std[:, None] * std[None, :]
+        covariance = self.covariance * scale
+        basis = colour_basis(covariance)
+        cross = self.cross * scale[:, :, None, None]
+        power = torch.einsum("ck,cdhw,dk->khw", basis.to(cross), cross, basis.to(cross)).real
+        amplitude = power.clamp(min=0.0).sqrt()
+        # The constant term: the spread of the images' mean colour around the data's (the shift
+        # by the preprocessing's mean drops out), per component.
         pixels = self.size[0] * self.size[1]
-        amplitude = self.power.sqrt() * std[:, None, None]
-        # The constant term: the spread of the images' mean around the data's mean (the shift
-        # by the preprocessing's mean drops out).
-        spread = (self.power[:, 0, 0] - (pixels * self.mean) ** 2).clamp(min=0.0).sqrt()
-        amplitude[:, 0, 0] = spread * std
+        mean_spread = self.cross[:, :, 0, 0].real / pixels**2 - torch.outer(self.mean, self.mean)
+        spread = torch.einsum("ck,cd,dk->k", basis, mean_spread * scale, basis)
+        amplitude[:, 0, 0] = pixels * spread.clamp(min=0.0).sqrt()
         return PixelStatistics(
             amplitude=amplitude,
-            mean=self.mean * std + mean.double().flatten().to(self.power.device),
-            covariance=self.covariance * std[:, None] * std[None, :],
+            basis=basis,
+            mean=self.mean * std + mean.double().flatten().to(self.cross.device),
+            covariance=covariance,
             size=self.size,
         )
+
+
+def colour_basis(covariance: torch.Tensor) -> torch.Tensor:
+    """C×C orthonormal principal directions of a colour covariance (columns, largest variance
+    first, each with its largest entry positive, so that the basis is the same every time)."""
+    values, vectors = torch.linalg.eigh(covariance.double().cpu())
+    vectors = vectors[:, torch.argsort(values, descending=True, stable=True)]
+    signs = torch.sign(vectors.gather(0, vectors.abs().argmax(0, keepdim=True)))
+    return (vectors * torch.where(signs == 0, 1.0, signs)).to(covariance.device)
 
 
 @dataclass(frozen=True)
@@ -160,8 +186,10 @@ class PixelStatistics:
     """The data's statistics in pixel units ([0, 1] per channel)."""
 
     amplitude: torch.Tensor
-    """C×H×(W//2+1) root mean power per frequency (the constant term: the spread of the
-    images' mean colour)."""
+    """C×H×(W//2+1) root mean power per frequency of each principal colour component (the
+    constant term: the spread of the images' mean colour along it)."""
+    basis: torch.Tensor
+    """C×C principal colour directions (columns): pixel = mean + basis · component."""
     mean: torch.Tensor
     covariance: torch.Tensor
     size: tuple[int, int]
@@ -183,19 +211,19 @@ class PixelStatistics:
         sampled = F.grid_sample(full, grid, mode="bilinear", align_corners=True)[0]
         amplitude = torch.fft.ifftshift(sampled, dim=1).double() * math.sqrt(nh * nw / (h * w))
         amplitude[:, 0, 0] = self.amplitude[:, 0, 0] * (nh * nw) / (h * w)
-        return PixelStatistics(amplitude, self.mean, self.covariance, size)
+        return PixelStatistics(amplitude, self.basis, self.mean, self.covariance, size)
 
 
 @dataclass
 class SpectrumAccumulator:
-    """Sums, over the dataset pass, each image's power spectrum and its values' first and
-    second moments (a dataclass of tensors: torchrun moves it between ranks whole). Each
-    batch's sums are rounded to float32 and added in float64: for the dynamic ranges of images
-    those additions are exact, so the totals do not depend on the order of the batches
-    (torchrun ranks give the one-process bytes)."""
+    """Sums, over the dataset pass, each image's cross-power spectrum between its channels and
+    its values' first and second moments (a dataclass of tensors: torchrun moves it between
+    ranks whole). Each batch's sums are rounded to single precision and added in double: for
+    the dynamic ranges of images those additions are exact, so the totals do not depend on the
+    order of the batches (torchrun ranks give the one-process bytes)."""
 
-    power: torch.Tensor | None = None
-    """C×H×(W//2+1) sum of |rfft2(x)|²."""
+    cross: torch.Tensor | None = None
+    """C×C×H×(W//2+1) sum of rfft2(x_c)·conj(rfft2(x_d)) (complex)."""
     sums: torch.Tensor | None = None
     products: torch.Tensor | None = None
     """C sum and C×C sum of products of the values (every pixel of every image)."""
@@ -205,45 +233,49 @@ class SpectrumAccumulator:
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().float()
         b, c, h, w = x.shape
-        spec = torch.fft.rfft2(x)
+        spec = torch.fft.rfft2(x).to(torch.complex128)
+        cross = torch.einsum("bchw,bdhw->cdhw", spec, spec.conj())
         flat = x.double().transpose(0, 1).reshape(c, -1)
-        power = (spec.real.double() ** 2 + spec.imag.double() ** 2).sum(0)
         self._add(
-            *(t.float().double() for t in (power, flat.sum(1), flat @ flat.T)), count=b, size=(h, w)
+            cross.to(torch.complex64).to(torch.complex128),
+            flat.sum(1).float().double(),
+            (flat @ flat.T).float().double(),
+            count=b,
+            size=(h, w),
         )
 
     def add(self, other: SpectrumAccumulator) -> None:
         """Fold in another accumulator's totals (another rank's images)."""
-        if other.power is None or other.sums is None or other.products is None:
+        if other.cross is None or other.sums is None or other.products is None:
             return
-        self._add(other.power, other.sums, other.products, count=other.count, size=other.size)
+        self._add(other.cross, other.sums, other.products, count=other.count, size=other.size)
 
     def _add(
         self,
-        power: torch.Tensor,
+        cross: torch.Tensor,
         sums: torch.Tensor,
         products: torch.Tensor,
         *,
         count: int,
         size: tuple[int, int],
     ) -> None:
-        if self.power is None or self.sums is None or self.products is None:
-            self.power, self.sums, self.products = power, sums, products
+        if self.cross is None or self.sums is None or self.products is None:
+            self.cross, self.sums, self.products = cross, sums, products
         else:
-            device = self.power.device
-            self.power = self.power + power.to(device)
+            device = self.cross.device
+            self.cross = self.cross + cross.to(device)
             self.sums = self.sums + sums.to(device)
             self.products = self.products + products.to(device)
         self.count += count
         self.size = size
 
     def result(self) -> DataSpectrum | None:
-        if self.power is None or self.sums is None or self.products is None or not self.count:
+        if self.cross is None or self.sums is None or self.products is None or not self.count:
             return None
         values = self.count * self.size[0] * self.size[1]
         mean = self.sums / values
         covariance = self.products / values - mean[:, None] * mean[None, :]
-        return DataSpectrum(self.power / self.count, mean, covariance, self.size, self.count)
+        return DataSpectrum(self.cross / self.count, mean, covariance, self.size, self.count)
 
 
 def spectral_slope(image: torch.Tensor) -> float:
@@ -295,10 +327,12 @@ def _straight_through_clip(x: torch.Tensor) -> torch.Tensor:
 
 
 class MacoImage:
-    """Pixels = the data's mean + irfft2(amplitude · e^{iφ}): only the phase φ is optimised."""
+    """Pixels = the data's mean + basis · irfft2(amplitude · e^{iφ}): each principal colour
+    component has the data's amplitude spectrum; only the phases φ are optimised."""
 
     def __init__(self, stats: PixelStatistics, phase: torch.Tensor) -> None:
         self.amplitude = stats.amplitude.float().to(phase.device)
+        self.basis = stats.basis.float().to(phase.device)
         self.mean = stats.mean.float().to(phase.device)[None, :, None, None]
         self.size = stats.size
         self.phase = phase.detach().clone().requires_grad_(True)
@@ -314,7 +348,9 @@ class MacoImage:
     def pixels(self) -> torch.Tensor:
         phase = hermitian_phase(self.phase, self.size[1])
         spectrum = torch.polar(self.amplitude.expand_as(phase), phase)
-        return _straight_through_clip(self.mean + torch.fft.irfft2(spectrum, s=self.size))
+        components = torch.fft.irfft2(spectrum, s=self.size)
+        mixed = torch.einsum("ck,bkhw->bchw", self.basis, components)
+        return _straight_through_clip(self.mean + mixed)
 
 
 def hermitian_phase(phase: torch.Tensor, width: int) -> torch.Tensor:
@@ -368,13 +404,15 @@ class FourierImage:
 
 
 def colour_square_root(covariance: torch.Tensor) -> torch.Tensor:
-    """A square root of the colour covariance scaled to a largest column norm of 1 (Lucid's
-    decorrelation, from the user's data instead of ImageNet's); identity for one channel."""
+    """A square root of the colour covariance (principal directions scaled by their standard
+    deviations) scaled to a largest column norm of 1: Lucid's decorrelation, from the user's
+    data instead of ImageNet's; the identity for one channel."""
     c = covariance.shape[0]
     if c == 1:
-        return torch.ones(1, 1, dtype=covariance.dtype)
-    values, vectors = torch.linalg.eigh(covariance.double().cpu())
-    root = vectors @ torch.diag(values.clamp(min=0.0).sqrt())
+        return torch.ones(1, 1, dtype=torch.float64)
+    basis = colour_basis(covariance).cpu()
+    variances = torch.einsum("ck,cd,dk->k", basis, covariance.double().cpu(), basis)
+    root = basis @ torch.diag(variances.clamp(min=0.0).sqrt())
     norm = root.norm(dim=0).max()
     return root / norm if norm > 0 else torch.eye(c, dtype=torch.float64)
 
@@ -493,7 +531,7 @@ def optimise(
     parameters get none). ``steps`` wraps the step range (a progress bar)."""
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     stats = PixelStatistics(
-        stats.amplitude.to(device), stats.mean.to(device), stats.covariance, stats.size
+        stats.amplitude.to(device), stats.basis, stats.mean.to(device), stats.covariance, stats.size
     )
     image = make_image(kind, stats, generators)
     optimiser = torch.optim.Adam(image.parameters(), lr=budget.lr)

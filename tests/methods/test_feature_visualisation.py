@@ -44,8 +44,11 @@ def test_spectrum_matches_numpy_and_does_not_depend_on_batch_order() -> None:
         whole.update(x[start : start + 4])
     spectrum = whole.result()
     assert spectrum is not None and spectrum.count == 10 and spectrum.size == (12, 16)
-    ref = np.mean(np.abs(np.fft.rfft2(x.double().numpy())) ** 2, axis=0)
+    spec = np.fft.rfft2(x.double().numpy())
+    ref = np.mean(np.abs(spec) ** 2, axis=0)
     np.testing.assert_allclose(spectrum.power.numpy(), ref, rtol=1e-5)
+    cross = np.einsum("bchw,bdhw->cdhw", spec, spec.conj()) / 10
+    np.testing.assert_allclose(spectrum.cross.numpy(), cross, rtol=1e-5, atol=1e-4)
     values = x.double().numpy().transpose(1, 0, 2, 3).reshape(3, -1)
     np.testing.assert_allclose(spectrum.mean.numpy(), values.mean(1), rtol=1e-6)
     np.testing.assert_allclose(
@@ -61,15 +64,16 @@ def test_spectrum_matches_numpy_and_does_not_depend_on_batch_order() -> None:
         merged = fv.SpectrumAccumulator()
         merged.add(first)
         merged.add(second)
-        assert merged.power is not None and whole.power is not None
-        assert torch.equal(merged.power, whole.power)
+        assert merged.cross is not None and whole.cross is not None
+        assert torch.equal(merged.cross, whole.cross)
         assert merged.sums is not None and whole.sums is not None
         assert torch.equal(merged.sums, whole.sums)
 
 
-def test_pixel_statistics_undo_the_preprocessing() -> None:
+def test_pixel_statistics_undo_the_preprocessing_in_the_principal_colour_basis() -> None:
     gen = torch.Generator().manual_seed(1)
-    pixels = torch.rand(6, 3, 8, 8, generator=gen)
+    grey = torch.rand(6, 1, 8, 8, generator=gen)
+    pixels = 0.6 * grey + 0.4 * torch.rand(6, 3, 8, 8, generator=gen)  # correlated colours
     mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
     acc = fv.SpectrumAccumulator()
     acc.update((pixels - mean[:, None, None]) / std[:, None, None])
@@ -77,31 +81,45 @@ def test_pixel_statistics_undo_the_preprocessing() -> None:
     assert spectrum is not None
     stats = spectrum.in_pixels(mean, std)
     p = pixels.double().numpy()
-    ref = np.sqrt(np.mean(np.abs(np.fft.rfft2(p)) ** 2, axis=0))
+    values = p.transpose(1, 0, 2, 3).reshape(3, -1)
+    cov = np.cov(values, bias=True)
+    np.testing.assert_allclose(stats.covariance.numpy(), cov, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(stats.mean.numpy(), values.mean(1), rtol=1e-5)
+    # The basis: orthonormal principal directions, largest variance first.
+    basis = stats.basis.numpy()
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-10)
+    variances = np.einsum("ck,cd,dk->k", basis, cov, basis)
+    np.testing.assert_allclose(np.sort(variances)[::-1], np.linalg.eigvalsh(cov)[::-1], rtol=1e-4)
+    assert (np.diff(variances) <= 0).all()
+    # Each component's amplitude: the RMS spectrum of the images projected on it.
+    components = np.einsum("ck,bchw->bkhw", basis, p)
+    ref = np.sqrt(np.mean(np.abs(np.fft.rfft2(components)) ** 2, axis=0))
     got = stats.amplitude.numpy()
     np.testing.assert_allclose(got[:, 1:, :], ref[:, 1:, :], rtol=1e-4)
     np.testing.assert_allclose(got[:, 0, 1:], ref[:, 0, 1:], rtol=1e-4)
     # The constant term: the spread (RMS deviation) of the images' means around the data's.
-    image_means = p.mean(axis=(2, 3))
-    spread = 64 * image_means.std(axis=0)
+    spread = 64 * components.mean(axis=(2, 3)).std(axis=0)
     np.testing.assert_allclose(got[:, 0, 0], spread, rtol=1e-4)
-    np.testing.assert_allclose(stats.mean.numpy(), p.mean(axis=(0, 2, 3)), rtol=1e-5)
 
 
 @pytest.mark.parametrize(("h", "w"), [(16, 16), (15, 17), (16, 15)])
 def test_maco_image_keeps_the_amplitude_and_changes_only_phases(h: int, w: int) -> None:
-    """The image's spectrum has exactly the data's amplitude at every frequency but the constant
-    term (whose real value moves the mean), whatever the phases — also in the columns whose
-    rows hold each other's conjugates; small amplitudes, so nothing is clipped."""
+    """Each principal colour component of the image has exactly the data's amplitude at every
+    frequency but the constant term (whose real value moves the mean), whatever the phases —
+    also in the columns whose rows hold each other's conjugates; small amplitudes, so nothing
+    is clipped."""
     gen = torch.Generator().manual_seed(2)
     stats = _stats(torch.rand(4, 3, h, w, generator=gen) * 0.2)
-    stats = fv.PixelStatistics(stats.amplitude, torch.full((3,), 0.5), torch.eye(3), (h, w))
+    stats = fv.PixelStatistics(
+        stats.amplitude, stats.basis, torch.full((3,), 0.5), stats.covariance, (h, w)
+    )
     phase = torch.stack([fv.MacoImage.initial(stats, gen) for _ in range(2)])
     image = fv.MacoImage(stats, phase)
     pixels = image.pixels().detach()
     assert pixels.shape == (2, 3, h, w)
     assert float(pixels.min()) > 0.0 and float(pixels.max()) < 1.0  # not clipped
-    spectrum = np.abs(np.fft.rfft2(pixels.double().numpy() - 0.5))
+    components = np.einsum("ck,bchw->bkhw", stats.basis.numpy(), pixels.double().numpy() - 0.5)
+    spectrum = np.abs(np.fft.rfft2(components))
     amplitude = stats.amplitude.numpy()[None].repeat(2, 0)
     spectrum[..., 0, 0] = amplitude[..., 0, 0] = 0.0
     np.testing.assert_allclose(spectrum, amplitude, atol=1e-5)
