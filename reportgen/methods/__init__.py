@@ -6,7 +6,7 @@ receptive fields (:mod:`.receptive_field`), vision-transformer tokens and maps (
 :mod:`.vit_maps`), hooks (:mod:`.hooks`), exact k-NN (:mod:`.knn`), t-SNE (:mod:`.tsne` and its
 isolated native child :mod:`.native_tsne`), calibration (:mod:`.calibration`), paired statistics
 (:mod:`.stats`), subgroup statistics (:mod:`.slicing`), feature visualisation by optimisation
-(:mod:`.feature_viz`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
+(:mod:`.feature_viz`, the data's spectra in :mod:`.spectra`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
 compare, pipeline or report.
 
 The modules load on first attribute access (``from reportgen import methods`` then
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         perturbation,
         receptive_field,
         slicing,
+        spectra,
         stats,
         trust,
         tsne,
@@ -50,6 +51,7 @@ __all__ = [
     "perturbation",
     "receptive_field",
     "slicing",
+    "spectra",
     "stats",
     "trust",
     "tsne",

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from reportgen.methods import feature_viz as fv
+from reportgen.methods import spectra
 
 
-def _stats(images: torch.Tensor) -> fv.PixelStatistics:
+def _stats(images: torch.Tensor) -> spectra.PixelStatistics:
     """The pixel statistics of N×C×H×W images in [0, 1], measured as the pass does (identity
     preprocessing)."""
-    acc = fv.SpectrumAccumulator()
+    acc = spectra.SpectrumAccumulator()
     acc.update(images)
     spectrum = acc.result()
     assert spectrum is not None
@@ -39,7 +40,7 @@ def test_class_objective_and_probability_match_a_reference() -> None:
 def test_spectrum_matches_numpy_and_does_not_depend_on_batch_order() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(10, 3, 12, 16, generator=gen) * 2 - 0.5
-    whole = fv.SpectrumAccumulator()
+    whole = spectra.SpectrumAccumulator()
     for start in range(0, 10, 4):
         whole.update(x[start : start + 4])
     spectrum = whole.result()
@@ -56,12 +57,12 @@ def test_spectrum_matches_numpy_and_does_not_depend_on_batch_order() -> None:
     )
     # The same batches split between two accumulators (two torchrun ranks), folded together in
     # either order: the same bytes.
-    a, b = fv.SpectrumAccumulator(), fv.SpectrumAccumulator()
+    a, b = spectra.SpectrumAccumulator(), spectra.SpectrumAccumulator()
     a.update(x[0:4])
     a.update(x[8:10])
     b.update(x[4:8])
     for first, second in ((a, b), (b, a)):
-        merged = fv.SpectrumAccumulator()
+        merged = spectra.SpectrumAccumulator()
         merged.add(first)
         merged.add(second)
         assert merged.cross is not None and whole.cross is not None
@@ -75,7 +76,7 @@ def test_pixel_statistics_undo_the_preprocessing_in_the_principal_colour_basis()
     grey = torch.rand(6, 1, 8, 8, generator=gen)
     pixels = 0.6 * grey + 0.4 * torch.rand(6, 3, 8, 8, generator=gen)  # correlated colours
     mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
-    acc = fv.SpectrumAccumulator()
+    acc = spectra.SpectrumAccumulator()
     acc.update((pixels - mean[:, None, None]) / std[:, None, None])
     spectrum = acc.result()
     assert spectrum is not None
@@ -110,7 +111,7 @@ def test_maco_image_keeps_the_amplitude_and_changes_only_phases(h: int, w: int) 
     is clipped."""
     gen = torch.Generator().manual_seed(2)
     stats = _stats(torch.rand(4, 3, h, w, generator=gen) * 0.2)
-    stats = fv.PixelStatistics(
+    stats = spectra.PixelStatistics(
         stats.amplitude, stats.basis, torch.full((3,), 0.5), stats.covariance, (h, w)
     )
     phase = torch.stack([fv.MacoImage.initial(stats, gen) for _ in range(2)])
@@ -131,7 +132,7 @@ def test_resized_statistics_keep_the_power_per_pixel() -> None:
     gen = torch.Generator().manual_seed(3)
     stats = _stats(torch.rand(8, 1, 16, 16, generator=gen))
 
-    def variance(s: fv.PixelStatistics) -> float:
+    def variance(s: spectra.PixelStatistics) -> float:
         a = s.amplitude.clone()
         a[:, 0, 0] = 0
         full = a**2
@@ -154,8 +155,8 @@ def test_spectral_slope_of_known_spectra() -> None:
     phase = torch.rand(1, h, w // 2 + 1, generator=gen) * 2 * torch.pi
     pink = torch.fft.irfft2(torch.polar(1.0 / radius, phase), s=(h, w))  # power ∝ f^-2
     white = torch.randn(1, h, w, generator=gen)
-    assert fv.spectral_slope(pink) == pytest.approx(-2.0, abs=0.15)
-    assert fv.spectral_slope(white) == pytest.approx(0.0, abs=0.2)
+    assert spectra.spectral_slope(pink) == pytest.approx(-2.0, abs=0.15)
+    assert spectra.spectral_slope(white) == pytest.approx(0.0, abs=0.2)
 
 
 def test_views_whole_image_first_and_crops_shrinking_inside_the_image() -> None:
