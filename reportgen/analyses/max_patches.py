@@ -110,40 +110,64 @@ def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
 FRAME = 190  # grey level of the 1-px frame around each patch
 
 
+LEAD_FRAME = np.array([40, 110, 200], np.uint8)
+"""Frame of the optimised image that leads a row (feature visualisation)."""
+
+
 def patch_grid(
     patches: list[list[np.ndarray]],
     values: list[list[float]],
     row_labels: list[str],
     size: int,
+    lead: list[tuple[np.ndarray, float] | None] | None = None,
 ) -> Picture:
-    """Rows of equal-size patches with the row label on the left and values above each patch."""
+    """Rows of equal-size patches with the row label on the left and values above each patch.
+
+    ``lead``: per row, an image optimised for the row's channel and its value, drawn first in a
+    blue frame under the heading "optimised" (``None``: that channel was not optimised)."""
     label_w, gap, text_h, row_gap = 64, 4, 12, 10
     k = max(len(r) for r in patches)
     ph = max(p.shape[0] for r in patches for p in r)
     pw = max(p.shape[1] for r in patches for p in r)
     row_h = ph + text_h + row_gap
-    width = label_w + k * (pw + gap) + gap
-    height = len(patches) * row_h + gap
+    top = text_h + 2 if lead else 0
+    first = label_w + gap + (pw + 3 * gap if lead else 0)
+    width = first + k * (pw + gap)
+    height = top + len(patches) * row_h + gap
     canvas = np.full((height, width, 3), 255, np.uint8)
     for ri, row in enumerate(patches):
-        y = gap + ri * row_h
+        y = top + gap + ri * row_h
         for ci, p in enumerate(row):
-            x = label_w + gap + ci * (pw + gap)
+            x = first + ci * (pw + gap)
             # A light frame keeps all-white (or all-black) patches visible on the page.
             canvas[y - 1 : y + p.shape[0] + 1, x - 1 : x + p.shape[1] + 1] = FRAME
             canvas[y : y + p.shape[0], x : x + p.shape[1]] = p
+        shown = lead[ri] if lead else None
+        if shown is not None:
+            img = resize_patch(shown[0], size)
+            x = label_w + gap
+            canvas[y - 2 : y + img.shape[0] + 2, x - 2 : x + img.shape[1] + 2] = LEAD_FRAME
+            canvas[y : y + img.shape[0], x : x + img.shape[1]] = img
     fig = new_figure(width / 100, height / 100)
     fig.set_layout_engine("none")
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
+    if lead:
+        ax.text(label_w + gap + pw / 2, 1, "optimised", fontsize=7, ha="center", va="top")
+        ax.text(first, 1, "top dataset patches", fontsize=7, ha="left", va="top")
     # Values go right under their patch, rows are spaced further apart than that.
     for ri, row_values in enumerate(values):
-        y = gap + ri * row_h
+        y = top + gap + ri * row_h
         ax.text(4, y + ph / 2, row_labels[ri], fontsize=8, va="center", ha="left")
         for ci, v in enumerate(row_values):
-            x = label_w + gap + ci * (pw + gap) + pw / 2
+            x = first + ci * (pw + gap) + pw / 2
             ax.text(x, y + ph + 1, f"{v:.3g}", fontsize=7, ha="center", va="top")
+        if lead:
+            shown = lead[ri]
+            text = "—" if shown is None else f"mean {shown[1]:.3g}"
+            where = y + ph + 1 if shown is not None else y + ph / 2
+            ax.text(label_w + gap + pw / 2, where, text, fontsize=7, ha="center", va="top")
     pic = figure_to_picture(fig, dpi=100)
     return Picture(pic.pixels, kind="photo")
 
@@ -235,10 +259,21 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                     row_vals.append(vals[ci][j])
                 patches.append(row)
                 shown_vals.append(row_vals)
+            optimised = ctx.unit_images(name)
+            lead = (
+                [
+                    (optimised[c].pixels, optimised[c].value) if c in optimised else None
+                    for c in chans
+                ]
+                if any(c in optimised for c in chans)
+                else None
+            )
             if any(patches):
                 section.add(
                     Figure(
-                        patch_grid(patches, shown_vals, [f"ch {c}" for c in chans], p.patch_size),
+                        patch_grid(
+                            patches, shown_vals, [f"ch {c}" for c in chans], p.patch_size, lead
+                        ),
                         caption=(
                             f"{name}: top {p.k} dataset patches for {len(chans)} of "
                             f"{st.values.shape[0]} channels "
@@ -254,6 +289,13 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                                 if whole_image
                                 else f"; each patch is the {rf.size[0]}×{rf.size[1]} px receptive "
                                 f"field, shown at {p.patch_size} px."
+                            )
+                            + (
+                                " First column (blue frame): the image feature visualisation "
+                                "optimised for the channel, with its mean activation; — where "
+                                "it optimised none."
+                                if lead
+                                else ""
                             )
                         ),
                         alt=f"Maximally activating patches of {name}",

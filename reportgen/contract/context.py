@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from reportgen.contract.analysis import SkipSection
+from reportgen.contract.analysis import SkipSection, UnitImage
 from reportgen.contract.passes import PassResult
 from reportgen.errors import DataError
 from reportgen.loading.folders import DataFolder, DecodeFailure
@@ -134,6 +134,7 @@ class AnalysisContext:
     progress: Callable[..., Iterator[Any]] = _no_progress
     _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
     _maps: _MapStore = field(default_factory=_MapStore, repr=False)
+    _unit_images: dict[str, dict[int, UnitImage]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ images and labels
 
@@ -292,6 +293,15 @@ class AnalysisContext:
         if any(p not in index for p in positions):
             return None
         return entry[1][[index[p] for p in positions]]
+
+    def share_unit_images(self, layer: str, images: dict[int, UnitImage]) -> None:
+        """Offer images optimised for channels of ``layer`` to the sections that run later."""
+        self._unit_images.setdefault(layer, {}).update(images)
+
+    def unit_images(self, layer: str) -> dict[int, UnitImage]:
+        """Channel -> the image optimised for it, of the channels of ``layer`` that an earlier
+        section optimised (empty when none did)."""
+        return dict(self._unit_images.get(layer, {}))
 
     # ------------------------------------------------------------------ the model
 
