@@ -324,16 +324,26 @@ class FeatureVizAnalysis(Analysis[FeatureVizParams]):
         assert spectrum is not None
         pre = ctx.preprocessor
         stats = spectrum.in_pixels(pre.mean, pre.std).resized(s.image_size)
-        groups: dict[str, list[Objective]] = {}
-        for objective in objectives:
-            groups.setdefault(objective.layer, []).append(objective)
+        # Channels of the earliest layers first, classes last: the forward passes of the views
+        # of early layers alone stop there.
+        order = [o for o in objectives if o.kind == "channel"]
+        order += [o for o in objectives if o.kind == "class"]
         outcomes: list[Outcome] = []
-        for layer, members in groups.items():
-            try:
-                outcomes += self._optimise(ctx, p, s, stats, layer, members)
-            except (RuntimeError, ValueError) as exc:
-                what = "class images" if layer == OUTPUT else f"{layer}"
-                notes.append(f"{what}: failed — {type(exc).__name__}: {exc}")
+        try:
+            outcomes = self._optimise(ctx, p, s, stats, order)
+        except (RuntimeError, ValueError):
+            # One part failing is one part failing: each layer's objectives (and the classes)
+            # again on their own, the failing ones said.
+            for layer in dict.fromkeys(o.layer for o in order):
+                try:
+                    outcomes += self._optimise(
+                        ctx, p, s, stats, [o for o in order if o.layer == layer]
+                    )
+                except (RuntimeError, ValueError) as exc:
+                    what = "class images" if layer == OUTPUT else layer
+                    notes.append(f"{what}: failed — {type(exc).__name__}: {exc}")
+        rank = {o.key: i for i, o in enumerate(objectives)}
+        outcomes.sort(key=lambda o: rank[o.objective.key])
         if not outcomes:
             raise SkipSection(" ".join(notes))
         self._share(ctx, outcomes)
@@ -354,52 +364,69 @@ class FeatureVizAnalysis(Analysis[FeatureVizParams]):
         p: FeatureVizParams,
         s: Settings,
         stats: PixelStatistics,
-        layer: str,
         members: list[Objective],
     ) -> list[Outcome]:
+        """One batch: every objective's image optimised together, then each whole image's
+        final value (and a class's probability) from one forward pass each."""
         fv = methods.feature_viz
         model = ctx.model.module
-        indices = torch.tensor([o.index for o in members], device=ctx.device)
-        if layer == OUTPUT:
-            score = fv.class_scorer(model, indices)
-        else:
-            module = loading.types.find_layer(model, layer)
+        targets = [
+            fv.Target(o.index)
+            if o.kind == "class"
+            else fv.Target(o.index, loading.types.find_layer(model, o.layer), o.layer)
+            for o in members
+        ]
 
-            def to_map(output: Any, batch: int) -> torch.Tensor | None:
-                return as_map(layer, output, ctx.token_layout, batch)
+        def to_map(name: str, output: Any, batch: int) -> torch.Tensor | None:
+            return as_map(name, output, ctx.token_layout, batch)
 
-            score = fv.channel_scorer(model, module, layer, indices, to_map)
-        budget = fv.Budget(s.steps, s.crops, s.lr, s.batch_size)
-        what = "classes" if layer == OUTPUT else layer
+        score = fv.scorer(model, targets, to_map)
         result = fv.optimise(
             p.parameterisation,
             stats,
             score,
             ctx.preprocessor.normalise,
             [fv.objective_seed(ctx.seed, o.key) for o in members],
-            budget,
+            fv.Budget(s.steps, s.crops, s.lr, s.batch_size),
             s.input_size,
             ctx.device,
-            steps=lambda r: ctx.iterate(r, desc=f"feature_viz {what}", total=len(r)),
+            steps=lambda r: ctx.iterate(r, desc="feature_viz", total=len(r)),
         )
+        # Each whole final image once more: a channel's value, or a class's logit and
+        # probability (one forward pass each).
         forward = ctx.batch("auto")
+        values: list[float] = [0.0] * len(members)
         probabilities: list[float | None] = [None] * len(members)
-        if layer == OUTPUT:
-            logits = fv.evaluate(
-                lambda x, _owners: loading.models.extract_logits(model(x)),
+        channels = [i for i, o in enumerate(members) if o.kind == "channel"]
+        if channels:
+            channel_score = fv.scorer(model, [targets[i] for i in channels], to_map)
+            got = fv.evaluate(
+                channel_score,
                 ctx.preprocessor.normalise,
-                result.pixels,
+                result.pixels[channels],
                 s.input_size,
                 forward,
             )
-            values = fv.class_objective(logits, indices).cpu().tolist()
-            probabilities = fv.class_probability(logits, indices).cpu().tolist()
-        else:
-            values = (
-                fv.evaluate(score, ctx.preprocessor.normalise, result.pixels, s.input_size, forward)
-                .cpu()
-                .tolist()
+            for i, value in zip(channels, got.tolist(), strict=True):
+                values[i] = value
+        rows = [i for i, o in enumerate(members) if o.kind == "class"]
+        if rows:
+            classes = torch.tensor([members[i].index for i in rows], device=ctx.device)
+            logits = fv.evaluate(
+                lambda x, _owners: loading.models.extract_logits(model(x)),
+                ctx.preprocessor.normalise,
+                result.pixels[rows],
+                s.input_size,
+                forward,
             )
+            scored = zip(
+                rows,
+                fv.class_objective(logits, classes).tolist(),
+                fv.class_probability(logits, classes).tolist(),
+                strict=True,
+            )
+            for i, value, prob in scored:
+                values[i], probabilities[i] = value, prob
         return [
             Outcome(
                 objective=o,

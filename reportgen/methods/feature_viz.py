@@ -61,18 +61,20 @@ def class_probability(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tens
     return logits.float().softmax(1).gather(1, classes[:, None].to(logits.device))[:, 0]
 
 
-def class_scorer(model: nn.Module, classes: torch.Tensor) -> Scorer:
-    """Scores inputs by :func:`class_objective` of their owner's class."""
+@dataclass(frozen=True)
+class Target:
+    """What one objective raises: the logit of class ``index`` (``module`` None), or how much
+    channel ``index`` of ``module``'s output fires — the mean over the map of its positive part
+    (a linear layer's plain mean would only follow the image's mean colour)."""
 
-    def score(x: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-        return class_objective(extract_logits(model(x)), classes[owners])
-
-    return score
+    index: int
+    module: nn.Module | None = None
+    name: str = "output"
 
 
 class _Reached(Exception):
-    """Raised by the hook once the objective's layer has run: the rest of the forward is not
-    needed (the backward starts from that layer)."""
+    """Raised by a hook once every layer the objectives need has run: the rest of the forward
+    is not needed (the backward starts from those layers)."""
 
 
 class LayerNotReached(RuntimeError):
@@ -80,46 +82,68 @@ class LayerNotReached(RuntimeError):
         super().__init__(f"layer {layer} was not called in the model's forward")
 
 
-def layer_output(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor) -> Any:
-    """The output of ``module`` for inputs ``x``, stopping the forward right after it."""
-    store: list[Any] = []
+def scorer(
+    model: nn.Module,
+    targets: Sequence[Target],
+    to_map: Callable[[str, Any, int], torch.Tensor | None],
+) -> Scorer:
+    """Scores each input by its owner's target, whatever mix of classes and channels of several
+    layers one batch holds, in one forward pass that stops once the deepest layer it needs has
+    run (the whole model when a class is among them). ``to_map(name, output, batch)`` turns a
+    layer's output into N×C×h×w (a transformer's tokens onto their patch grid) or None."""
 
-    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-        store.append(out[0] if isinstance(out, tuple | list) else out)
-        raise _Reached
+    def score(x: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        chosen = [targets[i] for i in owners.tolist()]
+        layers = {t.name: t.module for t in chosen if t.module is not None}
+        whole = any(t.module is None for t in chosen)
+        outputs, logits = _run(model, x, layers, whole)
+        values: list[torch.Tensor] = []
+        maps = {name: to_map(name, out, x.shape[0]) for name, out in outputs.items()}
+        for row, t in enumerate(chosen):
+            if t.module is None:
+                assert logits is not None
+                index = torch.tensor([t.index], device=logits.device)
+                values.append(class_objective(logits[row : row + 1], index)[0])
+                continue
+            layer_map = maps[t.name]
+            if layer_map is None:
+                raise LayerNotReached(f"{t.name} (no spatial output map)")
+            values.append(layer_map[row, t.index].float().relu().mean())
+        return torch.stack(values)
 
-    handle = module.register_forward_hook(hook)
+    return score
+
+
+def _run(
+    model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module], whole: bool
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """The outputs of ``layers`` for ``x`` (and the logits when ``whole``), the forward stopped
+    as soon as it has them all unless the logits are needed."""
+    store: dict[str, Any] = {}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            store.setdefault(name, out[0] if isinstance(out, tuple | list) else out)
+            if not whole and len(store) == len(layers):
+                raise _Reached
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(name)) for name, module in layers.items()]
+    logits = None
     try:
-        model(x)
+        out = model(x)
+        if whole:
+            logits = extract_logits(out)
     except _Reached:
         pass
     finally:
-        handle.remove()
-    if not store:
-        raise LayerNotReached(name)
-    return store[0]
-
-
-def channel_scorer(
-    model: nn.Module,
-    module: nn.Module,
-    name: str,
-    channels: torch.Tensor,
-    to_map: Callable[[Any, int], torch.Tensor | None],
-) -> Scorer:
-    """Scores inputs by the mean over the map of the positive part of their owner's channel of
-    ``module``'s output: how much the channel fires (a linear layer's plain mean would only
-    follow the image's mean colour). ``to_map`` turns the output into N×C×h×w (a
-    transformer's tokens onto their patch grid) or None."""
-
-    def score(x: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-        maps = to_map(layer_output(model, module, name, x), x.shape[0])
-        if maps is None:
-            raise LayerNotReached(f"{name} (no spatial output map)")
-        rows = torch.arange(x.shape[0], device=maps.device)
-        return maps[rows, channels[owners].to(maps.device)].float().relu().mean(dim=(1, 2))
-
-    return score
+        for handle in handles:
+            handle.remove()
+    for name in layers:
+        if name not in store:
+            raise LayerNotReached(name)
+    return store, logits
 
 
 # --------------------------------------------------------------------------- parameterisations

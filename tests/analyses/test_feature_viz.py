@@ -381,3 +381,31 @@ def test_wrong_classes_and_channels_are_input_errors_before_the_pass(
         validate_params(FeatureVizParams(steps=0), "analyses.feature_viz")
     with pytest.raises(ConfigError, match="classes"):
         validate_params(FeatureVizParams(classes=[-1]), "analyses.feature_viz")
+
+
+def test_a_layer_that_fails_leaves_the_other_images(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One part failing is one part failing: conv2's objectives cannot be scored; the class and
+    conv1 images still render, and the section says what failed."""
+    import reportgen.methods.feature_viz as fv
+
+    real = fv.scorer
+
+    def fragile(model: Any, targets: Any, to_map: Any) -> Any:
+        if any(t.name == "conv2" for t in targets):
+            raise RuntimeError("conv2 cannot be scored")
+        return real(model, targets, to_map)
+
+    monkeypatch.setattr(fv, "scorer", fragile)
+    write_image_folder(tmp_path / "images")
+    cfg = make_config(
+        tmp_path,
+        {"model.weights": str(tiny_weights), "analyses": {"feature_viz": FAST}},
+        analyses=["feature_viz"],
+    )
+    _, result = section_run(cfg)
+    layers = [o["layer"] for o in result.record["objectives"]]
+    assert layers == ["output"] * 3 + ["conv1"] * 2
+    notes = [b.text for b in result.section.blocks if isinstance(b, Text)]
+    assert any(n.startswith("conv2: failed — RuntimeError: conv2 cannot be scored") for n in notes)

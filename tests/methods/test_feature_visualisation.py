@@ -202,7 +202,7 @@ def test_optimisation_raises_the_objective_and_keeps_images_apart(kind: str) -> 
         return fv.optimise(
             kind,  # type: ignore[arg-type]
             stats,
-            fv.class_scorer(model, cls),
+            fv.scorer(model, [fv.Target(int(c)) for c in cls], lambda _n, _o, _b: None),
             lambda p: p,
             ss,
             budget,
@@ -226,30 +226,45 @@ def fv_lr(kind: str) -> float:
 
 
 class Stops(nn.Module):
-    """A conv, then a layer that must never run when only the conv's channels are scored."""
+    """A conv and a second conv, then a layer that must never run when only the convs' channels
+    are scored."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.after = nn.Linear(4, 2)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.head = nn.Linear(5, 2)
+        self.stop = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        raise AssertionError("ran past the scored layer")  # pragma: no cover
-        return self.after(y.mean((2, 3)))  # pragma: no cover
+        y = self.conv2(self.conv(x))
+        if self.stop:
+            raise AssertionError("ran past the scored layers")
+        return self.head(y.mean((2, 3)))
 
 
-def test_channel_score_is_the_mean_positive_part_and_stops_at_the_layer() -> None:
+def test_one_forward_scores_classes_and_channels_of_several_layers() -> None:
     torch.manual_seed(0)
     model = Stops()
-    x = torch.randn(3, 3, 8, 8)
-    channels = torch.tensor([0, 3, 1])
+    x = torch.randn(4, 3, 8, 8)
+    targets = [
+        fv.Target(0, model.conv, "conv"),
+        fv.Target(3, model.conv, "conv"),
+        fv.Target(4, model.conv2, "conv2"),
+        fv.Target(1),
+    ]
 
-    def to_map(out: torch.Tensor, _n: int) -> torch.Tensor:
+    def to_map(_name: str, out: torch.Tensor, _n: int) -> torch.Tensor:
         return out
 
-    score = fv.channel_scorer(model, model.conv, "conv", channels, to_map)
-    got = score(x, torch.tensor([0, 1, 2]))
-    want = torch.stack([model.conv(x)[i, c].relu().mean() for i, c in enumerate([0, 3, 1])])
+    a, b = model.conv(x), model.conv2(model.conv(x))
+    channels = fv.scorer(model, targets, to_map)
+    got = channels(x[:3], torch.tensor([0, 1, 2]))  # channels only: stops after conv2
+    want = torch.stack([a[0, 0].relu().mean(), a[1, 3].relu().mean(), b[2, 4].relu().mean()])
     torch.testing.assert_close(got, want)
-    assert not model.conv._forward_hooks  # the hook is gone
+    model.stop = False  # a class among them: the whole model runs
+    got = channels(x, torch.tensor([2, 3, 0, 3]))
+    logits = model.head(b.mean((2, 3)))
+    want = torch.stack([b[0, 4].relu().mean(), logits[1, 1], a[2, 0].relu().mean(), logits[3, 1]])
+    torch.testing.assert_close(got, want)
+    assert not model.conv._forward_hooks and not model.conv2._forward_hooks  # hooks gone
