@@ -3,7 +3,7 @@
 Per objective — a class's logit (by default the query images' classes) or a channel of the
 layers the maximally activating patches show (by default their first rows, the same channel
 numbers) — one image optimised to raise it (:mod:`reportgen.methods.feature_viz`: MACO by
-default, Lucid's Fourier parameterisation on request), all objectives of one layer in one batch.
+default, Lucid's Fourier parameterisation on request), all objectives in one batch.
 MACO's amplitude spectrum is the mean spectrum of the user's own images, measured on the model
 inputs during the dataset pass by this section's collector (which also keeps the per-channel
 peak statistics the patches section ranks its channels by, so both pick the same channels).
@@ -352,7 +352,9 @@ class FeatureVizAnalysis(Analysis[FeatureVizParams]):
         data_slope = methods.spectra.power_slope(stats.amplitude**2, s.image_size[1])
         section = self.section(how_to_read(p.parameterisation))
         return Result(
-            present_section(section, outcomes, notes, p, s, data_slope),
+            present_section(
+                section, outcomes, notes, p, s, data_slope, f"{GPU_STEPS} steps × {GPU_CROPS} views"
+            ),
             arrays=outcome_arrays(outcomes),
             metrics={"feature_viz_class_images_recognised": recognised},
             record=outcome_record(outcomes, p, s, data_slope),

@@ -80,8 +80,9 @@ def how_to_read(parameterisation: str) -> str:
     )
 
 
-def budget_text(p: FeatureVizParams, s: Settings, count: int) -> str:
-    """The settings and their price, saying which were chosen automatically and why."""
+def budget_text(p: FeatureVizParams, s: Settings, count: int, on_a_gpu: str) -> str:
+    """The settings and their price, saying which were chosen automatically (``on_a_gpu``: the
+    GPU's defaults, said on the CPU)."""
     where = "GPU" if s.on_gpu else "CPU"
     h, w = s.input_size
     auto: list[str] = []
@@ -92,7 +93,7 @@ def budget_text(p: FeatureVizParams, s: Settings, count: int) -> str:
     automatic = (
         f" ({' and '.join(auto)}: the {where} default"
         + (f" for {h}×{w} inputs" if "steps" in auto and not s.on_gpu else "")
-        + ("; 256 steps × 6 views on a GPU" if not s.on_gpu else "")
+        + (f"; {on_a_gpu} on a GPU" if not s.on_gpu else "")
         + ")"
         if auto
         else ""
@@ -234,8 +235,9 @@ def present_section(
     p: FeatureVizParams,
     s: Settings,
     data_slope: float,
+    on_a_gpu: str,
 ) -> Section:
-    out.add(Text(budget_text(p, s, len(outcomes)), kind="note"))
+    out.add(Text(budget_text(p, s, len(outcomes), on_a_gpu), kind="note"))
     classes = [o for o in outcomes if o.objective.kind == "class"]
     if classes:
         out.add(class_figure(classes, p.tile_size, p.transparency))
@@ -247,8 +249,8 @@ def present_section(
                     f"class by the model (probability below {RECOGNISED:g}): "
                     + ", ".join(f"{o.objective.label} (p {o.probability:.2f})" for o in missed[:8])
                     + ". Raising their logit raised other classes more: the model has no "
-                    "pattern for them that it tells apart from the others (on a model with "
-                    "random or weak weights, no class image is recognised).",
+                    "pattern for them that it tells apart from the others (a model with random "
+                    "or weak weights recognises few of its class images, if any).",
                     kind="warning",
                 )
             )
