@@ -20,7 +20,16 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["report", "occlusion", "tsne", "knn", "memory", "baseline", "attribution_checks"]
+BENCHMARKS = [
+    "report",
+    "occlusion",
+    "tsne",
+    "knn",
+    "memory",
+    "baseline",
+    "attribution_checks",
+    "feature_viz",
+]
 
 
 def machine(device: str) -> str:
@@ -53,7 +62,7 @@ def main() -> None:
         print(f"[bench] {name} ...", flush=True)
         try:
             kwargs: dict[str, Any] = (
-                {"workdir": work} if name in ("report", "memory", "baseline") else {}
+                {"workdir": work} if name in ("report", "memory", "baseline", "feature_viz") else {}
             )
             result = mod.run(args.device, args.quick, **kwargs)
             results[name] = result
