@@ -29,6 +29,7 @@ BENCHMARKS = [
     "baseline",
     "attribution_checks",
     "discovery",
+    "feature_viz",
 ]
 
 
@@ -62,7 +63,7 @@ def main() -> None:
         print(f"[bench] {name} ...", flush=True)
         try:
             kwargs: dict[str, Any] = (
-                {"workdir": work} if name in ("report", "memory", "baseline") else {}
+                {"workdir": work} if name in ("report", "memory", "baseline", "feature_viz") else {}
             )
             result = mod.run(args.device, args.quick, **kwargs)
             results[name] = result

@@ -6,6 +6,7 @@ from reportgen.analyses.activations import ActivationsAnalysis
 from reportgen.analyses.attribution_checks import AttributionChecksAnalysis
 from reportgen.analyses.audit import AuditAnalysis
 from reportgen.analyses.embedding import EmbeddingAnalysis
+from reportgen.analyses.feature_viz import FeatureVizAnalysis
 from reportgen.analyses.filters import FiltersAnalysis
 from reportgen.analyses.max_patches import MaxPatchesAnalysis
 from reportgen.analyses.neighbors import NeighborsAnalysis
@@ -19,6 +20,7 @@ _ALL: list[type[Analysis]] = [
     NeighborsAnalysis,
     EmbeddingAnalysis,
     ActivationsAnalysis,
+    FeatureVizAnalysis,
     MaxPatchesAnalysis,
     OcclusionAnalysis,
     SaliencyAnalysis,

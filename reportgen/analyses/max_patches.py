@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from reportgen import loading, methods
-from reportgen.analyses.common import as_map, default_layers, resolve_layers
+from reportgen import methods
+from reportgen.analyses.common import LayerTopK, TopKCollector, layer_channels, patch_layers
 from reportgen.contract import Analysis, Cost, Needs, Result, SkipSection
-from reportgen.errors import ConfigError
 from reportgen.params import AnalysisParams, at_least, between, each, layer_ref, rule
 from reportgen.report.figures import figure_to_picture, new_figure
 from reportgen.report.section import Figure, Picture, Section, Table, Text
-from reportgen.runtime.lazy import torch
 
 if TYPE_CHECKING:
     from torch import nn
 
     from reportgen.contract import AnalysisContext, Collector, SetupContext
     from reportgen.methods.receptive_field import ReceptiveField
-    from reportgen.methods.vit import TokenLayout
 
 HOW_TO_READ = (
     "Each row is one channel (unit) of a layer; across the row are the image patches of the whole "
@@ -58,159 +54,7 @@ class MaxPatchesParams(AnalysisParams):
     """On-screen size of each patch, in pixels."""
 
 
-@dataclass
-class LayerTopK:
-    """Running state of one layer: top-k per channel and per-channel statistics of the peaks."""
-
-    values: torch.Tensor
-    """C×k best per-image peak activations, descending (-inf = not filled)."""
-    positions: torch.Tensor
-    """C×k dataset positions of those images (-1 = not filled)."""
-    ys: torch.Tensor
-    xs: torch.Tensor
-    """C×k location of the peak unit in the layer's map."""
-    mean: torch.Tensor
-    m2: torch.Tensor
-    """C running mean and sum of squared deviations of each image's peak (Chan et al. merge)."""
-    count: int = 0
-    map_size: tuple[int, int] = (0, 0)
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self.m2 / max(1, self.count - 1)
-
-
-class TopKCollector:
-    """Running top-k per channel over the dataset pass, O(channels × k) memory per layer.
-
-    Per batch and channel, each image's peak activation (max over the map) and its location are
-    merged with the kept k by one sort on the device. The sort is stable with kept entries first,
-    so ties keep the earlier image, as a plain loop over the dataset would.
-    """
-
-    def __init__(self, layers: Sequence[str], k: int, layout: TokenLayout | None = None) -> None:
-        self.layers: Sequence[str] = list(layers)
-        self.k = k
-        self.layout = layout
-        """A vision transformer's token layout: token outputs are read on their patch grid."""
-        self.state: dict[str, LayerTopK] = {}
-
-    def update(self, indices: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
-        for name in self.layers:
-            out = as_map(name, outputs[name], self.layout, int(indices.numel()))
-            if out is None:
-                continue
-            self._update(name, indices, out)
-
-    def _update(self, name: str, indices: torch.Tensor, out: torch.Tensor) -> None:
-        b, c, h, w = out.shape
-        flat = torch.nan_to_num(out.detach().float().flatten(2), nan=float("-inf"))
-        peak, where = flat.max(dim=2)  # B×C
-        st = self.state.get(name)
-        if st is None:
-            st = self._empty(c, out.device)
-            self.state[name] = st
-        st.map_size = (h, w)
-        pos = indices.to(out.device).long()
-        cand_v = torch.cat([st.values, peak.T], dim=1)
-        cand_p = torch.cat([st.positions, pos[None, :].expand(c, b)], dim=1)
-        cand_y = torch.cat([st.ys, (where // w).T], dim=1)
-        cand_x = torch.cat([st.xs, (where % w).T], dim=1)
-        order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : self.k]
-        st.values = cand_v.gather(1, order)
-        st.positions = cand_p.gather(1, order)
-        st.ys = cand_y.gather(1, order)
-        st.xs = cand_x.gather(1, order)
-        stat = peak.to(st.mean.dtype).clamp(min=torch.finfo(torch.float32).min)
-        mean_b = stat.mean(0)
-        m2_b = ((stat - mean_b) ** 2).sum(0)
-        n_a, n = st.count, st.count + b
-        delta = mean_b - st.mean
-        st.mean = st.mean + delta * (b / n)
-        st.m2 = st.m2 + m2_b + delta**2 * (n_a * b / n)
-        st.count = n
-
-    def _empty(self, channels: int, device: torch.device) -> LayerTopK:
-        stat_dtype = torch.float32 if device.type == "mps" else torch.float64
-
-        def fill(v: int) -> torch.Tensor:
-            return torch.full((channels, self.k), v, dtype=torch.long, device=device)
-
-        return LayerTopK(
-            values=torch.full((channels, self.k), float("-inf"), device=device),
-            positions=fill(-1),
-            ys=fill(0),
-            xs=fill(0),
-            mean=torch.zeros(channels, dtype=stat_dtype, device=device),
-            m2=torch.zeros(channels, dtype=stat_dtype, device=device),
-        )
-
-    def merge(self, shards: Sequence[TopKCollector], positions: Sequence[torch.Tensor]) -> None:
-        """torchrun: fold every process's collector into this one (``shards[0] is self``).
-
-        ``positions[r][j]`` is the global position of process r's local position j; stored
-        positions are re-keyed through it, then combined with ties going to the lower global
-        position, which is what one process sees (it meets images in position order).
-        """
-        for shard, global_of in zip(shards, positions, strict=True):
-            for st in shard.state.values():
-                filled = st.positions >= 0
-                table = global_of.to(st.positions.device)
-                st.positions = torch.where(filled, table[st.positions.clamp(min=0)], st.positions)
-        for other in shards[1:]:
-            self.merge_state(other)
-
-    def merge_state(self, other: TopKCollector) -> None:
-        """Fold in a collector that saw other images, positions already in one numbering."""
-        for name, theirs in other.state.items():
-            mine = self.state.get(name)
-            if mine is None:
-                self.state[name] = theirs
-                continue
-            cand_v = torch.cat([mine.values, theirs.values.to(mine.values.device)], 1)
-            cand_p = torch.cat([mine.positions, theirs.positions.to(mine.values.device)], 1)
-            # Value descending, then lower position: sort by the tie-breaker first, stably.
-            by_pos = torch.sort(
-                torch.where(cand_p < 0, cand_p.max() + 1, cand_p), dim=1, stable=True
-            ).indices
-            by_val = torch.sort(
-                cand_v.gather(1, by_pos), dim=1, descending=True, stable=True
-            ).indices
-            order = by_pos.gather(1, by_val)[:, : self.k]
-            for attr in ("values", "positions", "ys", "xs"):
-                both = torch.cat([getattr(mine, attr), getattr(theirs, attr).to(cand_v.device)], 1)
-                setattr(mine, attr, both.gather(1, order))
-            n_a, n_b = mine.count, theirs.count
-            n = max(1, n_a + n_b)
-            delta = theirs.mean.to(mine.mean) - mine.mean
-            mine.mean = mine.mean + delta * (n_b / n)
-            mine.m2 = mine.m2 + theirs.m2.to(mine.m2) + delta**2 * (n_a * n_b / n)
-            mine.count = n_a + n_b
-
-
-def choose_channels(st: LayerTopK, listed: list[int] | None, count: int) -> list[int]:
-    """Listed channels, or the ``count`` whose per-image peak varies most (ties: lower index)."""
-    if listed is not None:
-        return listed
-    # A channel whose best peak is ≤ 0 never fires (after a ReLU it is dead): nothing to show.
-    seen = torch.isfinite(st.values[:, 0]) & (st.values[:, 0] > 0)
-    score = torch.where(seen, st.variance.float(), torch.full_like(st.variance.float(), -1.0))
-    order = torch.sort(score, descending=True, stable=True).indices
-    return [int(c) for c in order[: min(count, int(seen.sum()))].tolist()]
-
-
 MARK = np.array([255, 140, 0], np.uint8)
-
-
-def output_channels(module: nn.Module) -> int | None:
-    """Channels a layer outputs when its weights say so (conv, linear, norm), else None."""
-    for attr in ("out_channels", "out_features", "num_features", "normalized_shape"):
-        value = getattr(module, attr, None)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], int):
-            return value[0]
-    return None
 
 
 def field_patch(image: np.ndarray, rf: ReceptiveField, y: int, x: int) -> tuple[np.ndarray, bool]:
@@ -266,40 +110,64 @@ def resize_patch(patch: np.ndarray, size: int) -> np.ndarray:
 FRAME = 190  # grey level of the 1-px frame around each patch
 
 
+LEAD_FRAME = np.array([40, 110, 200], np.uint8)
+"""Frame of the optimised image that leads a row (feature visualisation)."""
+
+
 def patch_grid(
     patches: list[list[np.ndarray]],
     values: list[list[float]],
     row_labels: list[str],
     size: int,
+    lead: list[tuple[np.ndarray, float] | None] | None = None,
 ) -> Picture:
-    """Rows of equal-size patches with the row label on the left and values above each patch."""
+    """Rows of equal-size patches with the row label on the left and values above each patch.
+
+    ``lead``: per row, an image optimised for the row's channel and its value, drawn first in a
+    blue frame under the heading "optimised" (``None``: that channel was not optimised)."""
     label_w, gap, text_h, row_gap = 64, 4, 12, 10
     k = max(len(r) for r in patches)
     ph = max(p.shape[0] for r in patches for p in r)
     pw = max(p.shape[1] for r in patches for p in r)
     row_h = ph + text_h + row_gap
-    width = label_w + k * (pw + gap) + gap
-    height = len(patches) * row_h + gap
+    top = text_h + 2 if lead else 0
+    first = label_w + gap + (pw + 3 * gap if lead else 0)
+    width = first + k * (pw + gap)
+    height = top + len(patches) * row_h + gap
     canvas = np.full((height, width, 3), 255, np.uint8)
     for ri, row in enumerate(patches):
-        y = gap + ri * row_h
+        y = top + gap + ri * row_h
         for ci, p in enumerate(row):
-            x = label_w + gap + ci * (pw + gap)
+            x = first + ci * (pw + gap)
             # A light frame keeps all-white (or all-black) patches visible on the page.
             canvas[y - 1 : y + p.shape[0] + 1, x - 1 : x + p.shape[1] + 1] = FRAME
             canvas[y : y + p.shape[0], x : x + p.shape[1]] = p
+        shown = lead[ri] if lead else None
+        if shown is not None:
+            img = resize_patch(shown[0], size)
+            x = label_w + gap
+            canvas[y - 2 : y + img.shape[0] + 2, x - 2 : x + img.shape[1] + 2] = LEAD_FRAME
+            canvas[y : y + img.shape[0], x : x + img.shape[1]] = img
     fig = new_figure(width / 100, height / 100)
     fig.set_layout_engine("none")
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
+    if lead:
+        ax.text(label_w + gap + pw / 2, 1, "optimised", fontsize=7, ha="center", va="top")
+        ax.text(first, 1, "top dataset patches", fontsize=7, ha="left", va="top")
     # Values go right under their patch, rows are spaced further apart than that.
     for ri, row_values in enumerate(values):
-        y = gap + ri * row_h
+        y = top + gap + ri * row_h
         ax.text(4, y + ph / 2, row_labels[ri], fontsize=8, va="center", ha="left")
         for ci, v in enumerate(row_values):
-            x = label_w + gap + ci * (pw + gap) + pw / 2
+            x = first + ci * (pw + gap) + pw / 2
             ax.text(x, y + ph + 1, f"{v:.3g}", fontsize=7, ha="center", va="top")
+        if lead:
+            shown = lead[ri]
+            text = "—" if shown is None else f"mean {shown[1]:.3g}"
+            where = y + ph + 1 if shown is not None else y + ph / 2
+            ax.text(label_w + gap + pw / 2, where, text, fontsize=7, ha="center", va="top")
     pic = figure_to_picture(fig, dpi=100)
     return Picture(pic.pixels, kind="photo")
 
@@ -313,19 +181,9 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
 
     def collector(self, setup: SetupContext, p: MaxPatchesParams) -> Collector | None:
         model = setup.model.module
-        # The first layer's tiny fields repeat the filters section; start later when there is room.
-        default = default_layers(model, setup.token_layout, skip_first=True)
-        layers = resolve_layers(model, p.layers, default)
+        layers = patch_layers(self.name, model, setup.token_layout, p.layers, p.channels)
         if not layers:
             return None
-        for name in layers:  # channel numbers out of range: an input error before the pass
-            count = output_channels(loading.types.find_layer(model, name))
-            bad = [c for c in p.channels if count is not None and c >= count]
-            if bad and count is not None:
-                raise ConfigError(
-                    f"analyses.max_patches.channels: {name} has {count} channels "
-                    f"(0–{count - 1}), no channel {bad[0]}; list channel numbers below {count}"
-                )
         return TopKCollector(layers, p.k, setup.token_layout)
 
     def cost(self, ctx: AnalysisContext, p: MaxPatchesParams) -> Cost:
@@ -367,15 +225,9 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
         for name in layers:
             if name not in fields:
                 continue
-            st = col.state[name]
-            channels = choose_channels(st, listed, p.channels_per_layer)
-            bad = [c for c in channels if c >= st.values.shape[0]]
-            if bad:
-                raise ConfigError(
-                    f"analyses.max_patches.channels: {name} has {st.values.shape[0]} channels, "
-                    f"no channel {bad[0]}"
-                )
-            chosen[name] = channels
+            chosen[name] = layer_channels(
+                self.name, name, col.state[name], listed, p.channels_per_layer
+            )
         winners = sorted(
             {
                 int(v)
@@ -407,10 +259,21 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                     row_vals.append(vals[ci][j])
                 patches.append(row)
                 shown_vals.append(row_vals)
+            optimised = ctx.unit_images(name)
+            lead = (
+                [
+                    (optimised[c].pixels, optimised[c].value) if c in optimised else None
+                    for c in chans
+                ]
+                if any(c in optimised for c in chans)
+                else None
+            )
             if any(patches):
                 section.add(
                     Figure(
-                        patch_grid(patches, shown_vals, [f"ch {c}" for c in chans], p.patch_size),
+                        patch_grid(
+                            patches, shown_vals, [f"ch {c}" for c in chans], p.patch_size, lead
+                        ),
                         caption=(
                             f"{name}: top {p.k} dataset patches for {len(chans)} of "
                             f"{st.values.shape[0]} channels "
@@ -426,6 +289,13 @@ class MaxPatchesAnalysis(Analysis[MaxPatchesParams]):
                                 if whole_image
                                 else f"; each patch is the {rf.size[0]}×{rf.size[1]} px receptive "
                                 f"field, shown at {p.patch_size} px."
+                            )
+                            + (
+                                " First column (blue frame): the image feature visualisation "
+                                "optimised for the channel, with its mean activation; — where "
+                                "it optimised none."
+                                if lead
+                                else ""
                             )
                         ),
                         alt=f"Maximally activating patches of {name}",

@@ -14,11 +14,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from reportgen.contract.analysis import Analysis, Cost, Metric, Needs, Result, SkipSection
-from reportgen.contract.collectors import Collector, MergeableCollector
+from reportgen.contract.analysis import (
+    Analysis,
+    Cost,
+    Metric,
+    Needs,
+    Result,
+    SkipSection,
+    UnitImage,
+)
+from reportgen.contract.collectors import MODEL_INPUT, Collector, MergeableCollector
 
 if TYPE_CHECKING:
-    from reportgen.contract.context import AnalysisContext, QueryBatch, SetupContext, autocast
+    from reportgen.contract.context import (
+        AnalysisContext,
+        QueryBatch,
+        SetupContext,
+        autocast,
+    )
     from reportgen.contract.passes import PassResult
 
 _LAZY = {
@@ -30,6 +43,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "MODEL_INPUT",
     "Analysis",
     "AnalysisContext",
     "Collector",
@@ -42,6 +56,7 @@ __all__ = [
     "Result",
     "SetupContext",
     "SkipSection",
+    "UnitImage",
     "autocast",
 ]
 

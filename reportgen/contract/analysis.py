@@ -88,6 +88,17 @@ class Cost:
         return " + ".join(parts) or "none"
 
 
+@dataclass(frozen=True)
+class UnitImage:
+    """An image optimised for one channel of a layer (feature visualisation), offered to the
+    sections that show the same channel (the maximally activating patches)."""
+
+    pixels: np.ndarray
+    """H×W×3 uint8."""
+    value: float
+    """The channel's mean activation on it."""
+
+
 class SkipSection(Exception):
     """Raised by an analysis that cannot run on this model/data; the message is the reason."""
 

@@ -9,11 +9,17 @@ if TYPE_CHECKING:
     import torch
 
 
+MODEL_INPUT = "<model input>"
+"""A name a collector may list among its ``layers`` to receive the batch of model inputs (the
+preprocessed images, exactly what the model is fed) under that key; it needs no hook."""
+
+
 class Collector(Protocol):
     """Something an analysis gathers during the one dataset pass.
 
-    ``layers``: module names whose outputs it needs. ``update`` receives, per batch, the dataset
-    positions (among the readable images) and the layers' outputs, on the device.
+    ``layers``: module names whose outputs it needs (and :data:`MODEL_INPUT` for the inputs).
+    ``update`` receives, per batch, the dataset positions (among the readable images) and the
+    layers' outputs, on the device.
     """
 
     layers: Sequence[str]

@@ -16,10 +16,10 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from reportgen.contract.analysis import SkipSection
+from reportgen.contract.analysis import SkipSection, UnitImage
 from reportgen.contract.passes import PassResult
 from reportgen.errors import DataError
-from reportgen.heads import Head
+from reportgen.heads import MULTICLASS, Head
 from reportgen.loading.folders import DataFolder, DecodeFailure
 from reportgen.loading.images import ImageDataset, Preprocessor, to_display
 from reportgen.loading.models import extract_logits
@@ -51,6 +51,8 @@ class SetupContext:
     device: torch.device
     token_layout: TokenLayout | None = None
     """How a vision transformer's tokens map to its patch grid (None for a CNN)."""
+    head: Head = MULTICLASS
+    """What the model's outputs mean (a binary model's classes are 2 for its one output)."""
 
 
 Row = tuple[int, int]
@@ -167,6 +169,7 @@ class AnalysisContext:
     _queries_cache: _QueryCache = field(default_factory=_QueryCache, repr=False)
     _maps: _MapStore = field(default_factory=_MapStore, repr=False)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _unit_images: dict[str, dict[int, UnitImage]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ images and labels
 
@@ -405,6 +408,15 @@ class AnalysisContext:
     def shared_array(self, key: str) -> np.ndarray | None:
         """The array an earlier analysis shared under ``key``, or None."""
         return self._arrays.get(key)
+
+    def share_unit_images(self, layer: str, images: dict[int, UnitImage]) -> None:
+        """Offer images optimised for channels of ``layer`` to the sections that run later."""
+        self._unit_images.setdefault(layer, {}).update(images)
+
+    def unit_images(self, layer: str) -> dict[int, UnitImage]:
+        """Channel -> the image optimised for it, of the channels of ``layer`` that an earlier
+        section optimised (empty when none did)."""
+        return dict(self._unit_images.get(layer, {}))
 
     # ------------------------------------------------------------------ the model
 

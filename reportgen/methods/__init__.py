@@ -5,8 +5,10 @@ SmoothGrad; method names in :mod:`.names`), perturbation (:mod:`.perturbation`: 
 receptive fields (:mod:`.receptive_field`), vision-transformer tokens and maps (:mod:`.vit`,
 :mod:`.vit_maps`), hooks (:mod:`.hooks`), exact k-NN (:mod:`.knn`), t-SNE (:mod:`.tsne` and its
 isolated native child :mod:`.native_tsne`), calibration (:mod:`.calibration`), paired statistics
-(:mod:`.stats`), subgroup statistics (:mod:`.slicing`), failing clusters in feature space
-(:mod:`.discovery`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
+(:mod:`.stats`), binary and multi-label scores (:mod:`.scores`: AUROC, average precision,
+DeLong), subgroup statistics (:mod:`.slicing`), failing clusters in feature space
+(:mod:`.discovery`), feature visualisation by optimisation (:mod:`.feature_viz`, the data's
+spectra in :mod:`.spectra`), and the attribution checks (:mod:`.trust`). Nothing here imports analyses,
 compare, pipeline or report.
 
 The modules load on first attribute access (``from reportgen import methods`` then
@@ -25,13 +27,16 @@ if TYPE_CHECKING:
         attribution,
         calibration,
         discovery,
+        feature_viz,
         hooks,
         knn,
         names,
         native_tsne,
         perturbation,
         receptive_field,
+        scores,
         slicing,
+        spectra,
         stats,
         trust,
         tsne,
@@ -43,13 +48,16 @@ __all__ = [
     "attribution",
     "calibration",
     "discovery",
+    "feature_viz",
     "hooks",
     "knn",
     "names",
     "native_tsne",
     "perturbation",
     "receptive_field",
+    "scores",
     "slicing",
+    "spectra",
     "stats",
     "trust",
     "tsne",

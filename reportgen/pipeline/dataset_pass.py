@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.config import Config
-from reportgen.contract import Collector, PassResult, autocast
+from reportgen.contract import MODEL_INPUT, Collector, PassResult, autocast
 from reportgen.contract.passes import label_set_matrix, mean_of_batches, raise_no_images
 from reportgen.errors import ConfigError, LayerError
 from reportgen.heads import MULTICLASS, Head
@@ -142,9 +142,10 @@ def dataset_pass(
         (inputs_of if use_input else outputs_of)["__features__"] = feature_module
         for col in collectors.values():
             for layer in col.layers:
-                outputs_of[layer] = find_layer(module, layer)
-    elif collectors:
-        raise ConfigError("internal: collectors need a model with hooks")
+                if layer != MODEL_INPUT:
+                    outputs_of[layer] = find_layer(module, layer)
+    elif any(layer != MODEL_INPUT for col in collectors.values() for layer in col.layers):
+        raise ConfigError("internal: collectors of layer outputs need a model with hooks")
 
     feats: list[torch.Tensor] = []
     logits_all: list[torch.Tensor] = []
@@ -193,7 +194,9 @@ def dataset_pass(
             positions = torch.arange(position, position + len(idx), device=device)
             position += len(idx)
             for col in collectors.values():
-                col.update(positions, {k: captured[k] for k in col.layers})
+                col.update(
+                    positions, {k: x if k == MODEL_INPUT else captured[k] for k in col.layers}
+                )
             raw = pre.denormalise(x.float())
             batch_sums.append(
                 (int(idx[0]), x.float().sum(dim=(0, 2, 3)), x.shape[0] * x.shape[2] * x.shape[3])

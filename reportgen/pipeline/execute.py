@@ -245,7 +245,7 @@ class Pipeline:
         )
         self.timings["calibration"] = perf_counter() - t
 
-        collectors = self._collectors(plan, SetupContext(model, folder, device, layout))
+        collectors = self._collectors(plan, SetupContext(model, folder, device, layout, head))
         t = perf_counter()
         heads = (head, None if baseline is None else baseline_head(head, model, baseline))
         pass_result = self._dataset_pass(model, dataset, device, collectors, baseline, heads)

@@ -224,30 +224,60 @@ def test_torchrun_two_cpu_ranks_match_one_process(tmp_path: Path, tiny_weights: 
     assert dist_summary["data"] == {**single.summary["data"], "root": dist_summary["data"]["root"]}
 
 
+def _one_and_merged(tmp_path: Path, weights: Path, make: Any, world_size: int) -> tuple[Any, Any]:
+    """A collector filled by one process's pass, and rank 0's after ``world_size`` ranks each
+    ran their shard and rank 0 merged them."""
+    cfg, model, dataset, device = _setup(tmp_path, weights)
+    single_col = make()
+    single = dataset_pass(cfg, model, dataset, device, {"c": single_col}, Progress(quiet=True))
+    cols = [make() for _ in range(world_size)]
+    assert distributed.can_merge(cols[0])
+    payloads = []
+    for r in range(world_size):
+        shard = distributed.shard_indices(len(dataset), cfg.run.batch_size, r, world_size)
+        local = dataset_pass(
+            cfg, model, dataset, device, {"c": cols[r]}, Progress(quiet=True), shard, True
+        )
+        payloads.append(distributed.shard_payload(local, {"c": cols[r]}))
+    distributed.merge_shards(
+        payloads, single.feature_layer, {"c": cols[0]}, dataset, cfg.run.batch_size, device
+    )
+    return single_col, cols[0]
+
+
+def _same_top_k(got: Any, want: Any) -> None:
+    for layer in ("conv1", "conv2"):
+        mine, theirs = got.state[layer], want.state[layer]
+        for attr in ("values", "positions", "ys", "xs"):
+            assert torch.equal(getattr(mine, attr), getattr(theirs, attr)), (layer, attr)
+        assert mine.count == theirs.count
+        assert torch.allclose(mine.mean, theirs.mean) and torch.allclose(mine.m2, theirs.m2)
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_max_patches_collector_merges_across_ranks(
     tmp_path: Path, tiny_weights: Path, world_size: int
 ) -> None:
     from reportgen.analyses.max_patches import TopKCollector
 
-    cfg, model, dataset, device = _setup(tmp_path, tiny_weights)
-    single_col = TopKCollector(["conv1", "conv2"], k=4)
-    single = dataset_pass(cfg, model, dataset, device, {"mp": single_col}, Progress(quiet=True))
-    cols = [TopKCollector(["conv1", "conv2"], k=4) for _ in range(world_size)]
-    assert distributed.can_merge(cols[0])
-    payloads = []
-    for r in range(world_size):
-        shard = distributed.shard_indices(len(dataset), cfg.run.batch_size, r, world_size)
-        local = dataset_pass(
-            cfg, model, dataset, device, {"mp": cols[r]}, Progress(quiet=True), shard, True
-        )
-        payloads.append(distributed.shard_payload(local, {"mp": cols[r]}))
-    distributed.merge_shards(
-        payloads, single.feature_layer, {"mp": cols[0]}, dataset, cfg.run.batch_size, device
+    single, merged = _one_and_merged(
+        tmp_path, tiny_weights, lambda: TopKCollector(["conv1", "conv2"], k=4), world_size
     )
-    for layer in ("conv1", "conv2"):
-        got, want = cols[0].state[layer], single_col.state[layer]
-        for attr in ("values", "positions", "ys", "xs"):
-            assert torch.equal(getattr(got, attr), getattr(want, attr)), (layer, attr)
-        assert got.count == want.count
-        assert torch.allclose(got.mean, want.mean) and torch.allclose(got.m2, want.m2)
+    _same_top_k(merged, single)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_feature_viz_collector_merges_across_ranks(
+    tmp_path: Path, tiny_weights: Path, world_size: int
+) -> None:
+    """The data's spectrum and colour moments come out to the byte as one process's (so the
+    optimised images do too), the channel statistics as the patches section's."""
+    from reportgen.analyses.feature_viz import FeatureVizCollector
+
+    single, merged = _one_and_merged(
+        tmp_path, tiny_weights, lambda: FeatureVizCollector(["conv1", "conv2"]), world_size
+    )
+    assert merged.spectrum.count == single.spectrum.count == 18
+    for attr in ("cross", "sums", "products"):
+        assert torch.equal(getattr(merged.spectrum, attr), getattr(single.spectrum, attr)), attr
+    _same_top_k(merged, single)

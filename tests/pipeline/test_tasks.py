@@ -89,6 +89,12 @@ def test_binary_report_speaks_the_one_logit_head(binary_run: RunResult) -> None:
     assert "AUROC" in (out / "summary.md").read_text(encoding="utf-8")
     timings = json.loads((out / "timings.json").read_text())
     assert timings["plan"] == timings["passes"]
+    # Feature visualisation: the one logit's two ends, p = sigmoid(±z) of each image
+    classes = [o for o in s["feature_viz"]["objectives"] if o["kind"] == "class"]
+    assert [o["class_name"] for o in classes] == ["three", "other"]
+    for o, sign in zip(classes, (1, -1), strict=True):
+        assert o["probability"] == pytest.approx(1 / (1 + np.exp(-o["value"])), rel=1e-5)
+        assert o["class"] == (1 if sign == 1 else 0)
 
 
 def test_multilabel_report_explains_each_label(multilabel_run: RunResult) -> None:
@@ -137,6 +143,11 @@ def test_multilabel_report_explains_each_label(multilabel_run: RunResult) -> Non
     html = (out / "report.html").read_text(encoding="utf-8")
     for text in ("Per label over", "co-occurrence", "Jaccard", "greater_than_4"):
         assert text in html
+    # Feature visualisation of the explained labels: p is each label's sigmoid
+    classes = [o for o in s["feature_viz"]["objectives"] if o["kind"] == "class"]
+    assert {o["class"] for o in classes} == set(targets)
+    for o in classes:
+        assert o["probability"] == pytest.approx(1 / (1 + np.exp(-o["value"])), rel=1e-5)
 
 
 def test_multilabel_queries_cover_every_label(multilabel_run: RunResult) -> None:
