@@ -476,9 +476,11 @@ def _declared_table(
             [*row, "not tested" if s.p_holm is None else s.p_holm, "worse" if s.flagged else ""]
         )
     what = {
-        "binary": " (accuracy at the threshold; AUROC with a seeded bootstrap interval)",
+        "binary": " (accuracy at the threshold; AUROC with a seeded bootstrap interval, n/a "
+        "where the subgroup holds one class only)",
         "multilabel": " (accuracy: the exact match of the label sets; macro AUROC with a seeded "
-        "bootstrap interval)",
+        "bootstrap interval over the labels present in some but not all of the subgroup's "
+        "images, n/a where there is none)",
     }.get(task or "", "")
     return Table(
         caption="Subgroups, worst first (gap: the subgroup's accuracy minus the rest's)" + what,
