@@ -134,8 +134,10 @@ def reliability_figure(
         cal.bin_confidence[ok] - cal.bin_accuracy[ok],
         bottom=cal.bin_accuracy[ok],
         width=width * 0.92,
-        color="#d9534f",
-        alpha=0.35,
+        facecolor="none",
+        edgecolor="#d9534f",
+        hatch="////",
+        linewidth=0.8,
         label="gap to confidence",
     )
     ax.plot([0, 1], [0, 1], color="#333", linewidth=1, linestyle="--", label="perfect calibration")
