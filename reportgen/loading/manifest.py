@@ -28,6 +28,7 @@ import io
 import json
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,6 +293,19 @@ def resolve_labels(
     )
 
 
+def _separator_hint(values: Sequence[str], names: Sequence[str]) -> str | None:
+    """For a label set written with another separator ("cat; dog"): which one to use."""
+    known = set(names)
+    for v in values:
+        parts = [p for p in re.split(r"\s*[,;/+]\s*", v) if p]
+        if v not in known and len(parts) > 1 and set(parts) <= known:
+            return (
+                f"{v!r} looks like several labels: separate a label set's names with '|' "
+                f"({'|'.join(parts)}) or give a JSON list"
+            )
+    return None
+
+
 def resolve_label_sets(
     cells: Sequence[list[str] | None],
     names: list[str] | None,
@@ -303,7 +317,13 @@ def resolve_label_sets(
     every name the cells hold (all class names, or all output indices). None: unlabelled."""
     flat = [v for cell in cells if cell for v in cell]
     flat_lines = [line for cell, line in zip(cells, lines, strict=True) if cell for _ in cell]
-    resolved = resolve_labels(flat, names, column, where, flat_lines)
+    try:
+        resolved = resolve_labels(flat, names, column, where, flat_lines)
+    except DataError as err:
+        hint = _separator_hint(flat, names or [])
+        if hint is None:
+            raise
+        raise DataError(f"{err}; {hint}") from None
     indices = iter(resolved.indices)
     out: list[tuple[int, ...] | None] = []
     for cell in cells:

@@ -422,6 +422,22 @@ def test_label_sets_follow_the_model_names_and_refuse_unknown_ones(tmp_path: Pat
     assert "'a'" in message and "line 3" in message
 
 
+def test_label_sets_with_another_separator_name_the_one_to_use(tmp_path: Path) -> None:
+    write_png(tmp_path / "x.png")
+    write_png(tmp_path / "y.png", 1)
+    rows = [["path", "labels"], ["x.png", "cat"], ["y.png", "cat; dog"]]
+    with pytest.raises(DataError) as exc:
+        scan_manifest(manifest_cfg(write_rows(tmp_path / "m.csv", rows), labels=["cat", "dog"]))
+    message = input_error(exc, "m.csv")
+    assert "line 3" in message and "'cat; dog' looks like several labels" in message
+    assert "'|' (cat|dog)" in message
+    # a name that is simply wrong gets no separator hint
+    rows[2] = ["y.png", "cat; mouse"]
+    with pytest.raises(DataError) as exc:
+        scan_manifest(manifest_cfg(write_rows(tmp_path / "m.csv", rows), labels=["cat", "dog"]))
+    assert "several labels" not in input_error(exc, "m.csv")
+
+
 def test_a_null_label_set_is_unlabelled_and_both_columns_are_refused(tmp_path: Path) -> None:
     write_png(tmp_path / "x.png")
     write_png(tmp_path / "y.png", 1)
