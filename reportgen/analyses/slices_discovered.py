@@ -18,7 +18,7 @@ import numpy as np
 
 from reportgen import methods
 from reportgen.analyses.common import TSNE_MAP
-from reportgen.contract import Metric
+from reportgen.contract import DISCOVERED_SLICES, Metric
 from reportgen.report.figures import figure_to_picture, new_figure
 from reportgen.report.section import Block, Cell, Figure, Picture, Table, Text, Thumb
 
@@ -148,6 +148,10 @@ def discovered_part(
     }
     assign = np.zeros(len(res), dtype=np.int32)
     assign[o.positions] = d.partition.assign + 1
+    failing = np.zeros(len(res), dtype=np.int32)
+    for i, s in enumerate(flagged):
+        failing[o.positions[s.members]] = i + 1
+    ctx.share_array(DISCOVERED_SLICES, failing)
     info = {
         "clusters": d.k,
         "clusters_auto": p.clusters == 0,

@@ -37,7 +37,14 @@ FILTERS_KEY = "first_layer_filters"
 """arrays.npz key for F×C×kh×kw first-layer weights, when a run stores them."""
 MAP_KEYS = {"gradient": "saliency_gradient", "gradcam": "gradcam"}
 """Explanation method -> arrays.npz key (Q×H×W maps of the query images)."""
-_ARRAY_KEYS = ("dataset_ids", "features", "image_ids", FILTERS_KEY, *MAP_KEYS.values())
+_ARRAY_KEYS = (
+    "dataset_ids",
+    "features",
+    "image_ids",
+    "slices_clusters",
+    FILTERS_KEY,
+    *MAP_KEYS.values(),
+)
 
 
 @dataclass(frozen=True, eq=False)

@@ -349,6 +349,22 @@ def _aligned(
     )
 
 
+def _discovered(new: ReportFolder, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The new report's flagged discovered clusters (its slices section's D1 …) as masks over
+    the matched images: their cluster numbers from summary.json, each image's from arrays.npz."""
+    record = new.summary.get("slices")
+    found = record.get("discovered") if isinstance(record, dict) else None
+    clusters = None if new.arrays is None else new.arrays.get("slices_clusters")
+    if not isinstance(found, list) or clusters is None or len(clusters) != len(new.predictions):
+        return {}
+    out = {}
+    for entry in found:
+        if isinstance(entry, dict) and entry.get("flagged") and isinstance(entry.get("id"), str):
+            numbers = [c for c in entry.get("clusters", []) if isinstance(c, int) and c > 0]
+            out[entry["id"]] = np.isin(clusters[rows], numbers)
+    return out
+
+
 def compare_folders(
     old_dir: str | Path,
     new_dir: str | Path,
@@ -417,6 +433,7 @@ def compare_folders(
         left_out=reasons,
         notes=notes,
         matching=matching,
+        discovered=_discovered(new, m.new_rows),
     )
 
 

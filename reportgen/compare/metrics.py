@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from reportgen.compare.subgroups import SLICE_MIN_SIZE, SliceDelta, slice_deltas
+from reportgen.compare.subgroups import SLICE_MIN_SIZE, SliceDelta, cluster_deltas, slice_deltas
 from reportgen.compare.tasks import (
     LabelDelta,
     binary_auroc,
@@ -161,6 +161,8 @@ class CompareResult:
     """How two report folders' images were matched (empty for a baseline inside a run)."""
     slices: list[SliceDelta] = field(default_factory=list)
     """Per metadata subgroup, both models' accuracy, worst regression first."""
+    clusters: list[SliceDelta] = field(default_factory=list)
+    """Per failing cluster the new model's slices section found (D1 …), both models' accuracy."""
     task: str = "multiclass"
     """The new model's task; multi-label "accuracy" and flips are about whole label sets."""
     auroc: PairedAuc | None = None
@@ -306,6 +308,7 @@ def build_compare(
     notes: Sequence[str] = (),
     matching: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    discovered: Mapping[str, np.ndarray] | None = None,
 ) -> CompareResult:
     """Compare two models' predictions (and optionally features, maps, filters) on the same images.
 
@@ -314,12 +317,15 @@ def build_compare(
     missing, with the reason (they take precedence over the generic reasons given here);
     ``notes``: warnings to carry into the report; ``matching``: how the images were matched
     (from :mod:`reportgen.compare.folders`); ``device``: where the k-NN search runs (features
-    stay NumPy arrays; the result does not depend on it beyond float rounding of near-ties).
+    stay NumPy arrays; the result does not depend on it beyond float rounding of near-ties);
+    ``discovered``: the new model's flagged discovered clusters, name -> mask over the images.
     """
     _check_aligned(old, new)
     n = len(new)
     if bootstrap_samples < 1:
         raise ValueError("bootstrap_samples must be at least 1")
+    if any(len(mask) != n for mask in (discovered or {}).values()):
+        raise ValueError(f"discovered cluster masks must cover the {n} images")
     if maps is not None and any(not 0 <= p < n for p in maps.positions):
         raise ValueError(f"explanation map positions must index the {n} images")
     reasons: dict[str, str] = dict(left_out or {})
@@ -478,6 +484,7 @@ def build_compare(
         notes=list(notes),
         matching=dict(matching or {}),
         slices=slice_deltas(new, scored, correct_old, correct_new),
+        clusters=cluster_deltas(scored, correct_old, correct_new, discovered or {}),
         task=new.task,
         auroc=paired,
         label_changes=label_changes,
@@ -548,6 +555,19 @@ def compare_summary(result: CompareResult) -> dict[str, Any]:
                 "positive_flips": d.positive_flips,
             }
             for d in result.slices
+        ],
+        "discovered_clusters": [
+            {
+                "id": d.value,
+                "n": d.n,
+                "accuracy_baseline": d.accuracy_old,
+                "accuracy": d.accuracy_new,
+                "accuracy_delta": d.delta,
+                "negative_flips": d.negative_flips,
+                "positive_flips": d.positive_flips,
+                "mcnemar_p": d.mcnemar_p,
+            }
+            for d in result.clusters
         ],
         # Descriptive extras (not gate metrics).
         "flip_meaning": result.flip_meaning,

@@ -6,13 +6,16 @@ from reportgen.compare.formats import _pct, _pp
 from reportgen.compare.metrics import CompareResult
 from reportgen.report.section import Block, Table, Text
 
+ALPHA = 0.05
+"""The level at which a cluster's change between the two models is called significant."""
+
 
 def slice_blocks(r: CompareResult) -> list[Block]:
     """Per metadata subgroup, both models' accuracy, worst regression first (none without
     metadata)."""
     blocks: list[Block] = []
     if not r.slices:
-        return blocks
+        return _cluster_blocks(r)
     worst = r.slices[0]
     blocks.append(
         Table(
@@ -56,4 +59,65 @@ def slice_blocks(r: CompareResult) -> list[Block]:
                 else "note",
             )
         )
+    return blocks + _cluster_blocks(r)
+
+
+def _cluster_blocks(r: CompareResult) -> list[Block]:
+    """Both models on the new model's failing clusters: was the failure already there?"""
+    if not r.clusters:
+        return []
+    blocks: list[Block] = [
+        Table(
+            caption=(
+                "Was this failure already there? Both models on the failing clusters the new "
+                "model's slices section found in its own features (D1 …). They were chosen where "
+                "the new model fails, so Δ leans negative by construction: read the baseline's "
+                "accuracy — low too, the weakness predates this change; high, this change "
+                "brought it (exact McNemar test on the cluster's flips)"
+            ),
+            columns=[
+                "cluster",
+                "images",
+                "accuracy baseline",
+                "accuracy new",
+                "Δ",
+                "negative flips",
+                "positive flips",
+                "McNemar p",
+            ],
+            rows=[
+                [
+                    d.value,
+                    d.n,
+                    _pct(d.accuracy_old),
+                    _pct(d.accuracy_new),
+                    _pp(d.delta),
+                    d.negative_flips,
+                    d.positive_flips,
+                    d.mcnemar_p,
+                ]
+                for d in r.clusters
+            ],
+        )
+    ]
+    for d in r.clusters:
+        both = (
+            f"{d.value}: the baseline got {_pct(d.accuracy_old)} of its {d.n} images right, the "
+            f"new model {_pct(d.accuracy_new)} ({d.negative_flips} negative, {d.positive_flips} "
+            f"positive flips; McNemar p {d.mcnemar_p:.2g})"
+        )
+        if d.mcnemar_p < ALPHA and d.delta < 0:
+            blocks.append(Text(f"{both}: this change made the model fail there.", "warning"))
+        elif d.mcnemar_p < ALPHA:
+            blocks.append(
+                Text(f"{both}: the weakness predates this change, which made it smaller.", "note")
+            )
+        else:
+            blocks.append(
+                Text(
+                    f"{both}: no significant difference, so the failure is not shown to be new "
+                    "with this change.",
+                    "note",
+                )
+            )
     return blocks

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from reportgen.methods.slicing import slice_columns
+from reportgen.methods.stats import mcnemar_exact
 from reportgen.report.predictions import PredictionSet
 
 
@@ -26,6 +28,11 @@ class SliceDelta:
     @property
     def delta(self) -> float:
         return self.accuracy_new - self.accuracy_old
+
+    @property
+    def mcnemar_p(self) -> float:
+        """Exact two-sided McNemar p of the subgroup's flips (the two models on its images)."""
+        return mcnemar_exact(self.negative_flips, self.positive_flips)
 
 
 SLICE_MIN_SIZE = 20
@@ -60,3 +67,37 @@ def slice_deltas(
                 )
             )
     return sorted(out, key=lambda d: (d.n < SLICE_MIN_SIZE, d.delta, d.column, d.value))
+
+
+DISCOVERED = "discovered cluster"
+"""The column name of the new model's discovered failing clusters (D1, D2 …) in the deltas."""
+
+
+def cluster_deltas(
+    scored: np.ndarray,
+    correct_old: np.ndarray,
+    correct_new: np.ndarray,
+    clusters: Mapping[str, np.ndarray],
+) -> list[SliceDelta]:
+    """Both models' accuracy on each of the new model's flagged discovered clusters (``clusters``:
+    name -> boolean mask over the compared images), in the order given (D1, the worst, first).
+    The clusters were chosen where the new model fails, so their deltas lean negative by
+    construction: the baseline's accuracy says whether the failure was already there."""
+    out = []
+    for name, mask in clusters.items():
+        m = np.asarray(mask, dtype=bool) & scored
+        if not m.any():
+            continue
+        co, cn = correct_old[m], correct_new[m]
+        out.append(
+            SliceDelta(
+                DISCOVERED,
+                name,
+                int(m.sum()),
+                float(co.mean()),
+                float(cn.mean()),
+                int((co & ~cn).sum()),
+                int((~co & cn).sum()),
+            )
+        )
+    return out

@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from reportgen.contract.analysis import (
+    DISCOVERED_SLICES,
     Analysis,
     Cost,
     Metric,
@@ -43,6 +44,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "DISCOVERED_SLICES",
     "MODEL_INPUT",
     "Analysis",
     "AnalysisContext",

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 P = TypeVar("P", bound=AnalysisParams)
 
+DISCOVERED_SLICES = "slices.discovered"
+"""Key under which the slices section shares (``AnalysisContext.share_array``) its flagged
+discovered clusters (N int32 by pass position: 0 outside them, i inside ``D{i}``): a baseline in
+the run says whether each failure was already there."""
+
 
 @dataclass(frozen=True)
 class Needs:

@@ -13,7 +13,7 @@ import torch
 from reportgen.compare.metrics import ExplanationMaps, build_compare, compare_summary
 from reportgen.compare.present import compare_section
 from reportgen.config import Config, ModelConfig
-from reportgen.contract import AnalysisContext
+from reportgen.contract import DISCOVERED_SLICES, AnalysisContext
 from reportgen.errors import ConfigError, ReportgenError
 from reportgen.heads import Head
 from reportgen.loading.models import first_weight_4d, load_model
@@ -68,6 +68,14 @@ def _maps(
         except (RuntimeError, ValueError, ReportgenError) as exc:
             notes.append(f"{name} of the {model.arch} model unavailable: {exc}")
     return maps, notes
+
+
+def _discovered(failing: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The slices section's flagged discovered clusters as masks over the pass (none when the
+    section did not run or flagged none)."""
+    if failing is None:
+        return {}
+    return {f"D{i}": failing == i for i in range(1, int(failing.max(initial=0)) + 1)}
 
 
 def compare_with_baseline(
@@ -126,6 +134,7 @@ def compare_with_baseline(
         left_out=left_out,
         notes=notes,
         device=ctx.device,
+        discovered=_discovered(ctx.shared_array(DISCOVERED_SLICES)),
     )
     position = {p: i for i, p in enumerate(paths)}
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import make_context
 from PIL import Image
-from scipy.stats import fisher_exact
+from scipy.stats import binomtest, fisher_exact
 
 from reportgen.analyses.common import TSNE_MAP
 from reportgen.analyses.slices import SlicesAnalysis
@@ -316,6 +316,21 @@ def test_compare_says_which_subgroup_a_change_hurt(planted: Path, tmp_path: Path
     big = [d for d in c["slices"] if d["n"] >= 20]
     assert [d["accuracy_delta"] for d in big] == sorted(d["accuracy_delta"] for d in big)
     assert c["slices_worst_delta"] == big[0]["accuracy_delta"]
+    # The new model's failing clusters (its slices section's D1 …): both models on their images.
+    found = [x for x in new["slices"]["discovered"] if x["flagged"]]
+    assert found, "the inverted fifth should fail the noisy model too"
+    cluster = np.load(planted / "cmp-new" / "arrays.npz", allow_pickle=False)["slices_clusters"]
+    assert [d["id"] for d in c["discovered_clusters"]] == [x["id"] for x in found]
+    ca, cb = a["correct"].astype(int), b["correct"].astype(int)
+    for d, x in zip(c["discovered_clusters"], found, strict=True):
+        m = np.isin(cluster, x["clusters"]) & (b["correct"] != "").to_numpy()
+        assert d["n"] == x["n"] == int(m.sum())
+        assert d["accuracy"] == pytest.approx(x["accuracy"], abs=1e-12)
+        assert d["accuracy_baseline"] == pytest.approx(ca[m].mean(), abs=1e-12)
+        neg, pos = int(((ca == 1) & (cb == 0))[m].sum()), int(((ca == 0) & (cb == 1))[m].sum())
+        assert (d["negative_flips"], d["positive_flips"]) == (neg, pos)
+        flips = neg + pos
+        assert d["mcnemar_p"] == pytest.approx(binomtest(neg, flips).pvalue if flips else 1.0)
     # The same subgroups from a baseline inside the run.
     inrun = _run(
         planted,
@@ -329,8 +344,11 @@ def test_compare_says_which_subgroup_a_change_hurt(planted: Path, tmp_path: Path
     assert [(d["column"], d["value"], d["accuracy_delta"]) for d in inrun["compare"]["slices"]] == [
         (d["column"], d["value"], d["accuracy_delta"]) for d in c["slices"]
     ]
+    assert inrun["compare"]["discovered_clusters"] == c["discovered_clusters"]
     html = (tmp_path / "c" / "report.html").read_text(encoding="utf-8")
     assert "Which subgroup did this change hurt?" in html
+    assert "Was this failure already there?" in html
+    assert "D1: the baseline got" in html
 
 
 def test_history_shows_subgroups_over_the_releases(planted: Path, tmp_path: Path) -> None:

@@ -93,6 +93,29 @@ def test_flips_and_mcnemar_counted_by_hand() -> None:
     assert r.mcnemar_p == 1.0
 
 
+def test_discovered_clusters_counted_by_hand() -> None:
+    """The new model's failing clusters: both models' accuracy on their images, the flips and
+    their exact McNemar p, in the order given; kept apart from the metadata subgroups (chosen
+    where the new model fails, they must not drive slices_worst_delta)."""
+    d1 = np.array([i in (1, 4, 9, 10) for i in range(12)])  # old right on 1, 4, 9; new on 10
+    d2 = np.array([i in (2, 5) for i in range(12)])  # both wrong on both
+    r = build_compare(
+        preds_set(OLD, LABELS), preds_set(NEW, LABELS), discovered={"D1": d1, "D2": d2}
+    )
+    assert [(c.value, c.n) for c in r.clusters] == [("D1", 4), ("D2", 2)]
+    one, two = r.clusters
+    assert (one.accuracy_old, one.accuracy_new) == (3 / 4, 1 / 4)
+    assert (one.negative_flips, one.positive_flips) == (3, 1)
+    assert one.mcnemar_p == pytest.approx(2 * (1 + 4) / 2**4)  # P(X <= 1 | n=4), both tails
+    assert (two.accuracy_old, two.accuracy_new, two.mcnemar_p) == (0.0, 0.0, 1.0)
+    summary = compare_summary(r)
+    assert summary["slices"] == [] and summary["slices_worst_delta"] is None
+    assert [c["id"] for c in summary["discovered_clusters"]] == ["D1", "D2"]
+    assert summary["discovered_clusters"][0]["accuracy_delta"] == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="cover the 12 images"):
+        build_compare(preds_set(OLD, LABELS), preds_set(NEW, LABELS), discovered={"D1": d1[:5]})
+
+
 @pytest.mark.parametrize(("b", "c"), [(0, 0), (1, 0), (0, 5), (2, 9), (13, 4), (30, 31), (0, 40)])
 def test_mcnemar_exact_matches_the_binomial_sum(b: int, c: int) -> None:
     n = b + c

@@ -224,3 +224,29 @@ def test_folder_thumbnails_check_the_bytes(tmp_path: Path) -> None:
     assert b is None and c is None  # not an image; missing
     changed = folder_thumbnails(tmp_path, {"a.png": bad})
     assert changed(["a.png"]) == [None]  # bytes differ from what was compared
+
+
+def test_discovered_clusters_say_whether_the_failure_is_new() -> None:
+    """A failing cluster the change brought (6 negative flips, none back: McNemar p 0.031) is a
+    warning; one the baseline failed as well is a note that does not call it new."""
+    n = 12
+    labels = [i % 3 for i in range(n)]
+    paths, shas = [f"img{i}.png" for i in range(n)], [sha(i) for i in range(n)]
+    new_preds = [(c + 1) % 3 if i < 6 or i >= 10 else c for i, c in enumerate(labels)]
+    old_preds = [(c + 1) % 3 if i >= 10 else c for i, c in enumerate(labels)]
+    sets = [
+        prediction_set(paths, shas, labels, NAMES, np.eye(3)[p] * 0.8 + 0.2 / 3, probabilities=True)
+        for p in (old_preds, new_preds)
+    ]
+    brought = np.arange(n) < 6
+    old_weakness = np.arange(n) >= 10
+    r = build_compare(*sets, discovered={"D1": brought, "D2": old_weakness})
+    section = compare_section(r)
+    texts = [b for b in section.blocks if isinstance(b, Text)]
+    d1 = next(t for t in texts if t.text.startswith("D1:"))
+    d2 = next(t for t in texts if t.text.startswith("D2:"))
+    assert d1.kind == "warning" and "this change made the model fail there" in d1.text
+    assert "100.00 %" in d1.text and "0.00 %" in d1.text and "McNemar p 0.031" in d1.text
+    assert d2.kind == "note" and "not shown to be new" in d2.text
+    table = next(t for c, t in tables(section).items() if c.startswith("Was this failure"))
+    assert [row[:2] for row in table.rows] == [["D1", 6], ["D2", 2]]
