@@ -543,31 +543,9 @@ def compare_summary(result: CompareResult) -> dict[str, Any]:
         "slices_worst_delta": min(
             (d.delta for d in result.slices if d.n >= SLICE_MIN_SIZE), default=None
         ),
-        "slices": [
-            {
-                "column": d.column,
-                "value": d.value,
-                "n": d.n,
-                "accuracy_baseline": d.accuracy_old,
-                "accuracy": d.accuracy_new,
-                "accuracy_delta": d.delta,
-                "negative_flips": d.negative_flips,
-                "positive_flips": d.positive_flips,
-            }
-            for d in result.slices
-        ],
+        "slices": [{"column": d.column, "value": d.value, **d.record()} for d in result.slices],
         "discovered_clusters": [
-            {
-                "id": d.value,
-                "n": d.n,
-                "accuracy_baseline": d.accuracy_old,
-                "accuracy": d.accuracy_new,
-                "accuracy_delta": d.delta,
-                "negative_flips": d.negative_flips,
-                "positive_flips": d.positive_flips,
-                "mcnemar_p": d.mcnemar_p,
-            }
-            for d in result.clusters
+            {"id": d.value, **d.record(), "mcnemar_p": d.mcnemar_p} for d in result.clusters
         ],
         # Descriptive extras (not gate metrics).
         "flip_meaning": result.flip_meaning,

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 from reportgen.compare.formats import _pct, _pp
 from reportgen.compare.metrics import CompareResult
-from reportgen.report.section import Block, Table, Text
+from reportgen.compare.subgroups import SliceDelta
+from reportgen.report.section import Block, Cell, Table, Text
 
 ALPHA = 0.05
 """The level at which a cluster's change between the two models is called significant."""
+
+NUMBERS = ["images", "accuracy baseline", "accuracy new", "Δ", "negative flips", "positive flips"]
+
+
+def _numbers(d: SliceDelta) -> list[Cell]:
+    return [
+        d.n,
+        _pct(d.accuracy_old),
+        _pct(d.accuracy_new),
+        _pp(d.delta),
+        d.negative_flips,
+        d.positive_flips,
+    ]
 
 
 def slice_blocks(r: CompareResult) -> list[Block]:
@@ -23,29 +37,8 @@ def slice_blocks(r: CompareResult) -> list[Block]:
                 "Which subgroup did this change hurt? Accuracy per metadata subgroup, the "
                 "worst regression first (subgroups under 20 images last)"
             ),
-            columns=[
-                "column",
-                "value",
-                "images",
-                "accuracy baseline",
-                "accuracy new",
-                "Δ",
-                "negative flips",
-                "positive flips",
-            ],
-            rows=[
-                [
-                    d.column,
-                    d.value or "(empty)",
-                    d.n,
-                    _pct(d.accuracy_old),
-                    _pct(d.accuracy_new),
-                    _pp(d.delta),
-                    d.negative_flips,
-                    d.positive_flips,
-                ]
-                for d in r.slices[:40]
-            ],
+            columns=["column", "value", *NUMBERS],
+            rows=[[d.column, d.value or "(empty)", *_numbers(d)] for d in r.slices[:40]],
         )
     )
     if worst.delta < 0 and worst.n >= 20:
@@ -75,29 +68,8 @@ def _cluster_blocks(r: CompareResult) -> list[Block]:
                 "accuracy — low too, the weakness predates this change; high, this change "
                 "brought it (exact McNemar test on the cluster's flips)"
             ),
-            columns=[
-                "cluster",
-                "images",
-                "accuracy baseline",
-                "accuracy new",
-                "Δ",
-                "negative flips",
-                "positive flips",
-                "McNemar p",
-            ],
-            rows=[
-                [
-                    d.value,
-                    d.n,
-                    _pct(d.accuracy_old),
-                    _pct(d.accuracy_new),
-                    _pp(d.delta),
-                    d.negative_flips,
-                    d.positive_flips,
-                    d.mcnemar_p,
-                ]
-                for d in r.clusters
-            ],
+            columns=["cluster", *NUMBERS, "McNemar p"],
+            rows=[[d.value, *_numbers(d), d.mcnemar_p] for d in r.clusters],
         )
     ]
     for d in r.clusters:

@@ -29,6 +29,17 @@ class SliceDelta:
     def delta(self) -> float:
         return self.accuracy_new - self.accuracy_old
 
+    def record(self) -> dict[str, float | int]:
+        """Its numbers for summary.json (``compare.slices``, ``compare.discovered_clusters``)."""
+        return {
+            "n": self.n,
+            "accuracy_baseline": self.accuracy_old,
+            "accuracy": self.accuracy_new,
+            "accuracy_delta": self.delta,
+            "negative_flips": self.negative_flips,
+            "positive_flips": self.positive_flips,
+        }
+
     @property
     def mcnemar_p(self) -> float:
         """Exact two-sided McNemar p of the subgroup's flips (the two models on its images)."""
