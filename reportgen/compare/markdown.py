@@ -6,10 +6,37 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reportgen.compare.formats import _count_rate, _p_value, _pct, _pp, _signed
+from reportgen.compare.subgroups import SLICE_MIN_SIZE, change_made_it_fail
 from reportgen.report.render import markdown_escape
 from reportgen.report.section import (
     format_number,
 )
+
+
+def _subgroup_rows(c: Mapping[str, Any]) -> list[str]:
+    """The worst metadata subgroup (of at least SLICE_MIN_SIZE images) and the new model's
+    failing clusters, both models' accuracy on each: "which subgroup did this change hurt?"."""
+    rows = []
+    worst = next((d for d in c.get("slices") or [] if d["n"] >= SLICE_MIN_SIZE), None)
+    if worst is not None:
+        name = markdown_escape(f"{worst['column']} = {worst['value'] or '(empty)'}")
+        rows.append(
+            f"| worst subgroup: {name} ({worst['n']} images) | {_pct(worst['accuracy_baseline'])} "
+            f"| {_pct(worst['accuracy'])} | {_pp(worst['accuracy_delta'])} |"
+        )
+    for d in c.get("discovered_clusters") or []:
+        p = d["mcnemar_p"]
+        verdict = (
+            "**this change made the model fail there**"
+            if change_made_it_fail(d["accuracy_delta"], p)
+            else "not shown to be new"
+        )
+        rows.append(
+            f"| failing cluster {markdown_escape(d['id'])} ({d['n']} images) | "
+            f"{_pct(d['accuracy_baseline'])} | {_pct(d['accuracy'])} | "
+            f"{_pp(d['accuracy_delta'])} (McNemar p {_p_value(p)}): {verdict} |"
+        )
+    return rows
 
 
 def compare_markdown(
@@ -74,6 +101,7 @@ def compare_markdown(
                     f"{format_number(c.get(prefix))} | {_signed(c.get(f'{prefix}_delta'))}"
                     f"{p_text} |"
                 )
+        lines.extend(_subgroup_rows(c))
     else:
         lines.append(
             "| predictions changed (unlabelled) | | | "

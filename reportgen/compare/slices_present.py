@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from reportgen.compare.formats import _pct, _pp
 from reportgen.compare.metrics import CompareResult
-from reportgen.compare.subgroups import SliceDelta
+from reportgen.compare.subgroups import CLUSTER_ALPHA, SliceDelta, change_made_it_fail
 from reportgen.report.section import Block, Cell, Table, Text
-
-ALPHA = 0.05
-"""The level at which a cluster's change between the two models is called significant."""
 
 NUMBERS = ["images", "accuracy baseline", "accuracy new", "Δ", "negative flips", "positive flips"]
 
@@ -78,9 +75,9 @@ def _cluster_blocks(r: CompareResult) -> list[Block]:
             f"new model {_pct(d.accuracy_new)} ({d.negative_flips} negative, {d.positive_flips} "
             f"positive flips; McNemar p {d.mcnemar_p:.2g})"
         )
-        if d.mcnemar_p < ALPHA and d.delta < 0:
+        if change_made_it_fail(d.delta, d.mcnemar_p):
             blocks.append(Text(f"{both}: this change made the model fail there.", "warning"))
-        elif d.mcnemar_p < ALPHA:
+        elif d.mcnemar_p < CLUSTER_ALPHA:
             blocks.append(
                 Text(f"{both}: the weakness predates this change, which made it smaller.", "note")
             )

@@ -80,6 +80,15 @@ def slice_deltas(
     return sorted(out, key=lambda d: (d.n < SLICE_MIN_SIZE, d.delta, d.column, d.value))
 
 
+CLUSTER_ALPHA = 0.05
+"""The level at which a failing cluster's change between the two models is called significant."""
+
+
+def change_made_it_fail(delta: float, mcnemar_p: float) -> bool:
+    """A cluster the change brought: accuracy fell and the flips say it is no chance."""
+    return mcnemar_p < CLUSTER_ALPHA and delta < 0
+
+
 DISCOVERED = "discovered cluster"
 """The column name of the new model's discovered failing clusters (D1, D2 …) in the deltas."""
 

@@ -348,6 +348,13 @@ def test_compare_says_which_subgroup_a_change_hurt(planted: Path, tmp_path: Path
     html = (tmp_path / "c" / "report.html").read_text(encoding="utf-8")
     assert "Which subgroup did this change hurt?" in html
     assert "Was this failure already there?" in html
+    md = (tmp_path / "c" / "summary.md").read_text(encoding="utf-8")
+    w = big[0]
+    name = f"{w['column']} = {w['value']}"  # plain names: nothing to escape
+    assert (
+        f"| worst subgroup: {name} ({w['n']} images) | {100 * w['accuracy_baseline']:.2f} %" in md
+    )
+    assert "| failing cluster D1 (" in md
     assert "D1: the baseline got" in html
 
 

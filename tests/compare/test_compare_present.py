@@ -234,8 +234,17 @@ def test_discovered_clusters_say_whether_the_failure_is_new() -> None:
     paths, shas = [f"img{i}.png" for i in range(n)], [sha(i) for i in range(n)]
     new_preds = [(c + 1) % 3 if i < 6 or i >= 10 else c for i, c in enumerate(labels)]
     old_preds = [(c + 1) % 3 if i >= 10 else c for i, c in enumerate(labels)]
+    site = {"site": ["A"] * 6 + ["B"] * 6}
     sets = [
-        prediction_set(paths, shas, labels, NAMES, np.eye(3)[p] * 0.8 + 0.2 / 3, probabilities=True)
+        prediction_set(
+            paths,
+            shas,
+            labels,
+            NAMES,
+            np.eye(3)[p] * 0.8 + 0.2 / 3,
+            probabilities=True,
+            metadata=site,
+        )
         for p in (old_preds, new_preds)
     ]
     brought = np.arange(n) < 6
@@ -250,3 +259,13 @@ def test_discovered_clusters_say_whether_the_failure_is_new() -> None:
     assert d2.kind == "note" and "not shown to be new" in d2.text
     table = next(t for c, t in tables(section).items() if c.startswith("Was this failure"))
     assert [row[:2] for row in table.rows] == [["D1", 6], ["D2", 2]]
+    # The PR-sized Markdown: the worst subgroup under the size bound is left out, the clusters
+    # carry their verdict.
+    md = compare_markdown(compare_summary(r))
+    assert "worst subgroup" not in md  # 6 images per site: under 20, never "the worst"
+    assert (
+        "| failing cluster D1 (6 images) | 100.00 % | 0.00 % | -100.00 pp (McNemar p 0.0312): "
+        "**this change made the model fail there** |" in md
+    )
+    assert "| failing cluster D2 (2 images) | 0.00 % | 0.00 % | +0.00 pp" in md
+    assert "not shown to be new |" in md
