@@ -141,8 +141,12 @@ def reliability_figure(
         label="gap to confidence",
     )
     ax.plot([0, 1], [0, 1], color="#333", linewidth=1, linestyle="--", label="perfect calibration")
+    # Each bin's image count above it: a bar of three images says little.
+    tops = np.maximum(cal.bin_accuracy[ok], cal.bin_confidence[ok])
+    for x, top, count in zip(centres[ok], tops, cal.bin_count[ok], strict=True):
+        ax.text(x, min(top + 0.015, 1.0), str(int(count)), ha="center", va="bottom", fontsize=5.5)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.06)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"Reliability diagram (ECE {cal.ece:.3f})")
@@ -403,7 +407,8 @@ class AuditAnalysis(Analysis[AuditParams]):
                     if binary
                     else reliability_figure(cal),
                     caption=f"Calibration over {int(known.sum())} labelled images in {p.bins} "
-                    + ("bins of p." if binary else "confidence bins."),
+                    + ("bins of p" if binary else "confidence bins")
+                    + "; above each bar, its number of images.",
                     alt="Reliability diagram",
                 )
             )
