@@ -157,6 +157,20 @@ def _task_text(model: dict[str, Any]) -> str:
     return words.get(task, task) + (f" ({source})" if source else "")
 
 
+def _class_names_text(task: str, d: dict[str, Any]) -> str:
+    """Where the class names came from; for a binary model also which one is which, since
+    sorted folder names decide it ('defect' sorts before 'ok')."""
+    source = str(d.get("class_names_source") or "class folder names")
+    names = d.get("class_names") or []
+    if task != "binary" or len(names) != 2:
+        return source
+    order = " (sorted)" if source.startswith("class folder names") else ""
+    return (
+        f"{source}{order}: negative (index 0) = {names[0]}, positive (index 1, the logit's "
+        f"class) = {names[1]}; data.labels: [negative, positive] sets them"
+    )
+
+
 def _accuracy_row(task: str, met: dict[str, Any], d: dict[str, Any]) -> tuple[str, str]:
     """Accuracy (single-label) or the exact-match ratio (multi-label) over the labelled images."""
     key, name = (
@@ -201,7 +215,7 @@ def overview_rows(summary: dict[str, Any], headlines: list[Headline]) -> list[tu
             else "unavailable",
         ),
         ("data", _data_source(d)),
-        ("class names", d.get("class_names_source") or "class folder names"),
+        ("class names", _class_names_text(task, d)),
         *([("labels", d["labels_read_as"])] if d.get("labels_read_as") else []),
         *(
             [("metadata columns", ", ".join(d["metadata_columns"]))]

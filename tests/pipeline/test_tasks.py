@@ -86,6 +86,8 @@ def test_binary_report_speaks_the_one_logit_head(binary_run: RunResult) -> None:
     html = (out / "report.html").read_text(encoding="utf-8")
     for text in ("ROC curve", "Threshold table", "positive class", "AUROC"):
         assert text in html
+    # The run summary says which class is which (from data.labels here: no "sorted").
+    assert "data.labels: negative (index 0) = other, positive (index 1, the logit" in html
     assert "AUROC" in (out / "summary.md").read_text(encoding="utf-8")
     timings = json.loads((out / "timings.json").read_text())
     assert timings["plan"] == timings["passes"]
@@ -407,4 +409,19 @@ def test_binary_classes_the_other_way_round_are_said(binary_run: RunResult, tmp_
     assert done.returncode == 0, done.stderr
     warning = next(w for w in _summary(tmp_path / "o")["warnings"] if "below chance" in w)
     assert "data.labels: [other, three]" in warning
+    assert "negative (index 0) = three" in (tmp_path / "o" / "report.html").read_text("utf-8")
+    # Without data.labels the two class folders decide, in sorted order, and the summary says so.
+    unnamed = tmp_path / "unnamed.yaml"
+    unnamed.write_text(
+        swapped.read_text(encoding="utf-8").replace("  labels:\n  - three\n  - other\n", ""),
+        encoding="utf-8",
+    )
+    assert "three" not in unnamed.read_text(encoding="utf-8")
+    done = reportgen(
+        "run", "--config", str(unnamed), "--analyses", "audit", "--out", str(tmp_path / "u"),
+        *SMALL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    html = (tmp_path / "u" / "report.html").read_text("utf-8")
+    assert "class folder names (sorted): negative (index 0) = other, positive" in html
     assert not any("below chance" in w for w in _summary(demo)["warnings"])
