@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -59,18 +60,20 @@ class PassResult:
         """Classes (labels) the model distinguishes: its outputs, or 2 for a binary head."""
         return self.head.classes(int(self.logits.shape[1]))
 
-    @property
+    @cached_property
     def predictions(self) -> torch.Tensor:
         """N predicted class indices (single-label heads; for multi-label see
-        :attr:`predicted_sets`), on the logits' device."""
+        :attr:`predicted_sets`), on the logits' device. Computed once: captions and galleries
+        read it image by image (treat it as read-only)."""
         if not self.head.single_label:
             raise TypeError("a multi-label model predicts label sets: use predicted_sets")
         preds: torch.Tensor = self.head.predictions(self.logits)
         return preds
 
-    @property
+    @cached_property
     def predicted_sets(self) -> torch.Tensor:
-        """N×K booleans: the labels each image is predicted to have (multi-label heads)."""
+        """N×K booleans: the labels each image is predicted to have (multi-label heads).
+        Computed once, like :attr:`predictions`."""
         if self.head.single_label:
             raise TypeError("a single-label model predicts one class: use predictions")
         sets: torch.Tensor = self.head.predictions(self.logits)
@@ -128,7 +131,11 @@ class PassResult:
     def task_scores(self) -> BinaryScores | MultilabelScores | None:
         """A binary or multi-label model's scores on the scored images (AUROC, AP, F1 ...),
         from the float64 probabilities predictions.csv holds; None for a multiclass model or
-        without a scored image."""
+        without a scored image. Computed once (the summary, the checks and the audit read it)."""
+        return self._task_scores
+
+    @cached_property
+    def _task_scores(self) -> BinaryScores | MultilabelScores | None:
         if self.head.task == "multiclass":
             return None
         scored = self.scored().numpy()
