@@ -336,8 +336,9 @@ class Prepared:
     """(column, value) -> the subgroup's AUROC and F1 (binary) or macro AUROC (multi-label)."""
 
 
-def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
-    """The scored images and their declared subgroups. Raises SkipSection with the reason."""
+def prepare(ctx: AnalysisContext, p: SlicesParams, task_metrics: bool = True) -> Prepared:
+    """The scored images and their declared subgroups (``task_metrics``: with their AUROC
+    bootstraps, which the cost plan never reads). Raises SkipSection with the reason."""
     folder = ctx.folder
     o = outcomes(ctx)
     unknown = [c for c in p.columns or [] if c not in folder.metadata]
@@ -349,8 +350,7 @@ def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
         return Prepared(o, [], {}, [], reason)
     if not folder.metadata:
         return Prepared(o, [], {}, [], NO_METADATA)
-    res = ctx.pass_result
-    rows = [folder.items[res.item_index[int(q)]] for q in o.positions]
+    rows = [folder.items[ctx.pass_result.item_index[int(q)]] for q in o.positions]
     metadata = {
         c: [v[it.row] if it.row >= 0 else "" for it in rows] for c, v in folder.metadata.items()
     }
@@ -358,7 +358,9 @@ def prepare(ctx: AnalysisContext, p: SlicesParams) -> Prepared:
     if not columns:
         reason = "no metadata column has between 2 and max_values values: " + "; ".join(notes)
         return Prepared(o, [], {}, notes, reason)
-    slices, extra = declared_slices(columns, o.correct, p, o.scores, ctx.seed)
+    slices, extra = declared_slices(
+        columns, o.correct, p, o.scores if task_metrics else None, ctx.seed
+    )
     return Prepared(o, slices, columns, notes, task_metrics=extra)
 
 
@@ -532,7 +534,7 @@ class SlicesAnalysis(Analysis[SlicesParams]):
         flagged subgroups' most confident mistakes; none when nothing is flagged), and the layer
         probe. Discovery runs no model pass (its thumbnails are re-read images)."""
         try:
-            sp = prepare(ctx, p)
+            sp = prepare(ctx, p, task_metrics=False)
         except SkipSection:
             return Cost()
         if not (ctx.model.supports_hooks and ctx.model.supports_gradients):
