@@ -45,14 +45,9 @@ def roc_pr_figure(truth: np.ndarray, p: np.ndarray, scores: BinaryScores) -> Pic
     ax_roc.plot(fpr, tpr, color="#2458a6", linewidth=1.6)
     ax_roc.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="chance")
     c = scores.counts
+    marker = {"color": "#d9534f", "label": f"threshold {scores.threshold:g}"}
     if c.specificity is not None and c.sensitivity is not None:
-        ax_roc.plot(
-            [1 - c.specificity],
-            [c.sensitivity],
-            "o",
-            color="#d9534f",
-            label=f"threshold {scores.threshold:g}",
-        )
+        ax_roc.plot([1 - c.specificity], [c.sensitivity], "o", **marker)
     ax_roc.set_xlabel("false positive rate (1 − specificity)")
     ax_roc.set_ylabel("true positive rate (sensitivity)")
     ax_roc.set_title(f"ROC curve (AUROC {_num(scores.auroc)})")
@@ -64,13 +59,7 @@ def roc_pr_figure(truth: np.ndarray, p: np.ndarray, scores: BinaryScores) -> Pic
         base, color="#999", linestyle="--", linewidth=1, label=f"positive share {base:.2f}"
     )
     if c.precision is not None and c.sensitivity is not None:
-        ax_pr.plot(
-            [c.sensitivity],
-            [c.precision],
-            "o",
-            color="#d9534f",
-            label=f"threshold {scores.threshold:g}",
-        )
+        ax_pr.plot([c.sensitivity], [c.precision], "o", **marker)
     ax_pr.set_xlabel("recall (sensitivity)")
     ax_pr.set_ylabel("precision")
     ax_pr.set_title(f"Precision-recall (AP {_num(scores.average_precision)})")
