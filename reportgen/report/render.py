@@ -165,9 +165,12 @@ def _class_names_text(task: str, d: dict[str, Any]) -> str:
     if task != "binary" or len(names) != 2:
         return source
     order = " (sorted)" if source.startswith("class folder names") else ""
+    how = (
+        "" if source.startswith("data.labels") else "; data.labels: [negative, positive] sets them"
+    )
     return (
         f"{source}{order}: negative (index 0) = {names[0]}, positive (index 1, the logit's "
-        f"class) = {names[1]}; data.labels: [negative, positive] sets them"
+        f"class) = {names[1]}{how}"
     )
 
 

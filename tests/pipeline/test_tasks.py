@@ -88,6 +88,7 @@ def test_binary_report_speaks_the_one_logit_head(binary_run: RunResult) -> None:
         assert text in html
     # The run summary says which class is which (from data.labels here: no "sorted").
     assert "data.labels: negative (index 0) = other, positive (index 1, the logit" in html
+    assert "sets them" not in html  # no hint to set what data.labels already sets
     assert "AUROC" in (out / "summary.md").read_text(encoding="utf-8")
     timings = json.loads((out / "timings.json").read_text())
     assert timings["plan"] == timings["passes"]
@@ -424,4 +425,5 @@ def test_binary_classes_the_other_way_round_are_said(binary_run: RunResult, tmp_
     assert done.returncode == 0, done.stderr
     html = (tmp_path / "u" / "report.html").read_text("utf-8")
     assert "class folder names (sorted): negative (index 0) = other, positive" in html
+    assert "= three; data.labels: [negative, positive] sets them" in html
     assert not any("below chance" in w for w in _summary(demo)["warnings"])
