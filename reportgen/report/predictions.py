@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.errors import ReportgenError
-from reportgen.heads import MULTICLASS, Head, np_softmax
+from reportgen.heads import MULTICLASS, Head
 from reportgen.report.prediction_set import (
     COLUMNS,
     FILE_NAME,
@@ -116,7 +116,7 @@ def prediction_set(
         probs = np.asarray(scores, dtype=np.float64)
         preds = np.argmax(scores, axis=1).astype(np.int64)
     else:
-        probs = head.probabilities(scores) if head.task == "binary" else np_softmax(scores)
+        probs = head.probabilities(scores)
         preds = head.predictions(scores)
     rows = np.arange(n)
     scored = (y >= 0) & (y < probs.shape[1])
